@@ -1,0 +1,107 @@
+"""Settings: every knob is an environment variable.
+
+In Azure they are app settings (set by infra/); locally they are the ``Values`` of ``local.settings.json``,
+which the local host loads into the environment the way Core Tools does. Nothing here is a secret: Azure
+uses managed identity, the sandbox a fixed, well-known token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in (value or "").split(",") if part.strip())
+
+
+class Settings(BaseModel):
+    """The run-time configuration of one process (function app instance or local host)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataverse_url: str = Field(description="Environment URL, e.g. https://contoso.crm.dynamics.com")
+    fno_url: str = Field(description="F&O environment URL, e.g. https://contoso.operations.dynamics.com")
+    fno_default_company: str = Field("usmf", description="dataAreaId used when a mapping routes nowhere else")
+    auth_mode: Literal["azure", "static"] = Field(
+        "azure", description="'azure': tokens from azure-identity; 'static': the sandbox's fixed token"
+    )
+    static_token: str | None = Field(None, description="Bearer token for the sandbox (auth_mode=static only)")
+    managed_identity_client_id: str | None = Field(None, description="Client id of a user-assigned identity")
+    integration_user_ids: tuple[str, ...] = Field(
+        (), description="Dataverse systemuser ids of the integration's own application user(s): echo filter"
+    )
+    write_tag: str = Field("p2c-sync", description="?tag= on Dataverse writes; events carrying it are echoes")
+    mappings_dir: Path = ROOT / "mappings"
+    sales_events_queue: str = "sales-events"
+    fno_events_queue: str = "fno-events"
+    local_queue_path: Path | None = Field(None, description="SQLite file of the embedded queue (local host)")
+    ledger_path: Path | None = Field(None, description="SQLite file of the ledger (local default)")
+    lease_seconds: float = Field(120.0, gt=0, description="How long a worker owns a record while it syncs it")
+    max_deferrals: int = Field(20, ge=1, description="Deferrals of one message before it is dead-lettered")
+
+    @field_validator("dataverse_url", "fno_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from the environment (or ``env``); errors name the variable."""
+        env = os.environ if env is None else env
+        names = {
+            "dataverse_url": "DATAVERSE_URL",
+            "fno_url": "FNO_URL",
+            "fno_default_company": "FNO_DEFAULT_COMPANY",
+            "auth_mode": "P2C_AUTH_MODE",
+            "static_token": "P2C_STATIC_TOKEN",
+            "managed_identity_client_id": "AZURE_CLIENT_ID",
+            "write_tag": "P2C_WRITE_TAG",
+            "mappings_dir": "P2C_MAPPINGS_DIR",
+            "sales_events_queue": "SALES_EVENTS_QUEUE",
+            "fno_events_queue": "FNO_EVENTS_QUEUE",
+            "local_queue_path": "P2C_LOCAL_QUEUE_PATH",
+            "ledger_path": "P2C_LEDGER_PATH",
+            "lease_seconds": "P2C_LEASE_SECONDS",
+            "max_deferrals": "P2C_MAX_DEFERRALS",
+        }
+        data: dict[str, object] = {field: env[var] for field, var in names.items() if env.get(var)}
+        data["integration_user_ids"] = _csv(env.get("INTEGRATION_USER_IDS"))
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                field = str(err["loc"][0]) if err["loc"] else "?"
+                var = names.get(field, field.upper())
+                problems.append(f"{var}: {err['msg']}")
+            raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+def load_local_settings(path: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Load ``Values`` of a local.settings.json into ``env`` (os.environ by default) without overriding
+    variables that are already set, as Core Tools does. Returns the values read."""
+    env = os.environ if env is None else env  # type: ignore[assignment]
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    values = document.get("Values", {})
+    if not isinstance(values, dict):
+        raise SettingsError(f"{path}: 'Values' must be an object")
+    for key, value in values.items():
+        env.setdefault(key, str(value))
+    return {k: str(v) for k, v in values.items()}
