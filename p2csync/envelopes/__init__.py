@@ -1,0 +1,9 @@
+"""Envelope parsing: the only place that reads raw inbound payloads (Dataverse RemoteExecutionContext from
+webhooks and Service Bus, F&O data events relayed through Dataverse, F&O business events) and turns them
+into a `ChangeEvent` (docs/architecture.md, "Change event")."""
+
+from ._common import EnvelopeError
+from .dataverse import EntityRef
+from .event import ChangeEvent, Source, dedupe_message_id, parse_change_event
+
+__all__ = ["ChangeEvent", "EntityRef", "EnvelopeError", "Source", "dedupe_message_id", "parse_change_event"]
