@@ -1,0 +1,128 @@
+"""A small SQLite access layer shared by the embedded queue and the SQLite ledger.
+
+Why it exists: `sqlite3` connections must not be shared between threads, several processes open the same
+file, and every operation must be one short transaction. This class hands each thread (and each process,
+after a fork) its own connection in WAL mode with a busy timeout, and offers `write()` (BEGIN IMMEDIATE, so
+the write lock is taken up front and two writers never deadlock on a lock upgrade) and `read()` (one
+consistent snapshot).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["SqliteDatabase", "to_micros", "from_micros", "utc"]
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+
+def utc(value: datetime) -> datetime:
+    """Normalise an aware datetime to UTC; naive datetimes are refused because their zone is a guess."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: pass an aware datetime (e.g. datetime.now(UTC))")
+    return value.astimezone(UTC)
+
+
+def to_micros(value: datetime) -> int:
+    """Integer microseconds since the epoch: exact, and compares correctly in SQL."""
+    delta = utc(value) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
+
+
+class SqliteDatabase:
+    """One SQLite file: per-thread connections, WAL, busy timeout, short transactions."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        schema: str,
+        busy_timeout: timedelta = timedelta(seconds=30),
+        synchronous: Synchronous = "FULL",
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_ms = max(0, int(busy_timeout.total_seconds() * 1000))
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+        self._initialise(schema)
+
+    def _initialise(self, schema: str) -> None:
+        """Switch to WAL and create the tables. Retried briefly: another process may be doing the same."""
+        deadline = time.monotonic() + max(self._busy_ms / 1000, 1.0)
+        while True:
+            try:
+                conn = self.connection()
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(schema)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (a new one after a fork: a parent's connection is unusable there)."""
+        if self._closed:
+            raise sqlite3.ProgrammingError(f"{self.path} is closed")
+        pid = os.getpid()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == pid:
+            return conn
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self._busy_ms / 1000)
+        conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.row_factory = sqlite3.Row
+        self._local.conn, self._local.pid = conn, pid
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the database's write lock from its first statement."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: all queries in it see the same snapshot."""
+        conn = self.connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every connection this object opened (in any thread)."""
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.close()
+            except sqlite3.Error:  # pragma: no cover - closing is best effort
+                pass
