@@ -1,0 +1,368 @@
+"""F&O OData connector (data entities under ``/data/``).
+
+Every request carries ``cross-company=true``: without it OData only sees the caller's default company, and
+reads or updates of rows in other companies fail with "not found".
+
+F&O has no upsert, so ``upsert`` reads the row by its full key and then
+
+* creates it with POST (key fields, including ``dataAreaId``, in the body), or
+* PATCHes only the fields whose values differ, or sends nothing at all when none do (``changed=False``).
+
+Both races are handled: a POST answered "already exists" (someone created the row since the read) re-reads
+and PATCHes; a PATCH answered "No resources were found when selecting for update" (the row went away)
+POSTs.
+
+```python
+async with FnOClient("https://contoso.operations.dynamics.com", tokens) as fno:
+    key = {"dataAreaId": "usmf", "CustomerAccount": "US-001"}
+    result = await fno.upsert("CustomersV3", key, {"OrganizationName": "Contoso", "CustomerGroupId": "10"})
+```
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import date, datetime, time, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import httpx
+
+from p2csync.connectors.auth import TokenProvider
+from p2csync.connectors.errors import (
+    AlreadyExistsError,
+    InvalidKeyError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
+from p2csync.connectors.http import ApiClient, HttpOptions
+from p2csync.connectors.odata import (
+    ODataEnum,
+    encode_path_segment,
+    key_predicate,
+    odata_literal,
+    validate_entity_set,
+)
+from p2csync.connectors.results import UpsertResult
+
+__all__ = ["ENTITY_KEYS", "FnOClient", "ODataEnum", "format_key", "odata_literal", "same_value", "service_root"]
+
+log = logging.getLogger("p2csync.connectors.fno")
+
+#: OData keys of the entities the flows use (wire-formats §4.3). Other entity sets are accepted with any
+#: non-empty key; pass ``entity_keys=`` to the client to add or override.
+ENTITY_KEYS: dict[str, tuple[str, ...]] = {
+    "CustomersV3": ("dataAreaId", "CustomerAccount"),
+    "ContactPersons": ("dataAreaId", "ContactPersonId"),
+    "CDSContactPersonsV2": ("dataAreaId", "ContactPersonPartyNumber", "AssociatedContactType",
+                            "AssociatedContactNumber"),
+    "CDSCustomerContactPersons": ("dataAreaId", "ContactPersonPartyNumber", "CustomerAccountNumber"),
+    "ReleasedProductsV2": ("dataAreaId", "ItemNumber"),
+    "ReleasedDistinctProductsV2": ("dataAreaId", "ItemNumber"),
+    "CDSReleasedDistinctProducts": ("dataAreaId", "ProductNumber"),
+    "SalesQuotationHeadersV2": ("dataAreaId", "SalesQuotationNumber"),
+    "SalesQuotationLines": ("dataAreaId", "InventoryLotId"),
+    "CDSSalesQuotationHeaders": ("dataAreaId", "SalesQuotationNumber"),
+    "CDSSalesQuotationLines": ("dataAreaId", "LineCreationSequenceNumber", "SalesQuotationNumber"),
+    "SalesOrderHeadersV2": ("dataAreaId", "SalesOrderNumber"),
+    "SalesOrderHeadersV3": ("dataAreaId", "SalesOrderNumber"),
+    "SalesOrderHeadersV4": ("dataAreaId", "SalesOrderNumber"),
+    "SalesOrderLines": ("dataAreaId", "InventoryLotId"),
+    "SalesOrderLinesV3": ("dataAreaId", "InventoryLotId"),
+    "CDSSalesOrderHeaders": ("dataAreaId", "SalesOrderNumber"),
+    "CDSSalesOrderHeadersV2": ("dataAreaId", "SalesOrderNumber"),
+    "CDSSalesOrderLines": ("dataAreaId", "SalesOrderNumber", "LineCreationSequenceNumber"),
+    "CDSSalesOrderLinesV2": ("dataAreaId", "SalesOrderNumber", "LineCreationSequenceNumber"),
+    "SalesInvoiceHeaders": ("dataAreaId", "InvoiceNumber", "InvoiceDate"),
+    "SalesInvoiceHeadersV2": ("dataAreaId", "InvoiceNumber", "InvoiceDate", "LedgerVoucher"),
+    "SalesInvoiceLines": ("dataAreaId", "InvoiceNumber", "LineCreationSequenceNumber", "InvoiceDate"),
+    "SalesInvoiceLinesV2": ("dataAreaId", "InvoiceNumber", "LineCreationSequenceNumber", "InvoiceDate",
+                            "LedgerVoucher"),
+}
+
+_BASE_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
+_CROSS_COMPANY = {"cross-company": "true"}
+#: F&O's "no date": DateTimeOffset fields that were never set read back as 1900-01-01.
+_EMPTY_DATES = (date(1900, 1, 1),)
+_ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def format_key(key: Mapping[str, Any]) -> str:
+    """``(dataAreaId='usmf',CustomerAccount='US-001')`` with every value an OData literal."""
+    if not isinstance(key, Mapping) or not key:
+        raise InvalidKeyError("fno", "an F&O key is a non-empty mapping of all the entity's key fields")
+    for name, value in key.items():
+        if value is None or (isinstance(value, str) and not value):
+            raise InvalidKeyError("fno", f"key field {name!r} has no value")
+    try:
+        return key_predicate(key)
+    except (TypeError, ValueError) as exc:
+        raise InvalidKeyError("fno", str(exc)) from exc
+
+
+def service_root(base_url: str) -> str:
+    """``https://env.operations.dynamics.com`` -> ``https://env.operations.dynamics.com/data/``."""
+    url = httpx.URL(base_url)
+    path = url.path.rstrip("/")
+    if not path.endswith("/data"):
+        path = f"{path}/data"
+    return str(url.copy_with(path=path + "/", query=None, fragment=None))
+
+
+# ------------------------------------------------------------------------------------- value comparison
+
+
+def _normalise(value: Any) -> Any:
+    """A comparable form: numbers as Decimal, enums as member names, dates as UTC datetimes, empty as None."""
+    if isinstance(value, ODataEnum):
+        return value.member or None
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float, Decimal)):
+        try:
+            return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        except InvalidOperation:
+            return value
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        moment = moment.astimezone(timezone.utc)
+        return None if moment.date() in _EMPTY_DATES and moment.timetz() == time(tzinfo=timezone.utc) else moment
+    if isinstance(value, date):
+        return None if value in _EMPTY_DATES else datetime.combine(value, time(), tzinfo=timezone.utc)
+    if isinstance(value, str):
+        if value == "":
+            return None
+        if _ISO_DATE.match(value):
+            try:
+                return _normalise(date.fromisoformat(value))
+            except ValueError:
+                return value
+        if _ISO_DATETIME.match(value):
+            try:
+                return _normalise(datetime.fromisoformat(value.replace("Z", "+00:00")))
+            except ValueError:
+                return value
+        return value
+    return value
+
+
+def same_value(current: Any, desired: Any) -> bool:
+    """Whether F&O's ``current`` value already equals the ``desired`` one (so no PATCH is needed).
+
+    ``5000000.0`` equals ``Decimal("5000000")``; ``"Yes"`` equals ``ODataEnum("NoYes", "Yes")`` and ``True``
+    (NoYes fields); ``""``, ``None`` and F&O's empty date 1900-01-01 are all "empty"; ISO date strings equal
+    the same instant as a ``datetime``.
+    """
+    a, b = _normalise(current), _normalise(desired)
+    if isinstance(a, bool) != isinstance(b, bool):
+        flag, other = (a, b) if isinstance(a, bool) else (b, a)
+        return isinstance(other, str) and other == ("Yes" if flag else "No")
+    return a == b
+
+
+# ------------------------------------------------------------------------------------------------ client
+
+
+class FnOClient(ApiClient):
+    """Reads and writes F&O data entities with the shared retry policy and limiter (cross-company)."""
+
+    system = "fno"
+
+    def __init__(
+        self,
+        base_url: str,
+        tokens: TokenProvider,
+        *,
+        http: HttpOptions | None = None,
+        headers: Mapping[str, str] | None = None,
+        entity_keys: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        super().__init__(service_root(base_url), tokens, headers={**_BASE_HEADERS, **(headers or {})}, http=http)
+        self.entity_keys: dict[str, tuple[str, ...]] = {
+            **ENTITY_KEYS, **{name: tuple(fields) for name, fields in (entity_keys or {}).items()}
+        }
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    def check_key(self, entity_set: str, key: Mapping[str, Any]) -> None:
+        """Raise ``InvalidKeyError`` unless ``key`` names exactly the entity's key fields, all with values."""
+        validate_entity_set(entity_set)
+        format_key(key)  # non-empty, no empty values
+        expected = self.entity_keys.get(entity_set)
+        if expected is not None and set(key) != set(expected):
+            missing = [name for name in expected if name not in key]
+            extra = [name for name in key if name not in expected]
+            problems = []
+            if missing:
+                problems.append(f"missing {', '.join(missing)}")
+            if extra:
+                problems.append(f"not key fields: {', '.join(extra)}")
+            raise InvalidKeyError(
+                "fno", f"{entity_set} is addressed by all of ({', '.join(expected)}); {'; '.join(problems)}"
+            )
+
+    def _path(self, entity_set: str, key: Mapping[str, Any] | None = None) -> str:
+        validate_entity_set(entity_set)
+        if key is None:
+            return entity_set
+        self.check_key(entity_set, key)
+        return entity_set + encode_path_segment(format_key(key))
+
+    @staticmethod
+    def _params(**options: str | None) -> dict[str, str]:
+        params = dict(_CROSS_COMPANY)
+        params.update({name: value for name, value in options.items() if value is not None})
+        return params
+
+    # --------------------------------------------------------------------------------------------- reads
+
+    async def get(
+        self, entity_set: str, key: Mapping[str, Any], select: Sequence[str] | str | None = None
+    ) -> dict[str, Any] | None:
+        """One row by its full key (all key fields required), or ``None`` when there is none."""
+        path = self._path(entity_set, key)
+        columns = select if isinstance(select, str) or select is None else ",".join(select)
+        try:
+            response = await self.request("GET", path, params=self._params(**{"$select": columns}))
+        except NotFoundError:
+            return None
+        except PermanentError as exc:
+            if exc.status == 404:  # F&O words a missing row in more than one way; all are "no row" here
+                return None
+            raise
+        return _body(response)
+
+    async def query(
+        self,
+        entity_set: str,
+        filter: str | None = None,
+        select: Sequence[str] | str | None = None,
+        top: int | None = None,
+        *,
+        orderby: str | None = None,
+        page_size: int | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Rows of an entity set across companies, following ``@odata.nextLink``.
+
+        Build ``filter`` with ``odata_literal``: ``f"dataAreaId eq {odata_literal('usmf')}"``.
+        """
+        columns = select if isinstance(select, str) or select is None else ",".join(select)
+        params: dict[str, str] | None = self._params(
+            **{"$filter": filter or None, "$select": columns, "$top": None if top is None else str(top),
+               "$orderby": orderby}
+        )
+        headers = {"Prefer": f"odata.maxpagesize={page_size}"} if page_size else None
+        url: str | httpx.URL = self._path(entity_set)
+        seen = 0
+        while True:
+            response = await self.request("GET", url, headers=headers, params=params)
+            page = _body(response)
+            for row in page.get("value", []):
+                yield row
+                seen += 1
+                if top is not None and seen >= top:
+                    return
+            next_link = page.get("@odata.nextLink")
+            if not next_link:
+                return
+            url = httpx.URL(next_link)
+            if "cross-company" not in url.params:
+                url = url.copy_merge_params(_CROSS_COMPANY)
+            params = None
+
+    # -------------------------------------------------------------------------------------------- writes
+
+    async def upsert(self, entity_set: str, key: Mapping[str, Any], body: Mapping[str, Any]) -> UpsertResult:
+        """Create or update the row at ``key`` so that it holds ``body``; see the module docstring."""
+        self.check_key(entity_set, key)
+        for name, value in body.items():
+            if name in key and not same_value(key[name], value):
+                raise InvalidKeyError("fno", f"body field {name!r} = {value!r} contradicts the key ({key[name]!r})")
+
+        current = await self.get(entity_set, key)
+        if current is None:
+            try:
+                return await self._create(entity_set, key, body)
+            except AlreadyExistsError:
+                # Created by someone else since our read: read it again and update it.
+                log.info("%s%s: created concurrently, updating instead", entity_set, format_key(key))
+                current = await self.get(entity_set, key)
+                if current is None:
+                    raise
+            return await self._update(entity_set, key, body, current, allow_create=False)
+        return await self._update(entity_set, key, body, current, allow_create=True)
+
+    async def _create(self, entity_set: str, key: Mapping[str, Any], body: Mapping[str, Any]) -> UpsertResult:
+        payload = {**dict(body), **dict(key)}
+        # Safe to repeat after an ambiguous failure: a duplicate comes back as "already exists", handled above.
+        response = await self.request(
+            "POST", self._path(entity_set), json=payload, params=self._params(), idempotent=True
+        )
+        record = _body(response) or payload
+        return UpsertResult(
+            created=True, record=record, etag=response.headers.get("ETag") or record.get("@odata.etag")
+        )
+
+    async def _update(
+        self,
+        entity_set: str,
+        key: Mapping[str, Any],
+        body: Mapping[str, Any],
+        current: dict[str, Any],
+        *,
+        allow_create: bool,
+    ) -> UpsertResult:
+        changes = {
+            name: value for name, value in body.items()
+            if name not in key and (name not in current or not same_value(current[name], value))
+        }
+        if not changes:
+            return UpsertResult(created=False, record=current, etag=current.get("@odata.etag"), changed=False)
+        try:
+            response = await self.request(
+                "PATCH", self._path(entity_set, key), json=changes, params=self._params()
+            )
+        except NotFoundError as exc:
+            if not allow_create:
+                raise TransientError(
+                    "fno", exc.status, exc.code, "row appeared and disappeared again while being written "
+                    "(concurrent writers); try again later", exc.method, exc.url, infolog=exc.infolog,
+                ) from exc
+            # Deleted since our read: create it.
+            log.info("%s%s: deleted concurrently, creating instead", entity_set, format_key(key))
+            try:
+                return await self._create(entity_set, key, body)
+            except AlreadyExistsError as again:
+                raise TransientError(
+                    "fno", again.status, again.code, "row disappeared and reappeared while being written "
+                    "(concurrent writers); try again later", again.method, again.url, infolog=again.infolog,
+                ) from again
+        record = {**current, **changes}
+        etag = response.headers.get("ETag")
+        if etag:
+            record["@odata.etag"] = etag
+        else:
+            record.pop("@odata.etag", None)  # the read's ETag is stale now
+        return UpsertResult(created=False, record=record, etag=etag, changed=True)
+
+    async def delete(self, entity_set: str, key: Mapping[str, Any]) -> bool:
+        """Delete a row by its full key; ``False`` when it was already gone."""
+        try:
+            await self.request("DELETE", self._path(entity_set, key), params=self._params())
+        except NotFoundError:
+            return False
+        return True
+
+
+def _body(response: httpx.Response) -> dict[str, Any]:
+    if not response.content:
+        return {}
+    data = response.json()
+    return data if isinstance(data, dict) else {"value": data}

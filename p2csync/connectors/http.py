@@ -1,0 +1,440 @@
+"""The one HTTP layer both connectors share: retry policy, adaptive concurrency, client factory, ``ApiClient``.
+
+``ApiClient.request`` sends one logical request and either returns a 2xx ``httpx.Response`` or raises a
+typed ``ConnectorError`` (see ``errors``). On the way it
+
+* injects the bearer token (``Authorization`` is added per attempt and never logged),
+* waits for a slot of the ``AdaptiveConcurrency`` limiter (AIMD: halve on 429, +1 after a run of successes),
+* retries what is worth retrying (``RetryPolicy``): 429/502/503/504 and connection errors, honouring
+  ``Retry-After``, with capped exponential backoff and jitter otherwise,
+* logs one line per retry on ``p2csync.http``.
+
+Which requests are repeated: a request that never reached the server (connect error, connect/pool timeout)
+and a 429 (the service rejected it unprocessed) are always safe to send again. Anything else that failed
+ambiguously (read timeout, dropped connection, 502/503/504) is only repeated when the request is
+idempotent: GET, HEAD, OPTIONS, PUT, DELETE and PATCH by default (both services' PATCH is a merge of
+the given values, so repeating it is harmless), POST only when the caller passes ``idempotent=True``.
+
+```python
+async with ApiClient("https://contoso.crm.dynamics.com/api/data/v9.2/", tokens) as api:
+    response = await api.request("GET", "accounts", params={"$top": "1"})
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json as jsonlib
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, ClassVar, Literal, Self
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import httpx
+
+from p2csync import __version__
+from p2csync.connectors.auth import TokenProvider
+from p2csync.connectors.errors import (
+    AuthenticationError,
+    ConnectorError,
+    PermanentError,
+    ThrottledError,
+    TransientError,
+    error_from_response,
+    parse_retry_after,
+    redact_url,
+    scrub,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_TIMEOUT",
+    "AdaptiveConcurrency",
+    "ApiClient",
+    "HttpOptions",
+    "RetryPolicy",
+    "create_http_client",
+    "dumps_json",
+    "parse_retry_after",
+]
+
+log = logging.getLogger("p2csync.http")
+
+#: connect 5 s, read 60 s (Dataverse allows 2 min per request, but a minute without a byte is a dead call).
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0, pool=30.0)
+#: More connections than the limiter's maximum, so the pool is never the bottleneck.
+DEFAULT_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=30.0)
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
+
+#: Transport errors raised before the request left this process: always safe to send again.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: Transport errors worth retrying at all (the rest, e.g. UnsupportedProtocol, are configuration errors).
+_TRANSIENT_TRANSPORT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+# ------------------------------------------------------------------------------------------ retry policy
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When and how long to wait before sending a failed request again.
+
+    ``max_attempts`` counts the first try. Delays grow ``base_delay * 2**n`` up to ``max_delay`` with
+    ``jitter`` ("full": uniform in [0, d]; "equal": d/2 + uniform in [0, d/2]; "none": d). A ``Retry-After``
+    on 429/503 replaces the computed delay when ``respect_retry_after``; one longer than
+    ``max_retry_after`` is not waited for here: the error is raised at once (``ThrottledError.retry_after``
+    says when to come back), since the caller can defer the message more cheaply than a function can sleep.
+    """
+
+    max_attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    jitter: Literal["full", "equal", "none"] = "full"
+    retry_statuses: frozenset[int] = frozenset({429, 502, 503, 504})
+    respect_retry_after: bool = True
+    max_retry_after: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base_delay < 0 or self.max_delay < 0 or self.max_retry_after < 0:
+            raise ValueError("delays must not be negative")
+        if self.jitter not in ("full", "equal", "none"):
+            raise ValueError(f"unknown jitter {self.jitter!r}")
+        object.__setattr__(self, "retry_statuses", frozenset(self.retry_statuses))
+
+    def backoff(self, failures: int, rng: random.Random | None = None) -> float:
+        """The delay after the ``failures``-th failed attempt (1-based), before jitter is capped."""
+        ceiling = min(self.max_delay, self.base_delay * (2 ** max(0, failures - 1)))
+        if self.jitter == "none":
+            return ceiling
+        uniform = (rng or random).uniform
+        if self.jitter == "equal":
+            return ceiling / 2 + uniform(0, ceiling / 2)
+        return uniform(0, ceiling)
+
+    def delay(self, failures: int, retry_after: float | None = None, rng: random.Random | None = None) -> float | None:
+        """Seconds to wait before the next attempt, or ``None`` when the server asks for too long a wait."""
+        if retry_after is not None and self.respect_retry_after:
+            return None if retry_after > self.max_retry_after else retry_after
+        return self.backoff(failures, rng)
+
+
+# ----------------------------------------------------------------------------------- adaptive concurrency
+
+
+class AdaptiveConcurrency:
+    """An AIMD limit on requests in flight to one service.
+
+    Starts at ``initial``; a 429 halves the limit (not below ``minimum``), ``increase_after`` successes in a
+    row raise it by one (not above ``maximum``). Throttles of requests that were already in flight when the
+    limit was last cut do not cut it again, so one burst of 429s halves it once. The default maximum of 32
+    stays well below the services' 52 concurrent requests per user.
+    """
+
+    def __init__(self, initial: int = 8, *, minimum: int = 1, maximum: int = 32, increase_after: int = 10) -> None:
+        if not 1 <= minimum <= initial <= maximum:
+            raise ValueError("need 1 <= minimum <= initial <= maximum")
+        if increase_after < 1:
+            raise ValueError("increase_after must be at least 1")
+        self._limit = initial
+        self.minimum = minimum
+        self.maximum = maximum
+        self.increase_after = increase_after
+        self._in_flight = 0
+        self._successes = 0
+        self._generation = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def acquire(self) -> int:
+        """Wait for a slot; returns the generation to hand back to ``release``."""
+        while self._in_flight >= self._limit:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif waiter.done() and not waiter.cancelled():
+                    self._wake()  # we were woken but will not use the slot: pass it on
+                raise
+        self._in_flight += 1
+        return self._generation
+
+    def release(self, generation: int, outcome: Literal["success", "throttled", "neutral"] = "neutral") -> None:
+        """Give the slot back and adapt the limit to the outcome of the request."""
+        self._in_flight = max(0, self._in_flight - 1)
+        if outcome == "throttled":
+            self._successes = 0
+            if generation == self._generation:
+                self._limit = max(self.minimum, self._limit // 2)
+                self._generation += 1
+        elif outcome == "success":
+            self._successes += 1
+            if self._successes >= self.increase_after:
+                self._successes = 0
+                if self._limit < self.maximum:
+                    self._limit += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self._limit - self._in_flight
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+    def __repr__(self) -> str:
+        return f"AdaptiveConcurrency(limit={self._limit}, in_flight={self._in_flight})"
+
+
+# ----------------------------------------------------------------------------------------- client factory
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """How a connector talks HTTP. Tests pass ``transport`` (``httpx.MockTransport``) and a fake ``sleep``."""
+
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
+    limits: httpx.Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+    initial_concurrency: int = 8
+    max_concurrency: int = 32
+    concurrency: AdaptiveConcurrency | None = None
+    transport: httpx.AsyncBaseTransport | None = None
+    sleep: Sleep = asyncio.sleep
+    rng: random.Random | None = None
+
+
+def create_http_client(
+    base_url: str | httpx.URL, *, headers: Mapping[str, str] | None = None, options: HttpOptions | None = None
+) -> httpx.AsyncClient:
+    """The pooled ``httpx.AsyncClient`` for one system (one per process and system, reused by every call)."""
+    options = options or HttpOptions()
+    base = httpx.URL(str(base_url))
+    if not base.path.endswith("/"):
+        base = base.copy_with(path=base.path + "/")
+    return httpx.AsyncClient(
+        base_url=base,
+        headers={"User-Agent": f"p2c-sync/{__version__} httpx/{httpx.__version__}", **dict(headers or {})},
+        timeout=options.timeout,
+        limits=options.limits,
+        transport=options.transport,
+        follow_redirects=False,
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"cannot send {value} as JSON")
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps_json(value: Any) -> bytes:
+    """JSON for a request body: Decimal as a number, datetimes as ISO-8601 UTC (``Z``), UUIDs and enums."""
+    return jsonlib.dumps(value, default=_json_default, ensure_ascii=False, allow_nan=False,
+                         separators=(",", ":")).encode("utf-8")
+
+
+def _target(url: httpx.URL) -> str:
+    """Path and query of a URL for a log line, secrets redacted."""
+    parts = urlsplit(redact_url(url) or "")
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+# ------------------------------------------------------------------------------------------------ client
+
+
+class ApiClient:
+    """Base of both connectors: one pooled client, token injection, retries, adaptive concurrency."""
+
+    system: ClassVar[str] = "http"
+
+    def __init__(
+        self,
+        base_url: str | httpx.URL,
+        tokens: TokenProvider,
+        *,
+        headers: Mapping[str, str] | None = None,
+        http: HttpOptions | None = None,
+    ) -> None:
+        options = http or HttpOptions()
+        self.tokens = tokens
+        self.retry = options.retry
+        self.concurrency = options.concurrency or AdaptiveConcurrency(
+            min(options.initial_concurrency, options.max_concurrency), maximum=options.max_concurrency
+        )
+        self._sleep = options.sleep
+        self._rng = options.rng
+        self._client = create_http_client(base_url, headers=headers, options=options)
+
+    @property
+    def base_url(self) -> httpx.URL:
+        return self._client.base_url
+
+    async def request(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        idempotent: bool | None = None,
+    ) -> httpx.Response:
+        """Send ``method url`` (relative to the base URL, or an absolute URL on the same host).
+
+        Returns the 2xx response; raises ``TransientError``/``ThrottledError`` when the retries are used up
+        (or a retry would not be safe) and ``PermanentError`` (or a subclass) for everything else.
+        """
+        method = method.upper()
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        body = dumps_json(json) if json is not None else content
+        request_headers = dict(headers or {})
+        if json is not None:
+            request_headers.setdefault("Content-Type", "application/json")
+        self._check_origin(self._client.build_request(method, url, params=params))
+
+        failures = 0
+        reauthenticated = False
+        while True:
+            attempt = failures + 1
+            # A fresh request per attempt: a new token, and nothing of a failed attempt carried over.
+            request = self._client.build_request(method, url, content=body, headers=request_headers, params=params)
+            try:
+                response = await self._send_once(request)
+            except _TRANSIENT_TRANSPORT as exc:
+                error = TransientError(
+                    self.system, None, type(exc).__name__, scrub(str(exc)) or type(exc).__name__, method, request.url
+                )
+                if (idempotent or isinstance(exc, _NOT_SENT)) and attempt < self.retry.max_attempts:
+                    failures += 1
+                    await self._pause(request, type(exc).__name__, attempt, self.retry.backoff(failures, self._rng))
+                    continue
+                raise error from exc
+            except httpx.TransportError as exc:  # UnsupportedProtocol, ProxyError, LocalProtocolError, ...
+                raise PermanentError(
+                    self.system, None, type(exc).__name__, scrub(str(exc)) or type(exc).__name__, method, request.url
+                ) from exc
+
+            if response.is_success:
+                return response
+
+            status = response.status_code
+            invalidate = getattr(self.tokens, "invalidate", None)
+            if status == 401 and not reauthenticated and callable(invalidate):
+                reauthenticated = True  # a revoked or rotated token: one fresh token, one more try
+                invalidate()
+                continue
+
+            error = error_from_response(self.system, response, method=method)
+            if status in self.retry.retry_statuses and attempt < self.retry.max_attempts:
+                retry_after = error.retry_after if isinstance(error, ThrottledError) else None
+                rejected_unprocessed = status == 429 or (status == 503 and retry_after is not None)
+                if idempotent or rejected_unprocessed:
+                    failures += 1
+                    delay = self.retry.delay(failures, retry_after, self._rng)
+                    if delay is None:
+                        raise error  # asks for longer than we are willing to wait in-process
+                    await self._pause(request, str(status), attempt, delay)
+                    continue
+            raise error
+
+    async def _send_once(self, request: httpx.Request) -> httpx.Response:
+        token = await self._token()
+        request.headers["Authorization"] = f"Bearer {token}"
+        generation = await self.concurrency.acquire()
+        outcome: Literal["success", "throttled", "neutral"] = "neutral"
+        try:
+            response = await self._client.send(request)
+            if response.status_code == 429:
+                outcome = "throttled"
+            elif response.is_success:
+                outcome = "success"
+            return response
+        finally:
+            self.concurrency.release(generation, outcome)
+
+    async def _token(self) -> str:
+        try:
+            return await self.tokens.token()
+        except ConnectorError:
+            raise
+        except Exception as exc:
+            from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
+            kind = TransientError if isinstance(exc, (ServiceRequestError, ServiceResponseError, OSError,
+                                                      TimeoutError)) else AuthenticationError
+            raise kind(
+                self.system, None, type(exc).__name__,
+                f"could not obtain an access token: {scrub(str(exc).splitlines()[0] if str(exc) else '')}",
+            ) from exc
+
+    async def _pause(self, request: httpx.Request, reason: str, attempt: int, delay: float) -> None:
+        log.warning(
+            "%s %s %s failed (%s), attempt %d of %d; retrying in %.2fs",
+            self.system, request.method, _target(request.url), reason, attempt, self.retry.max_attempts, delay,
+            extra={"system": self.system, "http_method": request.method, "http_path": _target(request.url),
+                   "http_status": reason, "attempt": attempt, "retry_delay": delay},
+        )
+        await self._sleep(delay)
+
+    def _check_origin(self, request: httpx.Request) -> None:
+        base = self._client.base_url
+        if (request.url.scheme, request.url.host, request.url.port) != (base.scheme, base.host, base.port):
+            raise PermanentError(
+                self.system, None, "ForeignHost",
+                f"refusing to send credentials to {request.url.host!r} (client is for {base.host!r})",
+                request.method, request.url,
+            )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={str(self.base_url)!r})"
