@@ -1,0 +1,800 @@
+"""The mapping format (pydantic models) and the pure functions that apply a mapping to one record.
+
+The class docstrings and field descriptions below become the JSON Schema that editors show while a consultant
+edits a mapping file, so they are written for that reader.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .catalog import field_problem
+from .errors import MappedValueError
+from .transforms import TransformError, TransformStep, parse_transforms, transform_json_schema
+from .values import compare_key, is_empty, is_entity_ref, iso_datetime, payload_hash
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small value types
+# ----------------------------------------------------------------------------------------------------------------
+
+Scalar = bool | int | float | str | None
+"""A constant in a mapping file: text, number, true/false or null."""
+
+MapKey = bool | int | str
+
+OnEmpty = Literal["omit", "null", "blank"]
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_PLAIN = re.compile(rf"^{_NAME}$")
+_DOTTED = re.compile(rf"^({_NAME})\.({_NAME})$")
+_POLY = re.compile(rf"^({_NAME})((?:\.{_NAME}\({_NAME}\))+)$")
+_POLY_PART = re.compile(rf"\.({_NAME})\(({_NAME})\)")
+
+
+@dataclass(frozen=True)
+class SourcePath:
+    """A source reference: a column (``name``), a column of the row a lookup points to
+    (``transactioncurrencyid.isocurrencycode``), or a polymorphic lookup naming the column per related table
+    (``customerid.Account(accountnumber).Contact(msdynce_contactnumber)``)."""
+
+    text: str
+    attribute: str
+    column: str | None = None
+    by_table: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def is_lookup(self) -> bool:
+        return self.column is not None or bool(self.by_table)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(t for t, _ in self.by_table)
+
+    def column_for(self, logical_name: str) -> str | None:
+        """The column to read on a related row of that table (None: the path does not cover that table)."""
+        if self.column is not None:
+            return self.column
+        for table, column in self.by_table:
+            if table.casefold() == logical_name.casefold():
+                return column
+        return None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_path(text: str) -> SourcePath:
+    if not isinstance(text, str):
+        raise ValueError(f"a column name is text, got {text!r}")
+    text = text.strip()
+    if _PLAIN.match(text):
+        return SourcePath(text, text)
+    if m := _DOTTED.match(text):
+        return SourcePath(text, m.group(1), m.group(2))
+    if m := _POLY.match(text):
+        return SourcePath(text, m.group(1), None, tuple(_POLY_PART.findall(m.group(2))))
+    raise ValueError(
+        f"'{text}' is not a column name: write 'column', 'lookup.column' or "
+        "'lookup.Table1(column1).Table2(column2)'"
+    )
+
+
+def _parse_sources(raw: Any) -> tuple[SourcePath, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, (list, tuple)):
+        if not raw:
+            raise ValueError("give at least one source column")
+        return tuple(p if isinstance(p, SourcePath) else parse_path(p) for p in raw)
+    if isinstance(raw, SourcePath):
+        return (raw,)
+    return (parse_path(raw),)
+
+
+_PATH_SCHEMA = {
+    "type": "string",
+    "pattern": rf"^{_NAME}(\.{_NAME}|(\.{_NAME}\({_NAME}\))+)?$",
+}
+
+Sources = Annotated[
+    tuple[SourcePath, ...],
+    PlainValidator(_parse_sources),
+    WithJsonSchema(
+        {
+            "description": "Source column; 'lookup.column' reads a column of the related row (Data Integrator "
+            "style, e.g. transactioncurrencyid.isocurrencycode); "
+            "'lookup.Table1(col1).Table2(col2)' picks the column by the related row's table. A list means: "
+            "the first of these that is not empty.",
+            "anyOf": [_PATH_SCHEMA, {"type": "array", "items": _PATH_SCHEMA, "minItems": 1}],
+        }
+    ),
+]
+
+Transforms = Annotated[
+    tuple[TransformStep, ...],
+    PlainValidator(parse_transforms),
+    WithJsonSchema(transform_json_schema()),
+]
+
+
+def _show(value: Any) -> str:
+    if is_entity_ref(value):
+        return f"{value.logical_name} {value.id}" + (f" ({value.name})" if getattr(value, "name", None) else "")
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Format
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Source(_Strict):
+    """Where the records come from."""
+
+    system: Literal["dataverse", "fno"] = Field(description="'dataverse' (Dynamics 365 Sales) or 'fno'.")
+    table: str = Field(
+        description="Dataverse table logical name (account), or the F&O entity / virtual table the events name."
+    )
+    entity_set: str | None = Field(
+        None, description="Entity set used to fetch a full record: Dataverse Web API (accounts) or F&O OData."
+    )
+    id_column: str | None = Field(None, description="Primary id column of the source (accountid).")
+    version_field: str | None = Field(
+        None, description="Column that orders the states of one record (Dataverse: modifiedon)."
+    )
+    triggers: list[str] = Field(
+        default_factory=lambda: ["Create", "Update"],
+        description="Messages (Create, Update, ...) or F&O business event ids that start this flow.",
+    )
+    columns: list[str] = Field(
+        default_factory=list,
+        description="Extra columns to fetch. Those the fields, filter and company routing read are added "
+        "automatically.",
+    )
+
+
+class Target(_Strict):
+    """Where the records go."""
+
+    system: Literal["dataverse", "fno"] = Field(description="'fno' or 'dataverse'.")
+    entity_set: str = Field(
+        description="OData entity set written to (CustomersV3). Change it here for another F&O version."
+    )
+    table: str | None = Field(None, description="Dataverse table logical name, when the target is Dataverse.")
+    key: list[str] = Field(
+        min_length=1, description="Fields that identify the target record (F&O: dataAreaId first)."
+    )
+
+
+class CompanyRouting(_Strict):
+    """Which F&O company (dataAreaId) a record belongs to, like the organisation mapping of a Data Integrator
+    connection set. Order: the business_units entry for the record's business unit, else the run-time setting
+    FNO_DEFAULT_COMPANY, else 'default' below."""
+
+    default: str | None = Field(
+        None, description="Company used when nothing else routes the record; FNO_DEFAULT_COMPANY overrides it."
+    )
+    source_column: str | None = Field(
+        None,
+        description="Source column that decides the company. Default: owningbusinessunit for a Dataverse "
+        "source, dataAreaId for an F&O source.",
+    )
+    business_units: dict[str, str] = Field(
+        default_factory=dict,
+        description="Business unit (GUID or name, case ignored) -> company (dataAreaId).",
+    )
+    unmapped: Literal["default", "error", "keep"] | None = Field(
+        None,
+        description="A business unit not listed: 'default' company (default for a Dataverse source), 'error' "
+        "(dead-letter the record), 'keep' the source value as the company (default for an F&O source).",
+    )
+    target_field: str | None = Field(
+        None, description="Target field that receives the company. Default: dataAreaId when the target is F&O."
+    )
+
+    _index: dict[tuple[str, Any], str] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any) -> None:
+        index: dict[tuple[str, Any], str] = {}
+        for unit, company in self.business_units.items():
+            index[compare_key(unit)] = company
+        self._index = index
+
+
+class ValueMap(_Strict):
+    """Translates source values to target values (countries, option sets, units). Text keys ignore case and
+    surrounding spaces; numbers match whatever their type (3 == 3.0)."""
+
+    description: str | None = Field(None, description="What the map is for.")
+    map: dict[MapKey, Scalar] = Field(description="source value -> target value")
+    default: Scalar = Field(None, description="Target value for source values not in the map (unmapped: default).")
+    unmapped: Literal["error", "default", "keep"] = Field(
+        "error",
+        description="A source value not in the map: 'error' (dead-letter the record with the value in the "
+        "reason), 'default' (use 'default'), 'keep' (pass the value through unchanged).",
+    )
+
+    _index: dict[tuple[str, Any], Scalar] = PrivateAttr(default_factory=dict)
+
+    @field_validator("map")
+    @classmethod
+    def _no_clashes(cls, value: dict[MapKey, Scalar]) -> dict[MapKey, Scalar]:
+        seen: dict[tuple[str, Any], MapKey] = {}
+        for key in value:
+            norm = compare_key(key)
+            if norm in seen:
+                raise ValueError(f"keys {seen[norm]!r} and {key!r} are the same (case and spaces are ignored)")
+            seen[norm] = key
+        return value
+
+    @model_validator(mode="after")
+    def _default_given(self) -> ValueMap:
+        if self.unmapped == "default" and "default" not in self.model_fields_set:
+            raise ValueError("unmapped: default needs a 'default' value")
+        return self
+
+    def model_post_init(self, context: Any) -> None:
+        self._index = {compare_key(k): v for k, v in self.map.items()}
+
+    def translate(self, value: Any) -> Scalar:
+        """The target value; raises LookupError when the value is not mapped and unmapped is 'error'."""
+        norm = compare_key(value)
+        if norm in self._index:
+            return self._index[norm]
+        if self.unmapped == "default":
+            return self.default
+        if self.unmapped == "keep":
+            return value
+        raise LookupError(value)
+
+
+class Condition(_Strict):
+    """One filter condition on a source column, e.g. {field: statecode, equals: 0}. Give the column and exactly
+    one test; or 'any' with a list of conditions of which one must hold."""
+
+    field: str | None = Field(None, description="Source column tested (a plain column, not a lookup path).")
+    equals: Scalar = Field(None, description="The column must equal this value (text ignores case).")
+    not_equals: Scalar = Field(None, description="The column must not equal this value.")
+    in_: list[Scalar] | None = Field(None, alias="in", description="The column must be one of these values.")
+    not_in: list[Scalar] | None = Field(None, description="The column must be none of these values.")
+    not_empty: bool | None = Field(
+        None, description="true: the column must have a value; false: it must be empty."
+    )
+    any: list[Condition] | None = Field(None, description="At least one of these conditions must hold.")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Condition:
+        tests = [n for n in ("equals", "not_equals", "in_", "not_in", "not_empty") if n in self.model_fields_set]
+        shown = [("in" if n == "in_" else n) for n in tests]
+        if self.any is not None:
+            if self.field is not None or tests:
+                raise ValueError("'any' stands alone: put the column tests inside it")
+            if not self.any:
+                raise ValueError("'any' needs at least one condition")
+            return self
+        if self.field is None:
+            raise ValueError("a condition needs 'field' (or 'any')")
+        if not _PLAIN.match(self.field):
+            raise ValueError(f"filter column '{self.field}' must be a plain column name (no lookup paths)")
+        if len(tests) != 1:
+            raise ValueError(
+                "give exactly one of equals, not_equals, in, not_in, not_empty"
+                + (f" (found {', '.join(shown)})" if shown else "")
+            )
+        return self
+
+    def columns(self) -> list[str]:
+        if self.any is not None:
+            return [c for cond in self.any for c in cond.columns()]
+        return [self.field] if self.field else []
+
+    def failure(self, record: Mapping[str, Any]) -> str | None:
+        """None when the record passes, else why it does not."""
+        if self.any is not None:
+            reasons = [cond.failure(record) for cond in self.any]
+            if any(r is None for r in reasons):
+                return None
+            return "none of: " + "; ".join(r for r in reasons if r)
+        assert self.field is not None
+        value = record.get(self.field)
+        shown = "empty" if is_empty(value) else _show(value)
+        if "not_empty" in self.model_fields_set:
+            if bool(self.not_empty) != (not is_empty(value)):
+                return f"{self.field} is {shown}, expected it {'not ' if self.not_empty else ''}to be empty"
+            return None
+        key = compare_key(value)
+        if "equals" in self.model_fields_set:
+            if key != compare_key(self.equals):
+                return f"{self.field} is {shown}, expected {_show(self.equals)}"
+        elif "not_equals" in self.model_fields_set:
+            if key == compare_key(self.not_equals):
+                return f"{self.field} is {shown}, expected anything else"
+        elif "in_" in self.model_fields_set:
+            if key not in {compare_key(v) for v in self.in_ or []}:
+                return f"{self.field} is {shown}, expected one of {', '.join(_show(v) for v in self.in_ or [])}"
+        elif "not_in" in self.model_fields_set:
+            if key in {compare_key(v) for v in self.not_in or []}:
+                return f"{self.field} is {shown}, expected none of {', '.join(_show(v) for v in self.not_in or [])}"
+        return None
+
+
+class FieldMap(_Strict):
+    """One target field and where its value comes from: a source column ('source') or a constant ('value')."""
+
+    target: str = Field(description="Target field (F&O: the OData field name, e.g. CustomerAccount).")
+    source: Sources = Field((), description="Source column(s); see the type description.")
+    value: Scalar = Field(None, description="A constant written to every record (instead of 'source').")
+    default: Scalar = Field(
+        None, description="Written when the source is empty; used as is (not value-mapped or transformed)."
+    )
+    value_map: str | None = Field(None, description="Name of a map under value_maps applied to the source value.")
+    transform: Transforms = Field(())
+    required: bool = Field(
+        False, description="true: an empty value (after default) rejects the record with a reason naming the field."
+    )
+    on_empty: OnEmpty | None = Field(
+        None,
+        description="Empty source and no default: 'omit' the field, send 'null', or send 'blank' (\"\"). "
+        "Default: the file's on_empty.",
+    )
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> FieldMap:
+        has_value = "value" in self.model_fields_set
+        if has_value and self.source:
+            raise ValueError("give either 'source' or 'value', not both")
+        if not has_value and not self.source:
+            raise ValueError("give 'source' (a column) or 'value' (a constant)")
+        if has_value:
+            extra = [
+                n for n in ("default", "value_map", "transform", "required", "on_empty") if n in self.model_fields_set
+            ]
+            if extra:
+                raise ValueError(f"a constant 'value' takes no {', '.join(extra)}")
+        if not parse_target_ok(self.target):
+            raise ValueError(f"'{self.target}' is not a field name")
+        return self
+
+    @property
+    def is_constant(self) -> bool:
+        return not self.source
+
+    @property
+    def source_label(self) -> str | None:
+        return " | ".join(p.text for p in self.source) if self.source else None
+
+
+def parse_target_ok(text: str) -> bool:
+    try:
+        parse_path(text)
+    except ValueError:
+        return False
+    return True
+
+
+class LineSource(_Strict):
+    """Where the lines come from, and how a line finds its document."""
+
+    table: str = Field(description="Line table (quotedetail) or F&O line entity.")
+    entity_set: str | None = Field(None, description="Entity set used to fetch lines (quotedetails).")
+    id_column: str | None = Field(None, description="Primary id column of a line.")
+    parent_column: str = Field(description="Column of the line pointing to its document (quoteid, SalesOrderNumber).")
+    sequence_column: str = Field(
+        description="Column holding the stable line number (Sales sequencenumber, F&O LineCreationSequenceNumber)."
+    )
+    version_field: str | None = Field(None, description="Column that orders the states of one line.")
+    triggers: list[str] = Field(default_factory=lambda: ["Create", "Update"], description="Messages that start it.")
+    columns: list[str] = Field(default_factory=list, description="Extra columns to fetch.")
+
+
+class LineTarget(_Strict):
+    """Where the lines go. The key is the document number plus the line sequence number (plus dataAreaId)."""
+
+    entity_set: str = Field(description="OData entity set of the lines (CDSSalesQuotationLines).")
+    table: str | None = Field(None, description="Dataverse table logical name, when the target is Dataverse.")
+    key: list[str] = Field(min_length=1, description="e.g. [dataAreaId, SalesQuotationNumber, LineCreationSequenceNumber]")
+
+
+class LineSpec(_Strict):
+    """A child collection of the document (quote, order and invoice lines), mapped line by line. The lines go to
+    the same company and system as their document."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Name of the line set (quote_lines).")
+    description: str | None = None
+    source: LineSource
+    target: LineTarget
+    filter: list[Condition] = Field(default_factory=list, description="Lines failing a condition are skipped.")
+    fields: list[FieldMap] = Field(min_length=1)
+
+
+class MappingSpec(_Strict):
+    """A p2c-sync mapping file: one flow, one direction, field by field (the successor of one Data Integrator
+    task)."""
+
+    flow: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Unique name of the flow (accounts).")
+    description: str | None = Field(None, description="What the flow does, for people.")
+    direction: Literal["sales_to_fno", "fno_to_sales"]
+    source: Source
+    target: Target
+    company: CompanyRouting = Field(default_factory=CompanyRouting)
+    filter: list[Condition] = Field(
+        default_factory=list,
+        description="Conditions every source record must meet (all of them); others are skipped with the reason.",
+    )
+    on_empty: OnEmpty = Field(
+        "null", description="What an empty source does when a field says nothing: 'omit', 'null' or 'blank' (\"\")."
+    )
+    fields: list[FieldMap] = Field(min_length=1, description="Target field <- source, in the order sent.")
+    value_maps: dict[str, ValueMap] = Field(default_factory=dict, description="Named value maps used by fields.")
+    lines: list[LineSpec] = Field(default_factory=list, description="Child collections (document lines).")
+
+    # -- cross-checks ------------------------------------------------------------------------------------------
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> MappingSpec:
+        problems = self._problems()
+        if problems:
+            summary = "; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems)
+            raise PydanticCustomError("mapping_spec", "{summary}", {"summary": summary, "problems": problems})
+        return self
+
+    def _problems(self) -> list[tuple[tuple[Any, ...], str]]:
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        expected = ("dataverse", "fno") if self.direction == "sales_to_fno" else ("fno", "dataverse")
+        if self.source.system != expected[0]:
+            problems.append((("source", "system"), f"must be '{expected[0]}' for direction {self.direction}"))
+        if self.target.system != expected[1]:
+            problems.append((("target", "system"), f"must be '{expected[1]}' for direction {self.direction}"))
+        company_field = self.company_target_field
+        problems += self._check_fields(
+            (), self.fields, self.target.key, self.target.entity_set, self.source.entity_set, self.filter
+        )
+        names: set[str] = set()
+        for n, line in enumerate(self.lines):
+            if line.name in names:
+                problems.append((("lines", n, "name"), f"line set '{line.name}' is defined twice"))
+            names.add(line.name)
+            problems += self._check_fields(
+                ("lines", n), line.fields, line.target.key, line.target.entity_set, line.source.entity_set, line.filter
+            )
+        if company_field and self.target.system == "dataverse":
+            problems.append((("company", "target_field"), "a Dataverse target has no company field"))
+        return problems
+
+    def _check_fields(
+        self,
+        prefix: tuple[Any, ...],
+        fields: list[FieldMap],
+        key: list[str],
+        target_set: str,
+        source_set: str | None,
+        filters: list[Condition],
+    ) -> list[tuple[tuple[Any, ...], str]]:
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        company_field = self.company_target_field
+        to_fno = self.target.system == "fno"
+        from_fno = self.source.system == "fno"
+        seen: dict[str, int] = {}
+        for i, f in enumerate(fields):
+            at = (*prefix, "fields", i)
+            if f.target in seen:
+                problems.append(((*at, "target"), f"'{f.target}' is already set by fields[{seen[f.target]}]"))
+            seen.setdefault(f.target, i)
+            if company_field and f.target == company_field:
+                problems.append(((*at, "target"), f"'{f.target}' is set by company routing; remove this field"))
+            if to_fno:
+                if not _PLAIN.match(f.target):
+                    problems.append(((*at, "target"), f"'{f.target}' is not an F&O field name"))
+                elif msg := field_problem(target_set, f.target):
+                    problems.append(((*at, "target"), msg))
+            if f.value_map is not None and f.value_map not in self.value_maps:
+                hint = difflib.get_close_matches(f.value_map, list(self.value_maps), n=1)
+                known = f"; did you mean '{hint[0]}'?" if hint else ""
+                problems.append(
+                    ((*at, "value_map"), f"value map '{f.value_map}' is not defined under value_maps{known}")
+                )
+            for j, path in enumerate(f.source):
+                where = (*at, "source") if len(f.source) == 1 else (*at, "source", j)
+                if from_fno and path.is_lookup:
+                    problems.append((where, f"'{path.text}': F&O records have no lookups; name a field"))
+                elif from_fno and source_set and (msg := field_problem(source_set, path.text)):
+                    problems.append((where, msg))
+        produced = set(seen) | ({company_field} if company_field else set())
+        for j, name in enumerate(key):
+            if name not in produced:
+                problems.append(
+                    (
+                        (*prefix, "target", "key", j),
+                        f"key field '{name}' is not set by any field" + (" or company routing" if to_fno else ""),
+                    )
+                )
+            elif to_fno and (msg := field_problem(target_set, name)):
+                problems.append(((*prefix, "target", "key", j), msg))
+        if from_fno and source_set:
+            for n, cond in enumerate(filters):
+                for column in cond.columns():
+                    if msg := field_problem(source_set, column):
+                        problems.append(((*prefix, "filter", n), msg))
+        return problems
+
+    # -- derived facts -----------------------------------------------------------------------------------------
+
+    @property
+    def company_target_field(self) -> str | None:
+        if self.company.target_field is not None:
+            return self.company.target_field
+        return "dataAreaId" if self.target.system == "fno" else None
+
+    @property
+    def company_source_column(self) -> str:
+        if self.company.source_column is not None:
+            return self.company.source_column
+        return "owningbusinessunit" if self.source.system == "dataverse" else "dataAreaId"
+
+    def source_columns(self) -> list[str]:
+        """The columns to fetch for a full source record: the version and id columns, the first hop of every
+        field's source, the filter's columns, the company routing column (when it routes) and source.columns.
+        Lookups are listed by their attribute name (the Dataverse Web API selects them as _name_value)."""
+        cols: list[str] = []
+        for name in (self.source.id_column, self.source.version_field):
+            if name:
+                cols.append(name)
+        for f in self.fields:
+            cols += [p.attribute for p in f.source]
+        for cond in self.filter:
+            cols += cond.columns()
+        if self.company.business_units or self.source.system == "fno":
+            cols.append(self.company_source_column)
+        cols += self.source.columns
+        return list(dict.fromkeys(cols))
+
+    def lookup_columns(self) -> list[str]:
+        """Source columns that are lookups (read through a related row)."""
+        return list(dict.fromkeys(p.attribute for f in self.fields for p in f.source if p.is_lookup))
+
+    def line(self, name: str) -> LineSpec:
+        for line in self.lines:
+            if line.name == name:
+                return line
+        raise KeyError(f"{self.flow}: no line set named '{name}'")
+
+    # -- applying ----------------------------------------------------------------------------------------------
+
+    def lookups(self, record: Mapping[str, Any], *, line: str | None = None) -> list[LookupRequest]:
+        """What the caller must resolve before ``apply``: one request per lookup path whose first hop is an
+        EntityRef in the record. Put each answer in ``resolved[request.path]``."""
+        fields = self.line(line).fields if line else self.fields
+        out: dict[str, LookupRequest] = {}
+        for f in fields:
+            for path in f.source:
+                if not path.is_lookup or path.text in out:
+                    continue
+                ref = record.get(path.attribute)
+                if not is_entity_ref(ref):
+                    continue
+                column = path.column_for(ref.logical_name)
+                if column is None:
+                    continue
+                out[path.text] = LookupRequest(path.text, path.attribute, ref.logical_name, str(ref.id), column)
+        return list(out.values())
+
+    def filter_reason(self, record: Mapping[str, Any], *, line: str | None = None) -> str | None:
+        """None when the record passes the filter, else the reason it is skipped."""
+        conditions = self.line(line).filter if line else self.filter
+        for cond in conditions:
+            if (why := cond.failure(record)) is not None:
+                return f"filtered out by {self.flow}{'.' + line if line else ''}: {why}"
+        return None
+
+    def route_company(self, record: Mapping[str, Any], default_company: str | None = None) -> str:
+        """The company (dataAreaId, lower case) the record belongs to."""
+        column = self.company_source_column
+        value = record.get(column)
+        label = self.company_target_field or "company"
+        if not is_empty(value):
+            candidates = [value.id, value.name] if is_entity_ref(value) else [value]
+            for candidate in candidates:
+                if not is_empty(candidate) and (hit := self.company._index.get(compare_key(candidate))):
+                    return hit.strip().lower()
+            mode = self.company.unmapped or ("default" if self.source.system == "dataverse" else "keep")
+            if mode == "error":
+                raise MappedValueError(
+                    self.flow, label, column, f"{_show(value)} is not listed under company.business_units"
+                )
+            if mode == "keep" and isinstance(value, str):
+                return value.strip().lower()
+        company = default_company or self.company.default
+        if is_empty(company):
+            raise MappedValueError(
+                self.flow, label, column, "no company: set FNO_DEFAULT_COMPANY or company.default"
+            )
+        assert company is not None
+        return company.strip().lower()
+
+    def apply(
+        self,
+        record: Mapping[str, Any],
+        *,
+        resolved: Mapping[str, Any] = MappingProxyType({}),
+        default_company: str | None = None,
+    ) -> MappedRecord:
+        """Map one source record. ``resolved`` holds the answers to ``lookups(record)`` by path;
+        ``default_company`` is the FNO_DEFAULT_COMPANY setting. Raises MappedValueError naming the flow, the
+        target field and the source column when the record cannot be mapped."""
+        company = self.route_company(record, default_company)
+        return self._map(self.flow, self.fields, self.target.key, record, resolved, company)
+
+    def apply_line(
+        self,
+        line: str,
+        record: Mapping[str, Any],
+        *,
+        company: str,
+        resolved: Mapping[str, Any] = MappingProxyType({}),
+    ) -> MappedRecord:
+        """Map one line of the line set ``line``; ``company`` is the company of its document."""
+        spec = self.line(line)
+        return self._map(f"{self.flow}.{line}", spec.fields, spec.target.key, record, resolved, company.lower())
+
+    def _map(
+        self,
+        flow: str,
+        fields: list[FieldMap],
+        key_fields: list[str],
+        record: Mapping[str, Any],
+        resolved: Mapping[str, Any],
+        company: str,
+    ) -> MappedRecord:
+        payload: dict[str, Any] = {}
+        if (company_field := self.company_target_field) is not None:
+            payload[company_field] = company
+        for f in fields:
+            value = self._field_value(flow, f, record, resolved)
+            if value is not _OMIT:
+                payload[f.target] = value
+        key: dict[str, Any] = {}
+        for name in key_fields:
+            value = payload.get(name)
+            if is_empty(value):
+                origin = next((f.source_label for f in fields if f.target == name), None)
+                raise MappedValueError(flow, name, origin, "key field is empty")
+            key[name] = value
+        return MappedRecord(key=key, payload=payload, company=company)
+
+    def _field_value(self, flow: str, f: FieldMap, record: Mapping[str, Any], resolved: Mapping[str, Any]) -> Any:
+        if f.is_constant:
+            return _finish(f.value)
+        label = f.source_label
+        raw = None
+        for path in f.source:
+            raw = _read(flow, f, path, record, resolved)
+            if not is_empty(raw):
+                break
+        if not is_empty(raw):
+            if is_entity_ref(raw):
+                raise MappedValueError(
+                    flow, f.target, label, f"is a lookup ({_show(raw)}); map one of its columns, e.g. {label}.name"
+                )
+            value: Any = raw
+            if f.value_map is not None:
+                try:
+                    value = self.value_maps[f.value_map].translate(value)
+                except LookupError:
+                    raise MappedValueError(
+                        flow, f.target, label, f"{_show(raw)} is not in value map '{f.value_map}'"
+                    ) from None
+            try:
+                for step in f.transform:
+                    if is_empty(value):
+                        break
+                    value = step(value)
+            except TransformError as exc:
+                raise MappedValueError(flow, f.target, label, f"transform '{step}': {exc}") from None
+            if not is_empty(value):
+                return _finish(value)
+        if "default" in f.model_fields_set:
+            return _finish(f.default)
+        if f.required:
+            raise MappedValueError(flow, f.target, label, "required value is empty")
+        mode = f.on_empty or self.on_empty
+        return _OMIT if mode == "omit" else ("" if mode == "blank" else None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LookupRequest:
+    """Resolve column ``column`` of the ``table`` row with id ``id``; answer under ``resolved[path]``."""
+
+    path: str
+    attribute: str
+    table: str
+    id: str
+    column: str
+
+
+@dataclass(frozen=True)
+class MappedRecord:
+    """The result of applying a mapping: the target key, the full payload (key fields included; JSON-ready except
+    that numbers may be Decimal, see to_json_ready) and the company."""
+
+    key: dict[str, Any]
+    payload: dict[str, Any] = field(default_factory=dict)
+    company: str = ""
+
+    @property
+    def payload_hash(self) -> str:
+        return payload_hash(self.payload)
+
+
+class _Omit:
+    def __repr__(self) -> str:
+        return "<omit>"
+
+
+_OMIT = _Omit()
+
+
+def _read(flow: str, f: FieldMap, path: SourcePath, record: Mapping[str, Any], resolved: Mapping[str, Any]) -> Any:
+    if not path.is_lookup:
+        return record.get(path.text)
+    if path.text in resolved:
+        return resolved[path.text]
+    if path.text in record:
+        return record[path.text]
+    first = record.get(path.attribute)
+    if is_empty(first):
+        return None
+    if not is_entity_ref(first):
+        raise MappedValueError(flow, f.target, path.text, f"{path.attribute} is not a lookup (got {_show(first)})")
+    if path.column_for(first.logical_name) is None:
+        raise MappedValueError(
+            flow,
+            f.target,
+            path.text,
+            f"{path.attribute} points to a '{first.logical_name}' row; the path covers only "
+            f"{', '.join(path.tables)}",
+        )
+    raise MappedValueError(flow, f.target, path.text, "lookup was not resolved (resolve spec.lookups(record) first)")
+
+
+def _finish(value: Any) -> Any:
+    """Make a mapped value JSON-ready (Decimal stays Decimal)."""
+    from datetime import date, datetime
+    from decimal import Decimal
+
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, datetime):
+        return iso_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if value is None or isinstance(value, (str, bool, int, Decimal)):
+        return value
+    return str(value)

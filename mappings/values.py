@@ -1,0 +1,127 @@
+"""Plain-value helpers shared by the engine: the EntityRef shape, emptiness, comparison keys, JSON readiness
+and the payload hash used for echo suppression. No I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class EntityRef(Protocol):
+    """What a Dataverse lookup value looks like once decoded (EntityReference): the related row's id, its
+    table's logical name and, when the event carries it, its primary name. Any object with these attributes
+    fits; the envelopes package defines the concrete class."""
+
+    id: Any
+    logical_name: str
+    name: str | None
+
+
+def is_entity_ref(value: Any) -> bool:
+    return isinstance(value, EntityRef) and not isinstance(value, (str, bytes, Mapping))
+
+
+def is_empty(value: Any) -> bool:
+    """None, an empty or whitespace-only string count as empty; 0 and False do not."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def compare_key(value: Any) -> tuple[str, Any]:
+    """A key under which equal-looking values compare equal: text ignores case and surrounding spaces, numbers
+    ignore their Python type (1 == 1.0 == Decimal('1.00')), booleans stay apart from numbers, lookups compare by
+    id."""
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, (int, float, Decimal)):
+        return ("n", _normal_decimal(value))
+    if is_entity_ref(value):
+        return ("s", str(value.id).strip().casefold())
+    if isinstance(value, str):
+        return ("s", value.strip().casefold())
+    if value is None:
+        return ("z", None)
+    return ("s", str(value).strip().casefold())
+
+
+def _normal_decimal(value: int | float | Decimal) -> Decimal:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a finite number")
+        value = Decimal(repr(value))
+    elif isinstance(value, int):
+        value = Decimal(value)
+    if not value.is_finite():
+        raise ValueError(f"{value!r} is not a finite number")
+    if value == 0:
+        return Decimal(0)
+    return value.normalize()
+
+
+def _plain_number(value: int | float | Decimal) -> str:
+    """5000000, 5000000.0 and Decimal('5E+6') all give '5000000'."""
+    return format(_normal_decimal(value), "f")
+
+
+def iso_datetime(value: datetime) -> str:
+    """ISO 8601 in UTC with a Z, to the second (naive datetimes are taken as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def to_json_ready(value: Any) -> Any:
+    """Turn a payload (or any value of one) into what ``json.dumps`` accepts: Decimal -> int when integral,
+    else float; datetime -> ISO UTC; date -> ISO date. Dicts and lists are converted recursively."""
+    if isinstance(value, Mapping):
+        return {str(k): to_json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_ready(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, Decimal):
+        normal = _normal_decimal(value)
+        return int(normal) if normal == normal.to_integral_value() else float(normal)
+    if isinstance(value, float):
+        return value
+    if isinstance(value, datetime):
+        return iso_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def _canonical(value: Any) -> str:
+    if isinstance(value, Mapping):
+        items = sorted((str(k), v) for k, v in value.items())
+        return "{" + ",".join(json.dumps(k) + ":" + _canonical(v) for k, v in items) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, Decimal)):
+        return _plain_number(value)
+    if isinstance(value, datetime):
+        return json.dumps(iso_datetime(value))
+    if isinstance(value, date):
+        return json.dumps(value.isoformat())
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def canonical_json(payload: Mapping[str, Any]) -> str:
+    """Canonical JSON text of a payload: keys sorted, numbers in plain normalised decimal notation (so 5000000,
+    5000000.0 and Decimal('5000000.00') are written alike), no spaces."""
+    return _canonical(payload)
+
+
+def payload_hash(payload: Mapping[str, Any]) -> str:
+    """sha256 (hex) of :func:`canonical_json`: equal for payloads that mean the same, whatever the key order or
+    number type. The runtime stores it in the ledger to recognise echoes and unchanged records."""
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
