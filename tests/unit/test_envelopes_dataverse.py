@@ -367,3 +367,22 @@ def test_entity_reference_model_and_to_python():
     assert ref.id == CONTACT_ID
     assert to_python(ref) == EntityRef(id=CONTACT_ID, logical_name="contact")
     assert hash(to_python(ref)) == hash(EntityRef(id=CONTACT_ID, logical_name="contact"))
+
+
+def test_target_value_beats_a_differing_post_image_value():
+    data = load("dataverse_update_account.json")
+    image = data["PostEntityImages"][0]["value"]["Attributes"]
+    next(a for a in image if a["key"] == "telephone1")["value"] = "+1 000 000 0000"
+    data["PostEntityImages"].append({"key": "Second", "value": {"LogicalName": "account", "Attributes": [
+        {"key": "name", "value": "Later image"}]}})
+    attrs = parse_change_event(json.dumps(data)).attributes
+    assert attrs["telephone1"] == "+1 425 555 0199"
+    assert attrs["name"] == "Later image"  # images merge in order, the later one on top
+
+
+def test_money_keeps_every_digit_of_the_json_text():
+    data = load("dataverse_update_account.json")
+    revenue = next(a for a in data["InputParameters"][0]["value"]["Attributes"] if a["key"] == "revenue")
+    revenue["value"]["Value"] = "__BIG__"
+    body = json.dumps(data).replace('"__BIG__"', "922337203685477.5807")
+    assert parse_change_event(body).attributes["revenue"] == Decimal("922337203685477.5807")
