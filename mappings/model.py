@@ -174,6 +174,22 @@ class Source(_Strict):
         description="Extra columns to fetch. Those the fields, filter and company routing read are added "
         "automatically.",
     )
+    lookup_entity_sets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Web API entity set of a related table whose set name is not the usual plural of its "
+        "logical name (table -> entity set). Lookup paths use it to fetch the related row.",
+    )
+
+
+def default_entity_set(logical_name: str) -> str:
+    """The Dataverse Web API entity set name that a table gets by default: the plural of its logical name
+    (account -> accounts, transactioncurrency -> transactioncurrencies, customeraddress -> customeraddresses)."""
+    name = logical_name.strip().lower()
+    if name.endswith("y") and len(name) > 1 and name[-2] not in "aeiou":
+        return name[:-1] + "ies"
+    if name.endswith(("s", "x", "z", "ch", "sh")):
+        return name + "es"
+    return name + "s"
 
 
 class Target(_Strict):
@@ -571,6 +587,19 @@ class MappingSpec(_Strict):
         cols += self.source.columns
         return list(dict.fromkeys(cols))
 
+    def money_columns(self) -> list[str]:
+        """Source columns read as decimals (their fields use the 'decimal' transform, e.g. creditlimit): a
+        fetched row's JSON numbers in these columns must be decoded as Decimal, as events decode Money."""
+        return list(
+            dict.fromkeys(
+                p.attribute
+                for f in self.fields
+                if any(step.name == "decimal" for step in f.transform)
+                for p in f.source
+                if not p.is_lookup
+            )
+        )
+
     def lookup_columns(self) -> list[str]:
         """Source columns that are lookups (read through a related row)."""
         return list(dict.fromkeys(p.attribute for f in self.fields for p in f.source if p.is_lookup))
@@ -598,15 +627,20 @@ class MappingSpec(_Strict):
                 column = path.column_for(ref.logical_name)
                 if column is None:
                     continue
-                out[path.text] = LookupRequest(path.text, path.attribute, ref.logical_name, str(ref.id), column)
+                entity_set = self.source.lookup_entity_sets.get(ref.logical_name) or default_entity_set(
+                    ref.logical_name
+                )
+                out[path.text] = LookupRequest(
+                    path.text, path.attribute, ref.logical_name, str(ref.id), column, entity_set
+                )
         return list(out.values())
 
     def filter_reason(self, record: Mapping[str, Any], *, line: str | None = None) -> str | None:
-        """None when the record passes the filter, else the reason it is skipped."""
+        """None when the record passes the filter, else why not (e.g. "statecode is 1, expected 0")."""
         conditions = self.line(line).filter if line else self.filter
         for cond in conditions:
             if (why := cond.failure(record)) is not None:
-                return f"filtered out by {self.flow}{'.' + line if line else ''}: {why}"
+                return why
         return None
 
     def route_company(self, record: Mapping[str, Any], default_company: str | None = None) -> str:
@@ -730,13 +764,15 @@ class MappingSpec(_Strict):
 
 @dataclass(frozen=True)
 class LookupRequest:
-    """Resolve column ``column`` of the ``table`` row with id ``id``; answer under ``resolved[path]``."""
+    """Resolve column ``column`` of the ``table`` row with id ``id`` (fetched from Web API entity set
+    ``entity_set``); put the answer under ``resolved[path]`` (None when the related row has no value)."""
 
     path: str
     attribute: str
     table: str
     id: str
     column: str
+    entity_set: str
 
 
 @dataclass(frozen=True)

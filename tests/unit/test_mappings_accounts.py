@@ -136,13 +136,14 @@ def test_source_columns_are_derived_from_the_fields(spec):
     assert "owningbusinessunit" not in columns  # no business units mapped: routing reads nothing
     assert len(columns) == len(set(columns)) == 22
     assert spec.lookup_columns() == ["transactioncurrencyid"]
+    assert spec.money_columns() == ["creditlimit"]
 
 
 def test_lookups_ask_for_the_currency_code(spec):
     record = account()
     assert spec.lookups(record) == [
         LookupRequest(CURRENCY, "transactioncurrencyid", "transactioncurrency", record["transactioncurrencyid"].id,
-                      "isocurrencycode")
+                      "isocurrencycode", "transactioncurrencies")
     ]
     assert spec.lookups(account(transactioncurrencyid=None)) == []
 
