@@ -33,7 +33,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Discriminator,
-    Field,
     StrictBool,
     StrictInt,
     Tag,
