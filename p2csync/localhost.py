@@ -1,0 +1,317 @@
+"""The local host: runs the functions registered in function_app.py the way the Functions host does.
+
+For machines without Azure Functions Core Tools, and for tests. HTTP triggers are served on
+``127.0.0.1:<port>/api/<route>`` with function-key auth; Service Bus queue triggers are fed from the
+embedded queue (peek-lock, lock renewal while a function runs, settlement through message actions, the
+host's auto-complete when the function settles nothing, abandon when it raises). function_app.py stays a
+standard v2 app: ``func start`` runs it unchanged where Core Tools are installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import json
+import logging
+import re
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import azure.functions as func
+from azure.functions.servicebus import ServiceBusMessage as FunctionsServiceBusMessage
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from p2csync.queue.base import ReceivedMessage
+from p2csync.queue.embedded import EmbeddedQueue, MessageLockLost
+from p2csync.settlement import settlement_scope
+
+log = logging.getLogger("p2csync.localhost")
+
+
+@dataclass
+class HttpFunction:
+    name: str
+    route: str
+    pattern: re.Pattern[str]
+    methods: frozenset[str]
+    auth_level: str
+    call: Callable[..., Any]
+
+
+@dataclass
+class QueueFunction:
+    name: str
+    queue: str
+    call: Callable[..., Any]
+
+
+def _route_pattern(route: str) -> re.Pattern[str]:
+    """Functions route templates: literal segments and {name} / {name?} / {name:constraint} parameters."""
+    parts = []
+    for segment in route.strip("/").split("/"):
+        if m := re.fullmatch(r"\{(\w+)(?::[^}?]+)?(\??)\}", segment):
+            name, optional = m.group(1), m.group(2)
+            parts.append(f"(?:/(?P<{name}>[^/]+)){'?' if optional else ''}")
+        else:
+            parts.append("/" + re.escape(segment))
+    return re.compile("^" + "".join(parts) + "/?$", re.IGNORECASE)
+
+
+_indexed: dict[int, list[Any]] = {}
+
+
+def indexed_functions(app: func.FunctionApp) -> list[Any]:
+    """``app.get_functions()``, once per app: the library's name-uniqueness check keeps state between
+    calls, so a second call fails although the Functions host itself calls it only once."""
+    if id(app) not in _indexed:
+        _indexed[id(app)] = app.get_functions()
+    return _indexed[id(app)]
+
+
+def discover(app: func.FunctionApp) -> tuple[list[HttpFunction], list[QueueFunction]]:
+    """Read the functions and their trigger bindings from the app, as the host's indexer does."""
+    http: list[HttpFunction] = []
+    queues: list[QueueFunction] = []
+    for function in indexed_functions(app):
+        spec = json.loads(function.get_function_json())
+        trigger = next(b for b in spec["bindings"] if b["type"].endswith("Trigger"))
+        call = function.get_user_function()
+        name = function.get_function_name()
+        if trigger["type"] == "httpTrigger":
+            route = trigger.get("route") or name
+            methods = frozenset(m.upper() for m in (trigger.get("methods") or ["GET", "POST"]))
+            http.append(HttpFunction(name, route, _route_pattern(route), methods,
+                                     str(trigger.get("authLevel", "FUNCTION")).upper(), call))
+        elif trigger["type"] == "serviceBusTrigger" and "queueName" in trigger:
+            queues.append(QueueFunction(name, trigger["queueName"], call))
+        else:
+            log.warning("function %s: trigger %s is not supported by the local host", name, trigger["type"])
+    return http, queues
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args)
+    return await asyncio.to_thread(fn, *args)
+
+
+class LocalMessageActions:
+    """Settles deliveries on the embedded queue by lock token, like the host's message actions do."""
+
+    def __init__(self, queue: EmbeddedQueue) -> None:
+        self.queue = queue
+        self.settled: str | None = None
+
+    def _settle(self, kind: str, action: Callable[[], Any]) -> None:
+        if self.settled:
+            raise RuntimeError(f"message already settled ({self.settled})")
+        action()
+        self.settled = kind
+
+    def complete(self, message: Any) -> None:
+        self._settle("complete", lambda: self.queue.complete(message.lock_token))
+
+    def abandon(self, message: Any) -> None:
+        self._settle("abandon", lambda: self.queue.abandon(message.lock_token))
+
+    def deadletter(
+        self, message: Any, deadletter_reason: str | None = None, deadletter_error_description: str | None = None
+    ) -> None:
+        self._settle("deadletter", lambda: self.queue.dead_letter(
+            message.lock_token, deadletter_reason or "", deadletter_error_description or ""))
+
+
+def to_functions_message(received: ReceivedMessage) -> FunctionsServiceBusMessage:
+    """The trigger input the Functions host would build for this delivery."""
+    return FunctionsServiceBusMessage(
+        body=received.body,
+        message_id=received.message_id,
+        content_type=received.content_type,
+        correlation_id=received.correlation_id,
+        delivery_count=received.delivery_count,
+        enqueued_time_utc=received.enqueued_time_utc,
+        expires_at_utc=received.expires_at_utc,
+        locked_until=received.locked_until_utc,
+        lock_token=received.lock_token,
+        sequence_number=received.sequence_number,
+        subject=received.subject,
+        application_properties=dict(received.application_properties),
+        user_properties=dict(received.application_properties),
+    )
+
+
+class LocalHost:
+    """Serves one FunctionApp: HTTP on loopback, queue triggers from an embedded queue."""
+
+    def __init__(
+        self,
+        app: func.FunctionApp,
+        queue: EmbeddedQueue,
+        *,
+        function_key: str,
+        host: str = "127.0.0.1",
+        port: int = 7071,
+        max_concurrent_calls: int = 16,
+        lock_renewal: timedelta = timedelta(minutes=5),
+        poll_interval: float = 0.05,
+    ) -> None:
+        if not function_key:
+            raise ValueError("a function key is required")
+        self.http_functions, self.queue_functions = discover(app)
+        self.queue = queue
+        self.function_key = function_key
+        self.host = host
+        self.port = port
+        self.max_concurrent_calls = max_concurrent_calls
+        self.lock_renewal = lock_renewal
+        self.poll_interval = poll_interval
+        self._stopping = asyncio.Event()
+        self._server: Any = None
+        self.started = asyncio.Event()
+
+    # -- HTTP ------------------------------------------------------------------------------------------
+    def asgi_app(self) -> Starlette:
+        return Starlette(routes=[Route("/api/{path:path}", self._dispatch,
+                                       methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])])
+
+    def _authorised(self, request: Request, level: str) -> bool:
+        if level == "ANONYMOUS":
+            return True
+        supplied = request.query_params.get("code") or request.headers.get("x-functions-key") or ""
+        return hmac.compare_digest(supplied.encode(), self.function_key.encode())
+
+    async def _dispatch(self, request: Request) -> Response:
+        path = "/" + request.path_params["path"]
+        for fn in self.http_functions:
+            match = fn.pattern.match(path)
+            if not match:
+                continue
+            if request.method not in fn.methods:
+                return JSONResponse({"error": f"method {request.method} not allowed"}, status_code=405)
+            if not self._authorised(request, fn.auth_level):
+                return JSONResponse({"error": "a valid function key is required (code or x-functions-key)"},
+                                    status_code=401)
+            req = func.HttpRequest(
+                method=request.method,
+                url=str(request.url),
+                headers=dict(request.headers),
+                params=dict(request.query_params),
+                route_params={k: v for k, v in match.groupdict().items() if v is not None},
+                body=await request.body(),
+            )
+            try:
+                resp: func.HttpResponse = await _call(fn.call, req)
+            except Exception:
+                log.exception("function %s failed", fn.name)
+                return JSONResponse({"error": f"function {fn.name} failed"}, status_code=500)
+            headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-length"}
+            return Response(resp.get_body(), status_code=resp.status_code, headers=headers, media_type=resp.mimetype)
+        return JSONResponse({"error": f"no function at /api{path}"}, status_code=404)
+
+    # -- queue triggers -------------------------------------------------------------------------------
+    async def _pump(self, fn: QueueFunction) -> None:
+        slots = asyncio.Semaphore(self.max_concurrent_calls)
+        running: set[asyncio.Task[None]] = set()
+        while not self._stopping.is_set():
+            await slots.acquire()
+            try:
+                batch = await asyncio.to_thread(self.queue.receive, fn.queue, 1)
+            except Exception:
+                log.exception("receive from %s failed", fn.queue)
+                batch = []
+            if not batch:
+                slots.release()
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), self.poll_interval)
+                except TimeoutError:
+                    pass
+                continue
+            task = asyncio.create_task(self._invoke(fn, batch[0]))
+            running.add(task)
+            task.add_done_callback(lambda t: (running.discard(t), slots.release()))
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _invoke(self, fn: QueueFunction, received: ReceivedMessage) -> None:
+        actions = LocalMessageActions(self.queue)
+        message = to_functions_message(received)
+        renewer = asyncio.create_task(self._renew_lock(received))
+        try:
+            with settlement_scope(actions):
+                await _call(fn.call, message)
+        except Exception:
+            log.exception("function %s failed on message %s", fn.name, received.message_id)
+            if not actions.settled:
+                self._settle_quietly(lambda: self.queue.abandon(received.lock_token))
+            return
+        finally:
+            renewer.cancel()
+        if not actions.settled:  # autoCompleteMessages: the host completes what the function left
+            self._settle_quietly(lambda: self.queue.complete(received.lock_token))
+
+    async def _renew_lock(self, received: ReceivedMessage) -> None:
+        """Renew the lock at half its duration while the function runs (maxAutoLockRenewalDuration)."""
+        lock = self.queue.lock_duration.total_seconds()
+        budget = self.lock_renewal.total_seconds()
+        elapsed = 0.0
+        while elapsed + lock / 2 <= budget:
+            await asyncio.sleep(lock / 2)
+            elapsed += lock / 2
+            try:
+                await asyncio.to_thread(self.queue.renew_lock, received.lock_token)
+            except MessageLockLost:
+                return
+
+    @staticmethod
+    def _settle_quietly(action: Callable[[], Any]) -> None:
+        try:
+            action()
+        except MessageLockLost:
+            log.warning("lock lost before settlement; the message will be delivered again")
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def serve(self) -> None:
+        """Run until ``stop()``: the HTTP server and one pump per queue trigger."""
+        import uvicorn
+
+        config = uvicorn.Config(self.asgi_app(), host=self.host, port=self.port, log_level="warning",
+                                lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server_task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if server_task.done():
+                await server_task  # raises the bind error
+                return
+            await asyncio.sleep(0.01)
+        if self.port == 0:
+            self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        pumps = [asyncio.create_task(self._pump(fn)) for fn in self.queue_functions]
+        self.started.set()
+        log.info("local host on http://%s:%d/api (%d HTTP, %d queue functions)", self.host, self.port,
+                 len(self.http_functions), len(self.queue_functions))
+        await self._stopping.wait()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        self._server.should_exit = True
+        await server_task
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api"
+
+
+def install_signal_handlers(host: LocalHost) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, host.stop)
+

@@ -1,0 +1,322 @@
+"""The runtime: one message in, one outcome out, one settlement.
+
+``SyncRuntime.process`` is the path of one change (docs/architecture.md): parse the envelope, route it to a
+flow, drop echoes, take the record's lease in the ledger, skip duplicates and stale versions, let the flow
+handler sync the record, record the outcome. ``SyncRuntime.handle`` adds the settlement. Nothing here
+knows whether it runs in Azure, in the local host or in a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from handlers import FlowContext, FlowRegistry, build_registry
+from mappings import MappingError, MappingSpec, load_mappings
+from p2csync.connectors.auth import StaticTokenProvider, TokenProvider, default_credential, scope_for
+from p2csync.connectors.auth import AzureIdentityTokenProvider
+from p2csync.connectors.dataverse import DataverseClient
+from p2csync.connectors.errors import ConnectorError, PermanentError, ThrottledError, TransientError
+from p2csync.connectors.fno import FnOClient
+from p2csync.envelopes import ChangeEvent, EnvelopeError, parse_change_event
+from p2csync.ledger.base import JournalEntry, Ledger, LeaseBusy, LeaseLost
+from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped, describe
+from p2csync.queue.base import OutboundMessage, QueueTransport
+from p2csync.settings import Settings, SettingsError
+from p2csync.settlement import MessageActions, current_actions
+
+log = logging.getLogger("p2csync.runtime")
+
+DEFERRALS = "p2c-deferrals"
+ORIGINAL_MESSAGE_ID = "p2c-original-message-id"
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """A queue message as any trigger delivers it (Functions binding, SDK, embedded queue)."""
+
+    queue: str
+    body: bytes
+    message_id: str
+    delivery_count: int = 1
+    application_properties: Mapping[str, Any] = field(default_factory=dict)
+    content_type: str | None = None
+    enqueued_time_utc: datetime | None = None
+    lock_token: str | None = None
+
+    @property
+    def deferrals(self) -> int:
+        try:
+            return int(self.application_properties.get(DEFERRALS, 0))
+        except (TypeError, ValueError):
+            return 0
+
+    @classmethod
+    def from_functions(cls, queue: str, msg: Any) -> InboundMessage:
+        """From ``azure.functions.ServiceBusMessage`` (or anything with the same attributes)."""
+        props = getattr(msg, "application_properties", None) or getattr(msg, "user_properties", None) or {}
+        return cls(
+            queue=queue,
+            body=msg.get_body(),
+            message_id=msg.message_id or "",
+            delivery_count=msg.delivery_count or 1,
+            application_properties=dict(props),
+            content_type=msg.content_type,
+            enqueued_time_utc=msg.enqueued_time_utc,
+            lock_token=getattr(msg, "lock_token", None),
+        )
+
+
+def backoff(attempt: int, *, base: float = 5.0, cap: float = 300.0) -> float:
+    """Delay before the next try of a deferred message: exponential with full jitter, at least 1 s."""
+    return max(1.0, random.uniform(0, min(cap, base * 2**attempt)))
+
+
+class SyncRuntime:
+    """Holds one pooled client per system, the ledger, the queue transport and the flows of one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ledger: Ledger,
+        transport: QueueTransport | None,
+        dataverse: DataverseClient,
+        fno: FnOClient,
+        mappings: dict[str, MappingSpec],
+        registry: FlowRegistry | None = None,
+        instance_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.transport = transport
+        self.dataverse = dataverse
+        self.fno = fno
+        self.mappings = mappings
+        self.registry = registry or build_registry(mappings)
+        self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.context = FlowContext(settings=settings, dataverse=dataverse, fno=fno, mappings=mappings)
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SyncRuntime:
+        """Build every part from the settings; a wrong mapping file or setting fails here, at start-up."""
+        mappings = load_mappings(settings.mappings_dir)
+        dataverse_tokens, fno_tokens = _token_providers(settings)
+        dataverse = DataverseClient(settings.dataverse_url, dataverse_tokens, tag=settings.write_tag)
+        fno = FnOClient(settings.fno_url, fno_tokens)
+        return cls(
+            settings,
+            ledger=_ledger(settings),
+            transport=_transport(settings),
+            dataverse=dataverse,
+            fno=fno,
+            mappings=mappings,
+        )
+
+    async def aclose(self) -> None:
+        await self.dataverse.aclose()
+        await self.fno.aclose()
+
+    # -- processing ---------------------------------------------------------------------------------
+    async def process(self, message: InboundMessage) -> tuple[Outcome, ChangeEvent | None, str | None]:
+        """Decide what becomes of one message. Returns the outcome, the parsed event and the record key."""
+        try:
+            event = parse_change_event(
+                message.body, message.application_properties, content_type=message.content_type
+            )
+        except EnvelopeError as exc:
+            return Rejected(reason="MalformedMessage", description=str(exc)), None, None
+
+        handler = self.registry.route(event)
+        if handler is None:
+            return Skipped(reason=f"no flow syncs {event.source} '{event.entity}' {event.message_name}"), event, None
+        if echo := self._echo_reason(event):
+            return Skipped(reason=echo), event, None
+
+        record_key = handler.record_key(event)
+        owner = f"{self.instance_id}:{message.message_id}:{message.delivery_count}"
+        lease = timedelta(seconds=self.settings.lease_seconds)
+        try:
+            state = await self.ledger.acquire(record_key, owner, lease)
+        except LeaseBusy as busy:
+            return Deferred(delay=backoff(message.deferrals, base=2.0, cap=30.0),
+                            reason=f"record {record_key} is being synced by another worker"), event, record_key
+
+        committed = False
+        try:
+            prior = await self.ledger.message_outcome(record_key, event.dedupe_key)
+            if prior is not None:
+                outcome: Outcome = Skipped(reason=f"duplicate: this change was already {prior.outcome} "
+                                                  f"at {prior.recorded_at:%Y-%m-%dT%H:%M:%SZ}")
+                return outcome, event, record_key
+            if event.version is not None and state.version is not None and event.version < state.version:
+                outcome = Skipped(reason=f"stale: version {event.version} is older than applied {state.version}")
+            else:
+                outcome = await self._sync(handler, event, state, message)
+            if outcome.is_final:
+                await self.ledger.commit(
+                    record_key, owner, message_key=event.dedupe_key, outcome=outcome.kind,
+                    reason=getattr(outcome, "reason", None) or getattr(outcome, "detail", None),
+                    version=getattr(outcome, "version", None), payload_hash=getattr(outcome, "payload_hash", None),
+                )
+                committed = True
+            return outcome, event, record_key
+        except LeaseLost:
+            return Deferred(delay=1.0, reason=f"lease on {record_key} expired while syncing; will re-check"), \
+                event, record_key
+        finally:
+            if not committed:
+                await _quietly(self.ledger.release(record_key, owner))
+
+    async def _sync(self, handler: Any, event: ChangeEvent, state: Any, message: InboundMessage) -> Outcome:
+        """Run the flow handler and classify what it raises."""
+        try:
+            return await handler.sync(event, state, self.context)
+        except ThrottledError as exc:
+            delay = exc.retry_after if exc.retry_after is not None else backoff(message.deferrals)
+            return Deferred(delay=delay, reason=f"throttled by {exc.system}: {exc.message}")
+        except TransientError as exc:
+            return Deferred(delay=backoff(message.deferrals), reason=f"{exc.system} unavailable: {exc}")
+        except PermanentError as exc:
+            return Rejected(reason=f"{exc.system}Rejected", description=str(exc))
+        except ConnectorError as exc:
+            return Rejected(reason=f"{exc.system}Error", description=str(exc))
+        except MappingError as exc:
+            return Rejected(reason="MappingFailed", description=str(exc))
+
+    def _echo_reason(self, event: ChangeEvent) -> str | None:
+        """Layers 1 and 2 of echo suppression: our own user, our own write tag. (Layer 3 is the hash.)"""
+        if event.tag and event.tag == self.settings.write_tag:
+            return f"echo: the change carries our write tag '{event.tag}'"
+        users = set(self.settings.integration_user_ids)
+        if users and (event.initiating_user_id in users or event.user_id in users):
+            return "echo: the change was made by the integration's own user"
+        return None
+
+    # -- settlement ---------------------------------------------------------------------------------
+    async def handle(self, message: InboundMessage, raw: Any, actions: MessageActions | None = None) -> Outcome:
+        """Process one delivery and settle it. Never raises for a bad message; an unexpected error abandons
+        the message (redelivered, and dead-lettered by the queue after its last delivery)."""
+        actions = actions or current_actions()
+        try:
+            outcome, event, record_key = await self.process(message)
+        except Exception as exc:  # a bug or an outage of the ledger: let the queue redeliver
+            log.exception("unexpected error on message %s (delivery %d)", message.message_id, message.delivery_count)
+            await self._journal(message, None, None, "abandoned", f"{type(exc).__name__}: {exc}")
+            actions.abandon(raw)
+            return Deferred(delay=0, reason=f"abandoned after {type(exc).__name__}")
+
+        if isinstance(outcome, Deferred) and message.deferrals >= self.settings.max_deferrals:
+            outcome = Rejected(reason="MaxDeferralsExceeded",
+                               description=f"deferred {message.deferrals} times; last reason: {outcome.reason}")
+        if isinstance(outcome, Deferred) and self.transport is None:
+            log.warning("no queue transport to reschedule %s; abandoning instead", message.message_id)
+            await self._journal(message, event, record_key, outcome.kind, outcome.reason)
+            actions.abandon(raw)
+            return outcome
+
+        await self._journal(message, event, record_key, outcome.kind, describe(outcome))
+        log.info("%s %s -> %s", message.queue, message.message_id, describe(outcome))
+        match outcome:
+            case Applied() | Skipped():
+                actions.complete(raw)
+            case Deferred(delay=delay):
+                await self._reschedule(message, delay)
+                actions.complete(raw)
+            case Rejected(reason=reason, description=description):
+                actions.deadletter(raw, deadletter_reason=reason, deadletter_error_description=description[:4000])
+        return outcome
+
+    async def _reschedule(self, message: InboundMessage, delay: float) -> None:
+        """A deferral is a new scheduled copy of the message (then the original is completed). Its MessageId
+        differs so duplicate detection keeps it; the dedupe key inside the body is unchanged."""
+        assert self.transport is not None
+        attempt = message.deferrals + 1
+        original = str(message.application_properties.get(ORIGINAL_MESSAGE_ID) or message.message_id)
+        properties = {**message.application_properties, DEFERRALS: attempt, ORIGINAL_MESSAGE_ID: original}
+        copy = OutboundMessage(
+            body=message.body,
+            message_id=f"{original}~{attempt}"[:128],
+            content_type=message.content_type or "application/json",
+            application_properties=properties,
+        )
+        await self.transport.schedule(message.queue, copy, datetime.now(UTC) + timedelta(seconds=delay))
+
+    async def _journal(
+        self, message: InboundMessage, event: ChangeEvent | None, record_key: str | None, outcome: str, reason: str
+    ) -> None:
+        entry = JournalEntry(
+            message_key=event.dedupe_key if event else message.message_id,
+            record_key=record_key,
+            queue=message.queue,
+            message_id=message.message_id,
+            delivery_count=message.delivery_count,
+            outcome=outcome,
+            reason=reason,
+            detail=None,
+            at=datetime.now(UTC),
+        )
+        await _quietly(self.ledger.journal(entry))
+
+
+async def _quietly(awaitable: Any) -> None:
+    """Best effort for bookkeeping that must not turn a settled outcome into a failure."""
+    try:
+        await awaitable
+    except Exception:  # pragma: no cover - logged, not raised
+        log.exception("ledger bookkeeping failed")
+
+
+def _token_providers(settings: Settings) -> tuple[TokenProvider, TokenProvider]:
+    if settings.auth_mode == "static":
+        if not settings.static_token:
+            raise SettingsError("P2C_STATIC_TOKEN: required when P2C_AUTH_MODE=static")
+        token = StaticTokenProvider(settings.static_token)
+        return token, token
+    credential = default_credential(settings.managed_identity_client_id)
+    return (
+        AzureIdentityTokenProvider(credential, scope_for(settings.dataverse_url)),
+        AzureIdentityTokenProvider(credential, scope_for(settings.fno_url)),
+    )
+
+
+def _ledger(settings: Settings) -> Ledger:
+    if settings.ledger_path is not None:
+        from p2csync.ledger.sqlite import SqliteLedger
+
+        return SqliteLedger(settings.ledger_path)
+    raise SettingsError("P2C_LEDGER_PATH: no ledger configured (set it for the SQLite ledger)")
+
+
+def _transport(settings: Settings) -> QueueTransport | None:
+    if settings.local_queue_path is not None:
+        from p2csync.queue.embedded import EmbeddedQueue, EmbeddedTransport
+
+        return EmbeddedTransport(EmbeddedQueue(settings.local_queue_path))
+    return None
+
+
+_runtimes: dict[int, SyncRuntime] = {}
+
+
+def get_runtime() -> SyncRuntime:
+    """The process's runtime for the running event loop (pooled clients are bound to their loop)."""
+    loop_id = id(asyncio.get_running_loop())
+    runtime = _runtimes.get(loop_id)
+    if runtime is None:
+        runtime = _runtimes[loop_id] = SyncRuntime.from_settings(Settings.from_env())
+    return runtime
+
+
+def reset_runtimes() -> None:
+    """Forget cached runtimes (tests and the local host use it between configurations)."""
+    _runtimes.clear()
