@@ -1,0 +1,131 @@
+"""The ledger contract: idempotency and ordering state shared by every function instance.
+
+Why one `record_key` holds everything: a single conditional write (one SQLite transaction, one Table Storage
+partition) then covers the lease, the record's last applied version and the message marker together, so a
+message is applied at most once and an older state never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, runtime_checkable
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Clock",
+    "RecordState",
+    "MessageEntry",
+    "JournalEntry",
+    "Ledger",
+    "LedgerQueries",
+    "LedgerError",
+    "LeaseBusy",
+    "LeaseLost",
+]
+
+Clock = Callable[[], datetime]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RecordState(BaseModel):
+    """What the ledger knows about a source record; all None for a record never committed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int | None = None
+    payload_hash: str | None = None
+    updated_at: AwareDatetime | None = None
+
+
+class MessageEntry(BaseModel):
+    """The final outcome recorded for one message (change occurrence) on one record."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message_key: str
+    outcome: str
+    reason: str | None = None
+    recorded_at: AwareDatetime
+
+
+class JournalEntry(BaseModel):
+    """One delivery's outcome in the append-only audit trail."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message_key: str
+    record_key: str | None = None
+    queue: str
+    message_id: str
+    delivery_count: int = Field(ge=0)
+    outcome: str
+    reason: str | None = None
+    detail: str | None = None
+    at: AwareDatetime = Field(default_factory=_now)
+
+
+class LedgerError(Exception):
+    """Base of the ledger errors."""
+
+
+class LeaseBusy(LedgerError):
+    """Another owner holds a live lease on the record; try again after `until`."""
+
+    def __init__(self, record_key: str, holder: str, until: datetime) -> None:
+        super().__init__(f"{record_key} is leased by {holder} until {until.isoformat()}")
+        self.record_key, self.holder, self.until = record_key, holder, until
+
+
+class LeaseLost(LedgerError):
+    """`owner` no longer holds the record's lease (it expired and was taken, or was released)."""
+
+    def __init__(self, record_key: str, owner: str) -> None:
+        super().__init__(f"{owner} no longer holds the lease on {record_key}")
+        self.record_key, self.owner = record_key, owner
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """The contract of docs/architecture.md (SQLite locally, Table Storage in Azure)."""
+
+    async def acquire(self, record_key: str, owner: str, lease: timedelta) -> RecordState:
+        """Take the record's lease (raises LeaseBusy while another owner holds a live lease)."""
+        ...
+
+    async def message_outcome(self, record_key: str, message_key: str) -> MessageEntry | None:
+        """The recorded final outcome of that message for that record, if any."""
+        ...
+
+    async def commit(self, record_key: str, owner: str, *, message_key: str, outcome: str,
+                     reason: str | None, version: int | None, payload_hash: str | None) -> None:
+        """Record the message outcome and, when version/payload_hash are given, the new record state;
+        release the lease. Raises LeaseLost if `owner` no longer holds the lease."""
+        ...
+
+    async def release(self, record_key: str, owner: str) -> None:
+        """Give the lease back without recording anything (a failed attempt)."""
+        ...
+
+    async def journal(self, entry: JournalEntry) -> None:
+        """Append one delivery's outcome (audit trail: every message ends applied, skipped, deferred or
+        rejected, with a reason)."""
+        ...
+
+
+@runtime_checkable
+class LedgerQueries(Protocol):
+    """Read-only helpers for tools and tests (no lease needed)."""
+
+    async def record_state(self, record_key: str) -> RecordState:
+        """The record's current state (empty for an unknown record)."""
+        ...
+
+    async def journal_entries(self, message_key: str | None = None, outcome: str | None = None, *,
+                              record_key: str | None = None, limit: int = 1000) -> list[JournalEntry]:
+        """Journal entries matching every given filter, oldest first."""
+        ...
