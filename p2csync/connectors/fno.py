@@ -333,7 +333,7 @@ class FnOClient(ApiClient):
             if not allow_create:
                 raise TransientError(
                     "fno", exc.status, exc.code, "row appeared and disappeared again while being written "
-                    "(concurrent writers); try again later", exc.method, exc.url, infolog=exc.infolog,
+                    f"(concurrent writers); try again later. Last answer: {exc.detail}", exc.method, exc.url,
                 ) from exc
             # Deleted since our read: create it.
             log.info("%s%s: deleted concurrently, creating instead", entity_set, format_key(key))
@@ -342,7 +342,7 @@ class FnOClient(ApiClient):
             except AlreadyExistsError as again:
                 raise TransientError(
                     "fno", again.status, again.code, "row disappeared and reappeared while being written "
-                    "(concurrent writers); try again later", again.method, again.url, infolog=again.infolog,
+                    f"(concurrent writers); try again later. Last answer: {again.detail}", again.method, again.url,
                 ) from again
         record = {**current, **changes}
         etag = response.headers.get("ETag")
