@@ -10,6 +10,8 @@ import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
@@ -822,9 +824,6 @@ def _read(flow: str, f: FieldMap, path: SourcePath, record: Mapping[str, Any], r
 
 def _finish(value: Any) -> Any:
     """Make a mapped value JSON-ready (Decimal stays Decimal)."""
-    from datetime import date, datetime
-    from decimal import Decimal
-
     if isinstance(value, float):
         return Decimal(repr(value))
     if isinstance(value, datetime):
