@@ -54,7 +54,7 @@ _SECRET_PARAMS = frozenset(
     {"sig", "signature", "code", "token", "access_token", "id_token", "client_secret", "secret", "password",
      "key", "apikey", "api-key", "api_key", "x-api-key", "subscription-key"}
 )
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]{12,}=*")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _MAX_TEXT = 2000
 

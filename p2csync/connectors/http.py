@@ -302,6 +302,7 @@ class ApiClient:
         self._sleep = options.sleep
         self._rng = options.rng
         self._client = create_http_client(base_url, headers=headers, options=options)
+        self._last_token: str | None = None
 
     @property
     def base_url(self) -> httpx.URL:
@@ -348,7 +349,7 @@ class ApiClient:
                     failures += 1
                     await self._pause(request, type(exc).__name__, attempt, self.retry.backoff(failures, self._rng))
                     continue
-                raise error from exc
+                raise self._redact(error) from exc
             except httpx.TransportError as exc:  # UnsupportedProtocol, ProxyError, LocalProtocolError, ...
                 raise PermanentError(
                     self.system, None, type(exc).__name__, scrub(str(exc)) or type(exc).__name__, method, request.url
@@ -364,7 +365,7 @@ class ApiClient:
                 invalidate()
                 continue
 
-            error = error_from_response(self.system, response, method=method)
+            error = self._redact(error_from_response(self.system, response, method=method))
             if status in self.retry.retry_statuses and attempt < self.retry.max_attempts:
                 retry_after = error.retry_after if isinstance(error, ThrottledError) else None
                 rejected_unprocessed = status == 429 or (status == 503 and retry_after is not None)
@@ -377,8 +378,20 @@ class ApiClient:
                     continue
             raise error
 
+    def _redact(self, error: ConnectorError) -> ConnectorError:
+        """Belt and braces: remove the exact token in use even where the patterns in ``scrub`` miss it."""
+        token = self._last_token
+        if token:
+            if token in error.message:
+                error.message = error.message.replace(token, "***")
+                error.args = (error.message,)
+            if error.infolog and token in error.infolog:
+                error.infolog = error.infolog.replace(token, "***")
+        return error
+
     async def _send_once(self, request: httpx.Request) -> httpx.Response:
         token = await self._token()
+        self._last_token = token
         request.headers["Authorization"] = f"Bearer {token}"
         generation = await self.concurrency.acquire()
         outcome: Literal["success", "throttled", "neutral"] = "neutral"
