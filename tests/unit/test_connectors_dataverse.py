@@ -20,7 +20,7 @@ from p2csync.connectors.errors import (
     PermanentError,
     PreconditionFailedError,
 )
-from p2csync.connectors.http import HttpOptions, RetryPolicy
+from p2csync.connectors.http import HttpOptions
 
 TOKEN = "dv-static-token-123"
 ROOT = "/api/data/v9.2/"
