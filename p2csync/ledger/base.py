@@ -101,8 +101,17 @@ class Ledger(Protocol):
         """The recorded final outcome of that message for that record, if any."""
         ...
 
-    async def commit(self, record_key: str, owner: str, *, message_key: str, outcome: str,
-                     reason: str | None, version: int | None, payload_hash: str | None) -> None:
+    async def commit(
+        self,
+        record_key: str,
+        owner: str,
+        *,
+        message_key: str,
+        outcome: str,
+        reason: str | None,
+        version: int | None,
+        payload_hash: str | None,
+    ) -> None:
         """Record the message outcome and, when version/payload_hash are given, the new record state;
         release the lease. Raises LeaseLost if `owner` no longer holds the lease."""
         ...
@@ -125,7 +134,13 @@ class LedgerQueries(Protocol):
         """The record's current state (empty for an unknown record)."""
         ...
 
-    async def journal_entries(self, message_key: str | None = None, outcome: str | None = None, *,
-                              record_key: str | None = None, limit: int = 1000) -> list[JournalEntry]:
+    async def journal_entries(
+        self,
+        message_key: str | None = None,
+        outcome: str | None = None,
+        *,
+        record_key: str | None = None,
+        limit: int = 1000,
+    ) -> list[JournalEntry]:
         """Journal entries matching every given filter, oldest first."""
         ...

@@ -66,15 +66,19 @@ def _state(row: sqlite3.Row | None) -> RecordState:
     if row is None:
         return RecordState()
     updated = row["updated_at"]
-    return RecordState(version=row["version"], payload_hash=row["payload_hash"],
-                       updated_at=None if updated is None else from_micros(updated))
+    return RecordState(
+        version=row["version"],
+        payload_hash=row["payload_hash"],
+        updated_at=None if updated is None else from_micros(updated),
+    )
 
 
 class SqliteLedger:
     """`Ledger` (and `LedgerQueries`) on one SQLite file, shared safely by threads and processes."""
 
-    def __init__(self, path: str | Path, *, clock: Clock | None = None,
-                 busy_timeout: timedelta = timedelta(seconds=30)) -> None:
+    def __init__(
+        self, path: str | Path, *, clock: Clock | None = None, busy_timeout: timedelta = timedelta(seconds=30)
+    ) -> None:
         self._clock = clock or _system_clock
         self._db = SqliteDatabase(path, schema=SCHEMA, busy_timeout=busy_timeout)
 
@@ -104,8 +108,12 @@ class SqliteLedger:
         now = self._clock()
         with self._db.write() as conn:
             row = conn.execute("SELECT * FROM records WHERE record_key = ?", (record_key,)).fetchone()
-            if (row is not None and row["lease_owner"] is not None and row["lease_owner"] != owner
-                    and row["lease_until"] > to_micros(now)):
+            if (
+                row is not None
+                and row["lease_owner"] is not None
+                and row["lease_owner"] != owner
+                and row["lease_until"] > to_micros(now)
+            ):
                 raise LeaseBusy(record_key, row["lease_owner"], from_micros(row["lease_until"]))
             conn.execute(
                 "INSERT INTO records (record_key, lease_owner, lease_until) VALUES (?, ?, ?) "
@@ -119,27 +127,54 @@ class SqliteLedger:
         return await asyncio.to_thread(self._message_outcome, record_key, message_key)
 
     def _message_outcome(self, record_key: str, message_key: str) -> MessageEntry | None:
-        row = self._db.connection().execute(
-            "SELECT outcome, reason, recorded_at FROM message_outcomes WHERE record_key = ? AND message_key = ?",
-            (record_key, message_key),
-        ).fetchone()
+        row = (
+            self._db.connection()
+            .execute(
+                "SELECT outcome, reason, recorded_at FROM message_outcomes "
+                "WHERE record_key = ? AND message_key = ?",
+                (record_key, message_key),
+            )
+            .fetchone()
+        )
         if row is None:
             return None
-        return MessageEntry(message_key=message_key, outcome=row["outcome"], reason=row["reason"],
-                            recorded_at=from_micros(row["recorded_at"]))
+        return MessageEntry(
+            message_key=message_key,
+            outcome=row["outcome"],
+            reason=row["reason"],
+            recorded_at=from_micros(row["recorded_at"]),
+        )
 
-    async def commit(self, record_key: str, owner: str, *, message_key: str, outcome: str,
-                     reason: str | None, version: int | None, payload_hash: str | None) -> None:
+    async def commit(
+        self,
+        record_key: str,
+        owner: str,
+        *,
+        message_key: str,
+        outcome: str,
+        reason: str | None,
+        version: int | None,
+        payload_hash: str | None,
+    ) -> None:
         """Record the outcome (replacing an earlier one for the same message), move the record state
         forward, release the lease; all or nothing, and only while `owner` is the lease holder.
 
         An expired lease that nobody else has taken still belongs to its owner: no one can have written
         the record in between, so committing is safe."""
-        await asyncio.to_thread(self._commit, record_key, owner, message_key, outcome, reason, version,
-                                payload_hash)
+        await asyncio.to_thread(
+            self._commit, record_key, owner, message_key, outcome, reason, version, payload_hash
+        )
 
-    def _commit(self, record_key: str, owner: str, message_key: str, outcome: str, reason: str | None,
-                version: int | None, payload_hash: str | None) -> None:
+    def _commit(
+        self,
+        record_key: str,
+        owner: str,
+        message_key: str,
+        outcome: str,
+        reason: str | None,
+        version: int | None,
+        payload_hash: str | None,
+    ) -> None:
         now = to_micros(self._clock())
         with self._db.write() as conn:
             row = conn.execute("SELECT * FROM records WHERE record_key = ?", (record_key,)).fetchone()
@@ -158,11 +193,15 @@ class SqliteLedger:
                     (version, payload_hash, now, record_key),
                 )
             elif version is None and payload_hash is not None:
-                conn.execute("UPDATE records SET payload_hash = ?, updated_at = ? WHERE record_key = ?",
-                             (payload_hash, now, record_key))
+                conn.execute(
+                    "UPDATE records SET payload_hash = ?, updated_at = ? WHERE record_key = ?",
+                    (payload_hash, now, record_key),
+                )
             # else: nothing new, or an older version: the newer stored state stays.
-            conn.execute("UPDATE records SET lease_owner = NULL, lease_until = NULL WHERE record_key = ?",
-                         (record_key,))
+            conn.execute(
+                "UPDATE records SET lease_owner = NULL, lease_until = NULL WHERE record_key = ?",
+                (record_key,),
+            )
 
     async def release(self, record_key: str, owner: str) -> None:
         """Drop the lease if `owner` holds it; a no-op otherwise (it may have been taken over already)."""
@@ -184,8 +223,17 @@ class SqliteLedger:
             conn.execute(
                 "INSERT INTO journal (message_key, record_key, queue, message_id, delivery_count, outcome, "
                 "reason, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (entry.message_key, entry.record_key, entry.queue, entry.message_id, entry.delivery_count,
-                 entry.outcome, entry.reason, entry.detail, to_micros(entry.at)),
+                (
+                    entry.message_key,
+                    entry.record_key,
+                    entry.queue,
+                    entry.message_id,
+                    entry.delivery_count,
+                    entry.outcome,
+                    entry.reason,
+                    entry.detail,
+                    to_micros(entry.at),
+                ),
             )
 
     # -- LedgerQueries ------------------------------------------------------------------------------
@@ -193,27 +241,52 @@ class SqliteLedger:
         return await asyncio.to_thread(self._record_state, record_key)
 
     def _record_state(self, record_key: str) -> RecordState:
-        row = self._db.connection().execute(
-            "SELECT version, payload_hash, updated_at FROM records WHERE record_key = ?", (record_key,)
-        ).fetchone()
+        row = (
+            self._db.connection()
+            .execute(
+                "SELECT version, payload_hash, updated_at FROM records WHERE record_key = ?", (record_key,)
+            )
+            .fetchone()
+        )
         return _state(row)
 
-    async def journal_entries(self, message_key: str | None = None, outcome: str | None = None, *,
-                              record_key: str | None = None, limit: int = 1000) -> list[JournalEntry]:
+    async def journal_entries(
+        self,
+        message_key: str | None = None,
+        outcome: str | None = None,
+        *,
+        record_key: str | None = None,
+        limit: int = 1000,
+    ) -> list[JournalEntry]:
         """The newest `limit` entries matching every given filter, returned oldest first."""
         return await asyncio.to_thread(self._journal_entries, message_key, outcome, record_key, limit)
 
-    def _journal_entries(self, message_key: str | None, outcome: str | None, record_key: str | None,
-                         limit: int) -> list[JournalEntry]:
+    def _journal_entries(
+        self, message_key: str | None, outcome: str | None, record_key: str | None, limit: int
+    ) -> list[JournalEntry]:
         filters = {"message_key": message_key, "outcome": outcome, "record_key": record_key}
-        where = " AND ".join(f"{column} = :{column}" for column, value in filters.items() if value is not None)
-        rows = self._db.connection().execute(
-            f"SELECT * FROM journal {'WHERE ' + where if where else ''} ORDER BY id DESC LIMIT :limit",
-            {**filters, "limit": limit},
-        ).fetchall()
+        where = " AND ".join(
+            f"{column} = :{column}" for column, value in filters.items() if value is not None
+        )
+        rows = (
+            self._db.connection()
+            .execute(
+                f"SELECT * FROM journal {'WHERE ' + where if where else ''} ORDER BY id DESC LIMIT :limit",
+                {**filters, "limit": limit},
+            )
+            .fetchall()
+        )
         return [
-            JournalEntry(message_key=r["message_key"], record_key=r["record_key"], queue=r["queue"],
-                         message_id=r["message_id"], delivery_count=r["delivery_count"], outcome=r["outcome"],
-                         reason=r["reason"], detail=r["detail"], at=from_micros(r["at"]))
+            JournalEntry(
+                message_key=r["message_key"],
+                record_key=r["record_key"],
+                queue=r["queue"],
+                message_id=r["message_id"],
+                delivery_count=r["delivery_count"],
+                outcome=r["outcome"],
+                reason=r["reason"],
+                detail=r["detail"],
+                at=from_micros(r["at"]),
+            )
             for r in reversed(rows)
         ]

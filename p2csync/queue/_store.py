@@ -60,9 +60,9 @@ def dump_properties(properties: dict[str, PropertyValue]) -> str:
 
 
 def to_message(row: sqlite3.Row, now_us: int, *, holder_view: bool) -> ReceivedMessage:
-    """Build the model of one row. `holder_view` exposes the lock (receive) rather than hiding it (peek)."""
+    """Build the model of one row. Only the receiver (`holder_view`) gets the lock token; a peek shows
+    when a live lock ends but never the token, so peeking cannot be used to settle someone else's message."""
     locked = row["locked_until"] is not None and row["locked_until"] > now_us
-    show_lock = holder_view or locked
     return ReceivedMessage(
         queue=row["queue"],
         sequence_number=row["sequence_number"],
@@ -77,8 +77,8 @@ def to_message(row: sqlite3.Row, now_us: int, *, holder_view: bool) -> ReceivedM
         delivery_count=row["delivery_count"],
         enqueued_time_utc=from_micros(row["enqueued_at"]),
         expires_at_utc=_dt(row["expires_at"]),
-        lock_token=row["lock_token"] if show_lock else None,
-        locked_until_utc=_dt(row["locked_until"]) if show_lock else None,
+        lock_token=row["lock_token"] if holder_view else None,
+        locked_until_utc=_dt(row["locked_until"]) if holder_view or locked else None,
         dead_letter_reason=row["dead_letter_reason"],
         dead_letter_error_description=row["dead_letter_error_description"],
         dead_letter_source=row["dead_letter_source"],

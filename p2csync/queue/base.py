@@ -69,9 +69,9 @@ class OutboundMessage(BaseModel):
 class ReceivedMessage(OutboundMessage):
     """A delivered (or peeked) message with its broker-assigned properties.
 
-    `lock_token` and `locked_until_utc` are set on messages received in peek-lock mode; a peeked message
-    that nobody holds has neither. `time_to_live` is the effective one (the queue default applies).
-    """
+    `lock_token` is set only on messages received in peek-lock mode (never on peeked ones);
+    `locked_until_utc` on those and on peeked messages someone holds. `time_to_live` is the effective one
+    (capped by the queue default)."""
 
     queue: str
     sequence_number: int

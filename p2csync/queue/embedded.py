@@ -153,9 +153,17 @@ class EmbeddedQueue:
             "application_properties, scheduled_at, enqueued_at, time_to_live, expires_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                queue, message.message_id, message.body, message.content_type, message.subject,
-                message.correlation_id, dump_properties(message.application_properties), scheduled_at,
-                visible_at, ttl, None if ttl is None else visible_at + ttl,
+                queue,
+                message.message_id,
+                message.body,
+                message.content_type,
+                message.subject,
+                message.correlation_id,
+                dump_properties(message.application_properties),
+                scheduled_at,
+                visible_at,
+                ttl,
+                None if ttl is None else visible_at + ttl,
             ),
         )
         assert cursor.lastrowid is not None
@@ -198,11 +206,16 @@ class EmbeddedQueue:
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
         now = self._now()
-        due = ("queue = ? AND dead_lettered = ? AND enqueued_at <= ? "
-               "AND (locked_until IS NULL OR locked_until <= ?)")
+        due = (
+            "queue = ? AND dead_lettered = ? AND enqueued_at <= ? "
+            "AND (locked_until IS NULL OR locked_until <= ?)"
+        )
         args = (queue, int(dead_lettered), now, now)
         # A cheap read first, so idle pollers never take the write lock.
-        if self._db.connection().execute(f"SELECT 1 FROM messages WHERE {due} LIMIT 1", args).fetchone() is None:
+        if (
+            self._db.connection().execute(f"SELECT 1 FROM messages WHERE {due} LIMIT 1", args).fetchone()
+            is None
+        ):
             return []
         locked: list[int] = []
         until = now + _micros(self.lock_duration)
@@ -219,8 +232,13 @@ class EmbeddedQueue:
                     if not dead_lettered and expires_at is not None and expires_at <= now:
                         self._expire(conn, queue, sequence_number, expires_at)
                     elif not dead_lettered and delivery_count >= self.max_delivery_count:
-                        self._move_to_dead_letters(conn, queue, sequence_number, MAX_DELIVERY_COUNT_EXCEEDED,
-                                                   self._max_delivery_description())
+                        self._move_to_dead_letters(
+                            conn,
+                            queue,
+                            sequence_number,
+                            MAX_DELIVERY_COUNT_EXCEEDED,
+                            self._max_delivery_description(),
+                        )
                     else:
                         conn.execute(
                             "UPDATE messages SET delivery_count = delivery_count + 1, lock_token = ?, "
@@ -228,18 +246,27 @@ class EmbeddedQueue:
                             (str(uuid.uuid4()), until, sequence_number),
                         )
                         locked.append(sequence_number)
-            rows = conn.execute(
-                f"SELECT {COLUMNS} FROM messages WHERE sequence_number IN ({','.join('?' * len(locked))}) "
-                "ORDER BY sequence_number",
-                locked,
-            ).fetchall() if locked else []
+            rows = (
+                conn.execute(
+                    f"SELECT {COLUMNS} FROM messages "
+                    f"WHERE sequence_number IN ({','.join('?' * len(locked))}) ORDER BY sequence_number",
+                    locked,
+                ).fetchall()
+                if locked
+                else []
+            )
         return [to_message(row, now, holder_view=True) for row in rows]
 
     def _expire(self, conn: sqlite3.Connection, queue: str, sequence_number: int, expires_at: int) -> None:
         if self.dead_letter_on_expiration:
-            self._move_to_dead_letters(conn, queue, sequence_number, TTL_EXPIRED,
-                                       f"The message expired at {from_micros(expires_at).isoformat()} "
-                                       "(time to live elapsed) and was dead-lettered.")
+            self._move_to_dead_letters(
+                conn,
+                queue,
+                sequence_number,
+                TTL_EXPIRED,
+                f"The message expired at {from_micros(expires_at).isoformat()} "
+                "(time to live elapsed) and was dead-lettered.",
+            )
         else:
             conn.execute("DELETE FROM messages WHERE sequence_number = ?", (sequence_number,))
 
@@ -247,9 +274,14 @@ class EmbeddedQueue:
         return f"Message could not be consumed after {self.max_delivery_count} delivery attempts."
 
     @staticmethod
-    def _move_to_dead_letters(conn: sqlite3.Connection, queue: str, sequence_number: int, reason: str | None,
-                              description: str | None) -> None:
-        """Into the dead-letter sub-queue: body, properties, MessageId and delivery count stay as they were."""
+    def _move_to_dead_letters(
+        conn: sqlite3.Connection,
+        queue: str,
+        sequence_number: int,
+        reason: str | None,
+        description: str | None,
+    ) -> None:
+        """Into the dead-letter sub-queue; body, properties, MessageId and delivery count are kept."""
         conn.execute(
             "UPDATE messages SET dead_lettered = 1, lock_token = NULL, locked_until = NULL, "
             "dead_letter_reason = ?, dead_letter_error_description = ?, dead_letter_source = ? "
@@ -260,7 +292,7 @@ class EmbeddedQueue:
     # -- settlement ---------------------------------------------------------------------------------
     def _held(self, conn: sqlite3.Connection, lock_token: str, now: int) -> sqlite3.Row:
         """The row locked by `lock_token`, or MessageLockLost when the lock is unknown or expired."""
-        row = conn.execute(
+        row: sqlite3.Row | None = conn.execute(
             "SELECT sequence_number, queue, dead_lettered, delivery_count FROM messages "
             "WHERE lock_token = ? AND locked_until > ?",
             (lock_token, now),
@@ -283,11 +315,18 @@ class EmbeddedQueue:
         with self._db.write() as conn:
             row = self._held(conn, lock_token, now)
             if not row["dead_lettered"] and row["delivery_count"] >= self.max_delivery_count:
-                self._move_to_dead_letters(conn, row["queue"], row["sequence_number"], MAX_DELIVERY_COUNT_EXCEEDED,
-                                           self._max_delivery_description())
+                self._move_to_dead_letters(
+                    conn,
+                    row["queue"],
+                    row["sequence_number"],
+                    MAX_DELIVERY_COUNT_EXCEEDED,
+                    self._max_delivery_description(),
+                )
             else:
-                conn.execute("UPDATE messages SET lock_token = NULL, locked_until = NULL WHERE sequence_number = ?",
-                             (row["sequence_number"],))
+                conn.execute(
+                    "UPDATE messages SET lock_token = NULL, locked_until = NULL WHERE sequence_number = ?",
+                    (row["sequence_number"],),
+                )
 
     def dead_letter(self, lock_token: str, reason: str | None = None, description: str | None = None) -> None:
         """Move the locked message to the dead-letter queue with a reason; nothing else about it changes."""
@@ -304,8 +343,10 @@ class EmbeddedQueue:
         until = now + _micros(self.lock_duration)
         with self._db.write() as conn:
             row = self._held(conn, lock_token, now)
-            conn.execute("UPDATE messages SET locked_until = ? WHERE sequence_number = ?",
-                         (until, row["sequence_number"]))
+            conn.execute(
+                "UPDATE messages SET locked_until = ? WHERE sequence_number = ?",
+                (until, row["sequence_number"]),
+            )
         return from_micros(until)
 
     # -- dead letters -------------------------------------------------------------------------------
@@ -327,28 +368,44 @@ class EmbeddedQueue:
                 "INSERT INTO messages (queue, message_id, body, content_type, subject, correlation_id, "
                 "application_properties, enqueued_at, time_to_live, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (queue, row["message_id"], row["body"], row["content_type"], row["subject"], row["correlation_id"],
-                 row["application_properties"], now, ttl, None if ttl is None else now + ttl),
+                (
+                    queue,
+                    row["message_id"],
+                    row["body"],
+                    row["content_type"],
+                    row["subject"],
+                    row["correlation_id"],
+                    row["application_properties"],
+                    now,
+                    ttl,
+                    None if ttl is None else now + ttl,
+                ),
             )
             conn.execute("DELETE FROM messages WHERE sequence_number = ?", (sequence_number,))
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
     # -- inspection ---------------------------------------------------------------------------------
-    def peek(self, queue: str, max_messages: int = 100, from_sequence_number: int = 0) -> list[ReceivedMessage]:
+    def peek(
+        self, queue: str, max_messages: int = 100, from_sequence_number: int = 0
+    ) -> list[ReceivedMessage]:
         """Look at active and scheduled messages in sequence order without locking or counting a delivery."""
         return self._peek(queue, max_messages, from_sequence_number, dead_lettered=False)
 
-    def peek_dead_letters(self, queue: str, max_messages: int = 100,
-                          from_sequence_number: int = 0) -> list[ReceivedMessage]:
+    def peek_dead_letters(
+        self, queue: str, max_messages: int = 100, from_sequence_number: int = 0
+    ) -> list[ReceivedMessage]:
         """Look at the dead-letter queue without locking anything."""
         return self._peek(queue, max_messages, from_sequence_number, dead_lettered=True)
 
-    def _peek(self, queue: str, max_messages: int, start: int, *, dead_lettered: bool) -> list[ReceivedMessage]:
+    def _peek(
+        self, queue: str, max_messages: int, start: int, *, dead_lettered: bool
+    ) -> list[ReceivedMessage]:
         now = self._now()
         with self._db.read() as conn:
             rows = conn.execute(
-                f"SELECT {COLUMNS} FROM messages WHERE queue = ? AND dead_lettered = ? AND sequence_number >= ? "
+                f"SELECT {COLUMNS} FROM messages "
+                "WHERE queue = ? AND dead_lettered = ? AND sequence_number >= ? "
                 "ORDER BY sequence_number LIMIT ?",
                 (queue, int(dead_lettered), start, max_messages),
             ).fetchall()
@@ -410,7 +467,9 @@ class EmbeddedTransport:
     async def abandon(self, lock_token: str) -> None:
         await asyncio.to_thread(self.queue.abandon, lock_token)
 
-    async def dead_letter(self, lock_token: str, reason: str | None = None, description: str | None = None) -> None:
+    async def dead_letter(
+        self, lock_token: str, reason: str | None = None, description: str | None = None
+    ) -> None:
         await asyncio.to_thread(self.queue.dead_letter, lock_token, reason, description)
 
     async def renew_lock(self, lock_token: str) -> datetime:

@@ -84,8 +84,9 @@ class SqliteDatabase:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and getattr(self._local, "pid", None) == pid:
             return conn
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=self._busy_ms / 1000)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
+        )
         conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.row_factory = sqlite3.Row

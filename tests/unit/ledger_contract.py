@@ -50,11 +50,26 @@ class LedgerUnderTest(Ledger, LedgerQueries, Protocol):
 LedgerFactory = Callable[[FakeClock], LedgerUnderTest]
 
 
-async def commit(ledger: Ledger, owner: str, message_key: str = "msg-1", *, record_key: str = RK,
-                 outcome: str = "applied", reason: str | None = None, version: int | None = None,
-                 payload_hash: str | None = None) -> None:
-    await ledger.commit(record_key, owner, message_key=message_key, outcome=outcome, reason=reason,
-                        version=version, payload_hash=payload_hash)
+async def commit(
+    ledger: Ledger,
+    owner: str,
+    message_key: str = "msg-1",
+    *,
+    record_key: str = RK,
+    outcome: str = "applied",
+    reason: str | None = None,
+    version: int | None = None,
+    payload_hash: str | None = None,
+) -> None:
+    await ledger.commit(
+        record_key,
+        owner,
+        message_key=message_key,
+        outcome=outcome,
+        reason=reason,
+        version=version,
+        payload_hash=payload_hash,
+    )
 
 
 class LedgerContract:
@@ -78,11 +93,14 @@ class LedgerContract:
 
     # -- acquire ------------------------------------------------------------------------------------
     async def test_acquire_new_record_returns_empty_state(self, ledger: LedgerUnderTest) -> None:
-        assert await ledger.acquire(RK, "w1", LEASE) == RecordState(version=None, payload_hash=None,
-                                                                    updated_at=None)
+        assert await ledger.acquire(RK, "w1", LEASE) == RecordState(
+            version=None, payload_hash=None, updated_at=None
+        )
         assert await ledger.record_state(RK) == RecordState()
 
-    async def test_live_lease_of_another_owner_is_busy(self, ledger: LedgerUnderTest, clock: FakeClock) -> None:
+    async def test_live_lease_of_another_owner_is_busy(
+        self, ledger: LedgerUnderTest, clock: FakeClock
+    ) -> None:
         await ledger.acquire(RK, "w1", LEASE)
         clock.advance(seconds=10)
         with pytest.raises(LeaseBusy) as busy:
@@ -107,22 +125,29 @@ class LedgerContract:
             await ledger.acquire(RK, "w1", LEASE)
         assert busy.value.holder == "w2"
 
-    async def test_acquire_returns_the_committed_state(self, ledger: LedgerUnderTest, clock: FakeClock) -> None:
+    async def test_acquire_returns_the_committed_state(
+        self, ledger: LedgerUnderTest, clock: FakeClock
+    ) -> None:
         await ledger.acquire(RK, "w1", LEASE)
         await commit(ledger, "w1", version=1700000000000, payload_hash="sha256:aa")
         state = await ledger.acquire(RK, "w2", LEASE)
         assert (state.version, state.payload_hash, state.updated_at) == (1700000000000, "sha256:aa", START)
 
     # -- commit -------------------------------------------------------------------------------------
-    async def test_commit_records_outcome_state_and_releases(self, ledger: LedgerUnderTest,
-                                                             clock: FakeClock) -> None:
+    async def test_commit_records_outcome_state_and_releases(
+        self, ledger: LedgerUnderTest, clock: FakeClock
+    ) -> None:
         await ledger.acquire(RK, "w1", LEASE)
         clock.advance(seconds=1)
-        await commit(ledger, "w1", "msg-1", outcome="applied", reason="created in F&O", version=5,
-                     payload_hash="h5")
+        await commit(
+            ledger, "w1", "msg-1", outcome="applied", reason="created in F&O", version=5, payload_hash="h5"
+        )
         assert await ledger.message_outcome(RK, "msg-1") == MessageEntry(
-            message_key="msg-1", outcome="applied", reason="created in F&O", recorded_at=clock.now)
-        assert await ledger.record_state(RK) == RecordState(version=5, payload_hash="h5", updated_at=clock.now)
+            message_key="msg-1", outcome="applied", reason="created in F&O", recorded_at=clock.now
+        )
+        assert await ledger.record_state(RK) == RecordState(
+            version=5, payload_hash="h5", updated_at=clock.now
+        )
         await ledger.acquire(RK, "w2", LEASE)  # released: no LeaseBusy
         with pytest.raises(LeaseLost):
             await commit(ledger, "w1", "msg-2")  # and w1 no longer holds it
@@ -145,8 +170,9 @@ class LedgerContract:
         await commit(ledger, "w1", version=1, payload_hash="h1")
         assert (await ledger.record_state(RK)).version == 1
 
-    async def test_lease_taken_over_after_expiry_makes_old_owner_lose(self, ledger: LedgerUnderTest,
-                                                                      clock: FakeClock) -> None:
+    async def test_lease_taken_over_after_expiry_makes_old_owner_lose(
+        self, ledger: LedgerUnderTest, clock: FakeClock
+    ) -> None:
         await ledger.acquire(RK, "slow", LEASE)
         clock.advance(seconds=31)
         await ledger.acquire(RK, "fast", LEASE)
@@ -156,8 +182,9 @@ class LedgerContract:
         assert (await ledger.message_outcome(RK, "msg-1")).outcome == "applied"  # type: ignore[union-attr]
         assert (await ledger.record_state(RK)).payload_hash == "fast"
 
-    async def test_expired_lease_nobody_took_still_commits(self, ledger: LedgerUnderTest,
-                                                           clock: FakeClock) -> None:
+    async def test_expired_lease_nobody_took_still_commits(
+        self, ledger: LedgerUnderTest, clock: FakeClock
+    ) -> None:
         await ledger.acquire(RK, "w1", LEASE)
         clock.advance(minutes=5)
         await commit(ledger, "w1", version=1, payload_hash="h")
@@ -172,7 +199,11 @@ class LedgerContract:
 
         assert (await apply("a", 5, "h5")).version == 5
         stale = await apply("b", 3, "h3")  # older state arrives late: ignored
-        assert (stale.version, stale.payload_hash, stale.updated_at) == (5, "h5", START + timedelta(seconds=1))
+        assert (stale.version, stale.payload_hash, stale.updated_at) == (
+            5,
+            "h5",
+            START + timedelta(seconds=1),
+        )
         assert (await ledger.message_outcome(RK, "msg-b")) is not None  # the outcome is still recorded
         same = await apply("c", 5, "h5b")  # same version: latest payload hash wins
         assert (same.version, same.payload_hash) == (5, "h5b")
@@ -187,24 +218,29 @@ class LedgerContract:
         await commit(ledger, "b", "m2", outcome="skipped", reason="echo")
         assert await ledger.record_state(RK) == RecordState(version=4, payload_hash="h4", updated_at=START)
 
-    async def test_hash_without_version_keeps_version(self, ledger: LedgerUnderTest, clock: FakeClock) -> None:
+    async def test_hash_without_version_keeps_version(
+        self, ledger: LedgerUnderTest, clock: FakeClock
+    ) -> None:
         await ledger.acquire(RK, "a", LEASE)
         await commit(ledger, "a", "m1", version=4, payload_hash="h4")
         clock.advance(seconds=5)
         await ledger.acquire(RK, "b", LEASE)
         await commit(ledger, "b", "m2", payload_hash="h-unversioned")
-        assert await ledger.record_state(RK) == RecordState(version=4, payload_hash="h-unversioned",
-                                                            updated_at=clock.now)
+        assert await ledger.record_state(RK) == RecordState(
+            version=4, payload_hash="h-unversioned", updated_at=clock.now
+        )
 
-    async def test_recommitting_a_message_replaces_its_outcome(self, ledger: LedgerUnderTest,
-                                                               clock: FakeClock) -> None:
+    async def test_recommitting_a_message_replaces_its_outcome(
+        self, ledger: LedgerUnderTest, clock: FakeClock
+    ) -> None:
         await ledger.acquire(RK, "a", LEASE)
         await commit(ledger, "a", "m1", outcome="rejected", reason="validation")
         clock.advance(seconds=1)
         await ledger.acquire(RK, "b", LEASE)
         await commit(ledger, "b", "m1", outcome="applied", reason=None)
         assert await ledger.message_outcome(RK, "m1") == MessageEntry(
-            message_key="m1", outcome="applied", reason=None, recorded_at=clock.now)
+            message_key="m1", outcome="applied", reason=None, recorded_at=clock.now
+        )
 
     # -- message outcome, release -------------------------------------------------------------------
     async def test_message_outcome_is_scoped_to_the_record(self, ledger: LedgerUnderTest) -> None:
@@ -238,24 +274,43 @@ class LedgerContract:
     # -- journal ------------------------------------------------------------------------------------
     async def test_journal_is_append_only_and_filterable(self, ledger: LedgerUnderTest) -> None:
         def entry(i: int, message_key: str, outcome: str, record_key: str | None = RK) -> JournalEntry:
-            return JournalEntry(message_key=message_key, record_key=record_key, queue="sales-events",
-                                message_id=f"id-{i}", delivery_count=i, outcome=outcome, reason=f"r{i}",
-                                detail=None if i % 2 else f"d{i}", at=START + timedelta(seconds=i))
+            return JournalEntry(
+                message_key=message_key,
+                record_key=record_key,
+                queue="sales-events",
+                message_id=f"id-{i}",
+                delivery_count=i,
+                outcome=outcome,
+                reason=f"r{i}",
+                detail=None if i % 2 else f"d{i}",
+                at=START + timedelta(seconds=i),
+            )
 
-        entries = [entry(1, "k1", "deferred"), entry(2, "k1", "applied"), entry(3, "k2", "skipped"),
-                   entry(4, "k3", "rejected", record_key=None), entry(5, "k1", "skipped")]
+        entries = [
+            entry(1, "k1", "deferred"),
+            entry(2, "k1", "applied"),
+            entry(3, "k2", "skipped"),
+            entry(4, "k3", "rejected", record_key=None),
+            entry(5, "k1", "skipped"),
+        ]
         for e in entries:
             await ledger.journal(e)
         await ledger.journal(entries[0])  # the same entry twice is two deliveries' worth of history
         assert await ledger.journal_entries() == [*entries, entries[0]]
-        assert await ledger.journal_entries(message_key="k1") == [entries[0], entries[1], entries[4], entries[0]]
+        assert await ledger.journal_entries(message_key="k1") == [
+            entries[0],
+            entries[1],
+            entries[4],
+            entries[0],
+        ]
         assert await ledger.journal_entries(outcome="skipped") == [entries[2], entries[4]]
         assert await ledger.journal_entries(message_key="k1", outcome="skipped") == [entries[4]]
         assert await ledger.journal_entries(record_key=RK, limit=2) == [entries[4], entries[0]]  # newest two
         assert await ledger.journal_entries(message_key="nope") == []
 
-    async def test_state_is_shared_between_clients(self, ledger_factory: LedgerFactory,
-                                                   clock: FakeClock) -> None:
+    async def test_state_is_shared_between_clients(
+        self, ledger_factory: LedgerFactory, clock: FakeClock
+    ) -> None:
         one, two = ledger_factory(clock), ledger_factory(clock)
         await one.acquire(RK, "a", LEASE)
         with pytest.raises(LeaseBusy):
@@ -265,18 +320,21 @@ class LedgerContract:
         assert (await two.message_outcome(RK, "msg-1")) is not None
 
     # -- races --------------------------------------------------------------------------------------
-    async def test_concurrent_acquire_has_one_winner(self, ledger_factory: LedgerFactory,
-                                                     clock: FakeClock) -> None:
+    async def test_concurrent_acquire_has_one_winner(
+        self, ledger_factory: LedgerFactory, clock: FakeClock
+    ) -> None:
         clients = [ledger_factory(clock) for _ in range(8)]
-        results = await asyncio.gather(*(c.acquire(RK, f"w{i}", LEASE) for i, c in enumerate(clients)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(c.acquire(RK, f"w{i}", LEASE) for i, c in enumerate(clients)), return_exceptions=True
+        )
         winners = [f"w{i}" for i, r in enumerate(results) if isinstance(r, RecordState)]
         busy = [r for r in results if isinstance(r, LeaseBusy)]
         assert len(winners) == 1 and len(busy) == 7, results
         assert {b.holder for b in busy} == set(winners)
 
-    async def test_racing_workers_apply_a_message_exactly_once(self, ledger_factory: LedgerFactory,
-                                                               clock: FakeClock) -> None:
+    async def test_racing_workers_apply_a_message_exactly_once(
+        self, ledger_factory: LedgerFactory, clock: FakeClock
+    ) -> None:
         """Each worker runs the runtime's protocol: acquire, check the message, apply, commit."""
         inside: list[str] = []
         overlap: list[list[str]] = []
@@ -311,4 +369,13 @@ class LedgerContract:
         assert entry is not None and entry.outcome == "applied"
 
 
-__all__ = ["FakeClock", "LedgerContract", "LedgerFactory", "LedgerUnderTest", "START", "LEASE", "RK", "commit"]
+__all__ = [
+    "FakeClock",
+    "LedgerContract",
+    "LedgerFactory",
+    "LedgerUnderTest",
+    "START",
+    "LEASE",
+    "RK",
+    "commit",
+]

@@ -1,4 +1,4 @@
-"""Embedded queue: Service Bus semantics on SQLite (peek-lock, delivery count, DLQ, scheduling, dedupe, TTL)."""
+"""Service Bus semantics on SQLite (peek-lock, delivery count, DLQ, schedules, dedupe, TTL)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class FakeClock:
 
 
 def msg(message_id: str = "m1", body: bytes = b'{"n": 1}', **extra: object) -> OutboundMessage:
-    return OutboundMessage(body=body, message_id=message_id, **extra)  # type: ignore[arg-type]
+    return OutboundMessage(body=body, message_id=message_id, **extra)
 
 
 @pytest.fixture
@@ -50,22 +50,41 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def queue(tmp_path: Path, clock: FakeClock):  # type: ignore[no-untyped-def]
-    q = EmbeddedQueue(tmp_path / "queue.db", clock=clock, lock_duration=timedelta(seconds=30),
-                      max_delivery_count=3)
+    q = EmbeddedQueue(
+        tmp_path / "queue.db", clock=clock, lock_duration=timedelta(seconds=30), max_delivery_count=3
+    )
     yield q
     q.close()
 
 
 # -- send and receive -------------------------------------------------------------------------------
 def test_round_trip_keeps_every_property(queue: EmbeddedQueue, clock: FakeClock) -> None:
-    props = {"http://schemas.microsoft.com/xrm/2011/Claims/EntityLogicalName": "account",
-             "count": 3, "ratio": 1.0, "trimmed": True}
-    seq = queue.send(Q, msg("id-1", body=b"\x00\xffraw", content_type="text/plain", subject="Update",
-                            correlation_id="corr-9", application_properties=props))
+    props = {
+        "http://schemas.microsoft.com/xrm/2011/Claims/EntityLogicalName": "account",
+        "count": 3,
+        "ratio": 1.0,
+        "trimmed": True,
+    }
+    seq = queue.send(
+        Q,
+        msg(
+            "id-1",
+            body=b"\x00\xffraw",
+            content_type="text/plain",
+            subject="Update",
+            correlation_id="corr-9",
+            application_properties=props,
+        ),
+    )
     [m] = queue.receive(Q)
     assert m.sequence_number == seq
     assert (m.body, m.message_id, m.content_type, m.subject, m.correlation_id) == (
-        b"\x00\xffraw", "id-1", "text/plain", "Update", "corr-9")
+        b"\x00\xffraw",
+        "id-1",
+        "text/plain",
+        "Update",
+        "corr-9",
+    )
     assert m.application_properties == props
     assert [type(m.application_properties[k]) for k in ("count", "ratio", "trimmed")] == [int, float, bool]
     assert m.queue == Q
@@ -85,7 +104,8 @@ def test_receive_on_empty_queue_returns_nothing(queue: EmbeddedQueue) -> None:
 
 def test_receive_in_sequence_order_up_to_max(queue: EmbeddedQueue) -> None:
     seqs = [queue.send(Q, msg(f"m{i}")) for i in range(5)]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    numbers = [s for s in seqs if s is not None]
+    assert numbers == seqs and numbers == sorted(numbers) and len(set(numbers)) == 5
     first = queue.receive(Q, 3)
     assert [m.message_id for m in first] == ["m0", "m1", "m2"]
     assert [m.message_id for m in queue.receive(Q, 10)] == ["m3", "m4"]
@@ -115,7 +135,9 @@ def test_invalid_arguments(queue: EmbeddedQueue) -> None:
 
 
 # -- peek-lock --------------------------------------------------------------------------------------
-def test_locked_message_is_not_delivered_twice_until_lock_expires(queue: EmbeddedQueue, clock: FakeClock) -> None:
+def test_locked_message_is_not_delivered_twice_until_lock_expires(
+    queue: EmbeddedQueue, clock: FakeClock
+) -> None:
     queue.send(Q, msg())
     [first] = queue.receive(Q)
     clock.advance(seconds=29)
@@ -194,7 +216,11 @@ def test_lock_expiries_beyond_max_delivery_count_dead_letter(queue: EmbeddedQueu
     assert "3 delivery attempts" in (dead.dead_letter_error_description or "")
     assert dead.dead_letter_source == Q
     assert (dead.message_id, dead.body, dead.application_properties, dead.delivery_count) == (
-        "m1", b'{"n": 1}', {"k": "v"}, 3)
+        "m1",
+        b'{"n": 1}',
+        {"k": "v"},
+        3,
+    )
     assert queue.counts(Q) == QueueCounts(active=0, scheduled=0, locked=0, dead_lettered=1)
 
 
@@ -218,16 +244,26 @@ def test_dead_letter_keeps_message_intact(queue: EmbeddedQueue) -> None:
     queue.dead_letter(m.lock_token or "", "MalformedMessage", "body is not JSON")
     assert queue.receive(Q) == []
     [dead] = queue.peek_dead_letters(Q)
-    assert (dead.sequence_number, dead.message_id, dead.body, dead.correlation_id) == (seq, "bad-1", b"not json", "c")
+    assert (dead.sequence_number, dead.message_id, dead.body, dead.correlation_id) == (
+        seq,
+        "bad-1",
+        b"not json",
+        "c",
+    )
     assert dead.application_properties == props
     assert (dead.dead_letter_reason, dead.dead_letter_error_description, dead.dead_letter_source) == (
-        "MalformedMessage", "body is not JSON", Q)
+        "MalformedMessage",
+        "body is not JSON",
+        Q,
+    )
     assert dead.lock_token is None  # peeking does not lock
     with pytest.raises(MessageLockLost):
         queue.complete(m.lock_token or "")
 
 
-def test_dead_letter_queue_is_peek_locked_and_settled_like_a_queue(queue: EmbeddedQueue, clock: FakeClock) -> None:
+def test_dead_letter_queue_is_peek_locked_and_settled_like_a_queue(
+    queue: EmbeddedQueue, clock: FakeClock
+) -> None:
     queue.send(Q, msg("a"))
     queue.send(Q, msg("b"))
     for m in queue.receive(Q, 2):
@@ -261,7 +297,11 @@ def test_resubmit_dead_letter_gives_fresh_delivery_count(queue: EmbeddedQueue, c
     assert queue.peek_dead_letters(Q) == []
     [m] = queue.receive(Q)
     assert (m.sequence_number, m.message_id, m.application_properties, m.delivery_count) == (
-        new_seq, "replay-me", {"p": 1}, 1)
+        new_seq,
+        "replay-me",
+        {"p": 1},
+        1,
+    )
     assert m.dead_letter_reason is None and m.dead_letter_source is None
     assert m.enqueued_time_utc == clock.now and m.expires_at_utc == clock.now + timedelta(hours=1)
     with pytest.raises(MessageNotFound):
@@ -359,7 +399,11 @@ def test_expired_message_goes_to_dead_letter_queue(queue: EmbeddedQueue, clock: 
     clock.advance(seconds=10)
     assert [m.message_id for m in queue.receive(Q, 5)] == ["long"]
     [dead] = queue.peek_dead_letters(Q)
-    assert (dead.message_id, dead.dead_letter_reason, dead.dead_letter_source) == ("short", "TTLExpiredException", Q)
+    assert (dead.message_id, dead.dead_letter_reason, dead.dead_letter_source) == (
+        "short",
+        "TTLExpiredException",
+        Q,
+    )
     assert dead.delivery_count == 0
 
 
@@ -371,7 +415,9 @@ def test_locked_message_does_not_expire_while_held(queue: EmbeddedQueue, clock: 
     assert queue.counts(Q) == QueueCounts(0, 0, 0, 0)
 
 
-def test_default_ttl_caps_message_ttl_and_scheduled_ttl_starts_at_enqueue(tmp_path: Path, clock: FakeClock) -> None:
+def test_default_ttl_caps_message_ttl_and_scheduled_ttl_starts_at_enqueue(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     with EmbeddedQueue(tmp_path / "q.db", clock=clock, default_time_to_live=timedelta(minutes=1)) as q:
         q.send(Q, msg("default"))
         q.send(Q, msg("longer", time_to_live=timedelta(hours=1)))
@@ -404,7 +450,8 @@ def test_peek_does_not_lock_or_count(queue: EmbeddedQueue) -> None:
     peeked = queue.peek(Q)
     assert [m.message_id for m in peeked] == ["m0", "m1", "m2"]
     assert [m.delivery_count for m in peeked] == [1, 0, 0]
-    assert peeked[0].lock_token == locked.lock_token and peeked[1].lock_token is None
+    assert [m.lock_token for m in peeked] == [None, None, None]  # peeking never hands out a lock
+    assert peeked[0].locked_until_utc == locked.locked_until_utc and peeked[1].locked_until_utc is None
     assert [m.message_id for m in queue.peek(Q, 1, from_sequence_number=peeked[1].sequence_number)] == ["m1"]
     assert [m.delivery_count for m in queue.receive(Q, 5)] == [1, 1]
 

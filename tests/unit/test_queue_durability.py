@@ -38,8 +38,13 @@ class FakeClock:
 
 def spawn(script: str, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def kill(proc: subprocess.Popen[str]) -> None:
@@ -63,8 +68,12 @@ def test_message_locked_by_a_killed_process_is_delivered_again(tmp_path: Path) -
     path = tmp_path / "q.db"
     clock = FakeClock(datetime.now(UTC))
     queue = EmbeddedQueue(path, clock=clock, lock_duration=timedelta(seconds=10))
-    queue.send(Q, OutboundMessage(body=b'{"order": 42}', message_id="order-42",
-                                  application_properties={"LegalEntity": "usmf"}))
+    queue.send(
+        Q,
+        OutboundMessage(
+            body=b'{"order": 42}', message_id="order-42", application_properties={"LegalEntity": "usmf"}
+        ),
+    )
     child = spawn(HOLDER, str(path), Q)
     try:
         assert child.stdout is not None
@@ -77,7 +86,11 @@ def test_message_locked_by_a_killed_process_is_delivered_again(tmp_path: Path) -
     assert queue.counts(Q) == QueueCounts(active=0, scheduled=0, locked=1, dead_lettered=0)
     clock.now += timedelta(seconds=12)  # past the lock the child took (it started after `clock.now`)
     [m] = queue.receive(Q)
-    assert (m.message_id, m.body, m.application_properties) == ("order-42", b'{"order": 42}', {"LegalEntity": "usmf"})
+    assert (m.message_id, m.body, m.application_properties) == (
+        "order-42",
+        b'{"order": 42}',
+        {"LegalEntity": "usmf"},
+    )
     assert m.delivery_count == 2 and m.lock_token != token
     with pytest.raises(Exception, match="lock"):
         queue.complete(token)

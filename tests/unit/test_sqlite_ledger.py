@@ -51,8 +51,16 @@ async def test_survives_reopening(tmp_path: Path) -> None:
         await ledger.acquire(RK, "w1", LEASE)
         await commit(ledger, "w1", "m1", version=9, payload_hash="h9")
         await ledger.acquire(RK, "w2", LEASE)
-        await ledger.journal(JournalEntry(message_key="m1", record_key=RK, queue="q", message_id="id",
-                                          delivery_count=1, outcome="applied"))
+        await ledger.journal(
+            JournalEntry(
+                message_key="m1",
+                record_key=RK,
+                queue="q",
+                message_id="id",
+                delivery_count=1,
+                outcome="applied",
+            )
+        )
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with SqliteLedger(path, clock=clock) as ledger:
@@ -70,8 +78,9 @@ def test_journal_entry_defaults_and_validation() -> None:
     with pytest.raises(ValueError):
         JournalEntry(message_key="k", queue="q", message_id="m", delivery_count=-1, outcome="x")
     with pytest.raises(ValueError):
-        JournalEntry(message_key="k", queue="q", message_id="m", delivery_count=1, outcome="x",
-                     at=datetime(2025, 1, 1))  # naive
+        JournalEntry(
+            message_key="k", queue="q", message_id="m", delivery_count=1, outcome="x", at=datetime(2025, 1, 1)
+        )  # naive
 
 
 def test_two_threads_with_their_own_event_loops_apply_once(tmp_path: Path) -> None:
@@ -96,7 +105,9 @@ def test_two_threads_with_their_own_event_loops_apply_once(tmp_path: Path) -> No
                 await commit(ledger, name, "m", version=1, payload_hash=name)
                 return "applied"
 
-    threads = [threading.Thread(target=lambda n=n: results.append(asyncio.run(worker(n)))) for n in ("t1", "t2")]
+    threads = [
+        threading.Thread(target=lambda n=n: results.append(asyncio.run(worker(n)))) for n in ("t1", "t2")
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -139,9 +150,17 @@ def test_processes_racing_on_one_file_apply_once(tmp_path: Path) -> None:
     path, applied_log = tmp_path / "ledger.db", tmp_path / "applied.log"
     SqliteLedger(path).close()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(RACER), str(path), f"p{i}", str(applied_log)],
-                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(RACER), str(path), f"p{i}", str(applied_log)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     for p in procs:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     for p in procs:
