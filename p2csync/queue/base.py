@@ -118,7 +118,7 @@ class QueueError(Exception):
 class MessageLockLost(QueueError):
     """The lock token is unknown or its lock expired: someone else may now hold the message."""
 
-    def __init__(self, lock_token: str) -> None:
+    def __init__(self, lock_token: str | None) -> None:
         super().__init__(f"the lock {lock_token} was lost (expired, settled or unknown)")
         self.lock_token = lock_token
 

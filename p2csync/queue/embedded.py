@@ -290,7 +290,7 @@ class EmbeddedQueue:
         )
 
     # -- settlement ---------------------------------------------------------------------------------
-    def _held(self, conn: sqlite3.Connection, lock_token: str, now: int) -> sqlite3.Row:
+    def _held(self, conn: sqlite3.Connection, lock_token: str | None, now: int) -> sqlite3.Row:
         """The row locked by `lock_token`, or MessageLockLost when the lock is unknown or expired."""
         row: sqlite3.Row | None = conn.execute(
             "SELECT sequence_number, queue, dead_lettered, delivery_count FROM messages "
@@ -301,14 +301,14 @@ class EmbeddedQueue:
             raise MessageLockLost(lock_token)
         return row
 
-    def complete(self, lock_token: str) -> None:
+    def complete(self, lock_token: str | None) -> None:
         """Remove the message for good (it was processed)."""
         now = self._now()
         with self._db.write() as conn:
             row = self._held(conn, lock_token, now)
             conn.execute("DELETE FROM messages WHERE sequence_number = ?", (row["sequence_number"],))
 
-    def abandon(self, lock_token: str) -> None:
+    def abandon(self, lock_token: str | None) -> None:
         """Release the lock now so the message can be received again. The delivery was already counted; on
         the last allowed delivery the message goes straight to the dead-letter queue (as Service Bus does)."""
         now = self._now()
@@ -328,7 +328,9 @@ class EmbeddedQueue:
                     (row["sequence_number"],),
                 )
 
-    def dead_letter(self, lock_token: str, reason: str | None = None, description: str | None = None) -> None:
+    def dead_letter(
+        self, lock_token: str | None, reason: str | None = None, description: str | None = None
+    ) -> None:
         """Move the locked message to the dead-letter queue with a reason; nothing else about it changes."""
         now = self._now()
         with self._db.write() as conn:
@@ -337,7 +339,7 @@ class EmbeddedQueue:
                 raise InvalidQueueOperation("the message is already in the dead-letter queue")
             self._move_to_dead_letters(conn, row["queue"], row["sequence_number"], reason, description)
 
-    def renew_lock(self, lock_token: str) -> datetime:
+    def renew_lock(self, lock_token: str | None) -> datetime:
         """Extend a live lock by the lock duration from now; returns the new locked-until time."""
         now = self._now()
         until = now + _micros(self.lock_duration)
@@ -461,18 +463,18 @@ class EmbeddedTransport:
     ) -> list[ReceivedMessage]:
         return await self.queue.receive_wait(queue, max_messages, timeout)
 
-    async def complete(self, lock_token: str) -> None:
+    async def complete(self, lock_token: str | None) -> None:
         await asyncio.to_thread(self.queue.complete, lock_token)
 
-    async def abandon(self, lock_token: str) -> None:
+    async def abandon(self, lock_token: str | None) -> None:
         await asyncio.to_thread(self.queue.abandon, lock_token)
 
     async def dead_letter(
-        self, lock_token: str, reason: str | None = None, description: str | None = None
+        self, lock_token: str | None, reason: str | None = None, description: str | None = None
     ) -> None:
         await asyncio.to_thread(self.queue.dead_letter, lock_token, reason, description)
 
-    async def renew_lock(self, lock_token: str) -> datetime:
+    async def renew_lock(self, lock_token: str | None) -> datetime:
         return await asyncio.to_thread(self.queue.renew_lock, lock_token)
 
 

@@ -182,7 +182,7 @@ def test_settling_with_expired_or_unknown_lock_changes_nothing(
     queue.send(Q, msg())
     [m] = queue.receive(Q)
     clock.advance(seconds=31)
-    for token in (m.lock_token or "", str(uuid.uuid4())):
+    for token in (m.lock_token or "", str(uuid.uuid4()), None):
         with pytest.raises(MessageLockLost) as raised:
             getattr(queue, action)(token)
         assert raised.value.lock_token == token
