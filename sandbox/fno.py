@@ -1,0 +1,360 @@
+"""F&O OData simulator: data entities keyed by (dataAreaId, ...), per-user default company and
+`cross-company`, no upsert (POST on an existing key fails, PATCH on a missing key fails), infolog-style
+validation errors, and a change hook from which later flows can raise data/business events.
+
+`FnO` is the store plus a Python API; `FnO.app` is the ASGI app (see `sandbox/fno_api.py`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from sandbox.faults import FaultInjector
+from sandbox.fno_entities import BadValue, FnoEntity, default_value, etag_for, key_part, load_entities, normalise
+from sandbox.limits import LimitRejection, ServiceProtection, ServiceProtectionLimits
+from sandbox.request_log import RequestLog
+
+WRITE_EXCEPTION = "Microsoft.Dynamics.Platform.Integration.Services.OData.AxODataWriteException"
+ODATA_EXCEPTION = "Microsoft.OData.ODataException"
+THROTTLED_MESSAGE = ("This request could not be processed at this time due to system experiencing high resource "
+                     "utilization.")
+DEFAULT_COMPANIES = ("usmf", "usrt", "demf")
+DEFAULT_CUSTOMER_GROUPS = ("10", "20", "30", "80", "90")
+
+Row = dict[str, Any]
+KeyTuple = tuple[Any, ...]
+
+
+class FnoError(Exception):
+    """An OData error: `{"error": {"code": "", "message", "innererror": {...}}}`."""
+
+    def __init__(self, status: int, inner_message: str, *, inner_type: str = WRITE_EXCEPTION,
+                 message: str = "An error has occurred.") -> None:
+        super().__init__(f"{status}: {inner_message}")
+        self.status = status
+        self.message = message
+        self.inner_message = inner_message
+        self.inner_type = inner_type
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": "", "message": self.message, "innererror": {
+            "message": self.inner_message, "type": self.inner_type, "stacktrace": ""}}}
+
+    def response(self) -> Response:
+        return JSONResponse(self.body(), status_code=self.status, headers={"OData-Version": "4.0"})
+
+
+class FnoUser(BaseModel):
+    user_id: str
+    token: str
+    default_company: str = "usmf"
+    companies: list[str] | None = None  # None = every configured company
+
+
+class FnoChange(BaseModel):
+    """What the change hook receives after a committed write."""
+
+    model_config = ConfigDict(frozen=True)
+
+    entity_set: str
+    operation: Literal["Create", "Update", "Delete"]
+    row: Row  # the row after the write (before it, for Delete)
+    changed: list[str]  # properties in the request (Create: all set properties)
+    user: str
+    company: str
+    time: datetime
+
+
+ChangeSink = Callable[[FnoChange], None]
+Validator = Callable[[FnoEntity, Row, str, "FnO"], list[str]]
+
+
+def customer_group_validator(entity: FnoEntity, row: Row, operation: str, fno: FnO) -> list[str]:
+    """CustomersV3: the customer group must exist (the realistic permanent error)."""
+    group = row.get("CustomerGroupId", "")
+    if not group:
+        return ["Field 'Customer group' must be filled in."]
+    if group not in fno.customer_groups:
+        return [f"The value '{group}' in field 'Customer group' is not found in the related table "
+                "'Customer groups'.",
+                f"validateField failed on field '{entity.table_name}.CustomerGroupId'."]
+    return []
+
+
+def default_users() -> list[FnoUser]:
+    return [FnoUser(user_id="p2csync-integration", token="sandbox-integration-user", default_company="usmf"),
+            FnoUser(user_id="sam.seller", token="sandbox-sales-user", default_company="usmf")]
+
+
+class FnO:
+    """In-memory F&O environment. Thread-safe.
+
+    Args:
+        entities: entity definitions (default: those in `fno_fields.txt`).
+        companies: legal entities (dataAreaId values) that exist.
+        users: token -> user with a default company.
+        customer_groups: valid CustomerGroupId values (checked by the CustomersV3 validator).
+        page_size: server-driven page size (F&O pages at 10,000).
+        limits: service protection limits (user-based limits are optional in F&O; off by default).
+    """
+
+    def __init__(self, *, entities: list[FnoEntity] | None = None, companies: Sequence[str] = DEFAULT_COMPANIES,
+                 users: list[FnoUser] | None = None, customer_groups: Iterable[str] = DEFAULT_CUSTOMER_GROUPS,
+                 page_size: int = 10000, limits: ServiceProtectionLimits | None = None,
+                 clock: Callable[[], datetime] | None = None, seed: int = 0) -> None:
+        self.lock = threading.RLock()
+        self.entities: dict[str, FnoEntity] = {e.entity_set: e for e in (entities or load_entities())}
+        self.companies = [c.lower() for c in companies]
+        self.users = list(users or default_users())
+        self._by_token = {u.token: u for u in self.users}
+        self._by_id = {u.user_id: u for u in self.users}
+        self.customer_groups = set(customer_groups)
+        self.page_size = page_size
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.faults = FaultInjector(seed)
+        self.request_log = RequestLog()
+        self.protection = ServiceProtection(limits or ServiceProtectionLimits(max_concurrent=None,
+                                                                              max_requests=None))
+        self._initial_limits = self.protection.limits.model_copy()
+        self.validators: dict[str, list[Validator]] = {"CustomersV3": [customer_group_validator]}
+        self._sinks: list[ChangeSink] = []
+        self._rows: dict[str, dict[KeyTuple, Row]] = {name: {} for name in self.entities}
+        self._versions: dict[str, dict[KeyTuple, int]] = {name: {} for name in self.entities}
+        self._rec_versions = itertools.count(22565421176)
+        from sandbox.fno_api import build_app
+
+        self.app = build_app(self)
+
+    # =====================================================================================
+    # Python API
+
+    def on_change(self, sink: ChangeSink) -> ChangeSink:
+        """Call `sink(FnoChange)` after every committed write (HTTP or Python). Keep it quick: it runs on
+        the writer's thread (the server loop for HTTP writes)."""
+        self._sinks.append(sink)
+        return sink
+
+    def add_validator(self, entity_set: str, validator: Validator) -> None:
+        self.validators.setdefault(entity_set, []).append(validator)
+
+    def create(self, entity_set: str, values: Mapping[str, Any], *, user: str | None = None) -> Row:
+        """Create as a user in the client (dataAreaId defaults to the user's company); returns the row."""
+        caller = self._user(user)
+        row, change = self.create_row(self.entity(entity_set), dict(values), caller)
+        self.notify(change)
+        return row
+
+    def update(self, entity_set: str, key: Mapping[str, Any], values: Mapping[str, Any], *,
+               user: str | None = None) -> Row:
+        caller = self._user(user)
+        entity = self.entity(entity_set)
+        row, change = self.update_row(entity, self.key_tuple(entity, dict(key)), dict(values), caller,
+                                      companies=self.companies)
+        self.notify(change)
+        return row
+
+    def delete(self, entity_set: str, key: Mapping[str, Any], *, user: str | None = None) -> None:
+        caller = self._user(user)
+        entity = self.entity(entity_set)
+        change = self.delete_row(entity, self.key_tuple(entity, dict(key)), caller, companies=self.companies)
+        self.notify(change)
+
+    def get(self, entity_set: str, key: Mapping[str, Any]) -> Row | None:
+        entity = self.entity(entity_set)
+        with self.lock:
+            row = self._rows[entity_set].get(self.key_tuple(entity, dict(key)))
+            return dict(row) if row is not None else None
+
+    def rows(self, entity_set: str, company: str | None = None) -> list[Row]:
+        self.entity(entity_set)
+        with self.lock:
+            rows = [dict(r) for r in self._rows[entity_set].values()]
+        if company:
+            rows = [r for r in rows if r.get("dataAreaId") == company.lower()]
+        return rows
+
+    def reset(self) -> None:
+        """Empty every entity set; clear faults, limits and the request log (sinks and validators stay)."""
+        with self.lock:
+            self._rows = {name: {} for name in self.entities}
+            self._versions = {name: {} for name in self.entities}
+        self.faults.clear()
+        self.request_log.clear()
+        self.protection.configure(self._initial_limits.model_copy())
+        self.protection.reset()
+
+    # =====================================================================================
+    # FrontedSimulator protocol
+
+    def authenticate(self, authorization: str | None) -> str | None:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return None
+        user = self._by_token.get(authorization[7:].strip())
+        return user.user_id if user else None
+
+    def unauthorized_response(self) -> Response:
+        return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer realm=""'})
+
+    def throttled_response(self, retry_after: int, rejection: LimitRejection | None) -> Response:
+        return JSONResponse({"error": {"code": "", "message": THROTTLED_MESSAGE}}, status_code=429,
+                            headers={"Retry-After": str(retry_after)})
+
+    def server_error_response(self, status: int) -> Response:
+        return JSONResponse({"error": {"code": "", "message": "An error has occurred."}}, status_code=status)
+
+    def admin_routes(self) -> list[BaseRoute]:
+        return []
+
+    # =====================================================================================
+    # Core (shared by HTTP and Python)
+
+    def entity(self, entity_set: str) -> FnoEntity:
+        entity = self.entities.get(entity_set)
+        if entity is None:
+            raise FnoError(404, f"Resource not found for the segment '{entity_set}'.", inner_type=ODATA_EXCEPTION,
+                           message=f"No HTTP resource was found that matches the request URI '{entity_set}'.")
+        return entity
+
+    def user(self, user_id: str) -> FnoUser:
+        return self._by_id[user_id]
+
+    def _user(self, user: str | None) -> FnoUser:
+        if user is None:
+            return self.users[-1]
+        found = self._by_id.get(user) or self._by_token.get(user)
+        if found is None:
+            raise ValueError(f"unknown sandbox user {user!r}")
+        return found
+
+    def visible_companies(self, user: FnoUser, cross_company: bool) -> list[str]:
+        if cross_company:
+            return list(user.companies or self.companies)
+        return [user.default_company.lower()]
+
+    def key_tuple(self, entity: FnoEntity, key: Mapping[str, Any]) -> KeyTuple:
+        missing = [k for k in entity.key if k not in key]
+        extra = [k for k in key if k not in entity.key]
+        if missing or extra:
+            raise FnoError(400, "The number of keys specified in the URI does not match number of key properties "
+                                f"for the resource '{entity.qualified_type}'.", inner_type=ODATA_EXCEPTION)
+        return tuple(key_part(key[k]) for k in entity.key)
+
+    def _row_key(self, entity: FnoEntity, row: Row) -> KeyTuple:
+        return tuple(key_part(row.get(k)) for k in entity.key)
+
+    def find(self, entity: FnoEntity, key: KeyTuple, companies: Sequence[str]) -> Row | None:
+        row = self._rows[entity.entity_set].get(key)
+        if row is None or row.get("dataAreaId") not in companies:
+            return None
+        return row
+
+    def etag(self, entity: FnoEntity, row: Row) -> str:
+        return etag_for(self._versions[entity.entity_set][self._row_key(entity, row)])
+
+    def _values(self, entity: FnoEntity, body: Mapping[str, Any]) -> Row:
+        values: Row = {}
+        for name, value in body.items():
+            if name.startswith("@"):
+                continue
+            if "@" in name:
+                continue  # instance annotations (e.g. @odata.etag) carry no data
+            edm_type = entity.fields.get(name)
+            if edm_type is None:
+                raise FnoError(400, f"The property '{name}' does not exist on type '{entity.qualified_type}'. "
+                                    "Make sure to only use property names that are defined by the type.",
+                               inner_type=ODATA_EXCEPTION,
+                               message=f"The property '{name}' does not exist on type '{entity.qualified_type}'.")
+            try:
+                values[name] = normalise(name, edm_type, value)
+            except BadValue as exc:
+                raise FnoError(400, str(exc), inner_type=ODATA_EXCEPTION) from exc
+        return values
+
+    def _validate(self, entity: FnoEntity, row: Row, operation: str) -> None:
+        warnings: list[str] = []
+        for validator in self.validators.get(entity.entity_set, []):
+            warnings.extend(validator(entity, row, operation, self))
+        if warnings:
+            infolog = "; ".join(f"Warning: {w}" for w in warnings)
+            raise FnoError(500, f"Write failed for table row of type '{entity.table_name}'. Infolog: {infolog}")
+
+    def create_row(self, entity: FnoEntity, body: Mapping[str, Any], user: FnoUser) -> tuple[Row, FnoChange]:
+        values = self._values(entity, body)
+        company = values.get("dataAreaId") or user.default_company.lower()
+        values["dataAreaId"] = company
+        if company not in (user.companies or self.companies):
+            raise FnoError(400, f"Company '{company}' does not exist or the user has no access to it.")
+        for name in entity.key:
+            if values.get(name) in (None, "") and entity.fields[name] == "Edm.String":
+                raise FnoError(500, f"Write failed for table row of type '{entity.table_name}'. Infolog: "
+                                    f"Error: Field '{name}' must be filled in.")
+        row = {name: default_value(edm_type) for name, edm_type in entity.fields.items()}
+        row.update(values)
+        key = self._row_key(entity, row)
+        with self.lock:
+            if key in self._rows[entity.entity_set]:
+                described = ", ".join(str(row[k]) for k in entity.key if k != "dataAreaId")
+                raise FnoError(500, f"Write failed for table row of type '{entity.table_name}'. Infolog: Error: "
+                                    f"Cannot create a record in {entity.table_name} ({described}, {company}). "
+                                    "The record already exists.")
+            self._validate(entity, row, "Create")
+            self._rows[entity.entity_set][key] = row
+            self._versions[entity.entity_set][key] = next(self._rec_versions)
+            change = FnoChange(entity_set=entity.entity_set, operation="Create", row=dict(row),
+                               changed=sorted(values), user=user.user_id, company=company, time=self.clock())
+            return dict(row), change
+
+    def update_row(self, entity: FnoEntity, key: KeyTuple, body: Mapping[str, Any], user: FnoUser, *,
+                   companies: Sequence[str], if_match: str | None = None) -> tuple[Row, FnoChange]:
+        values = self._values(entity, body)
+        with self.lock:
+            current = self.find(entity, key, companies)
+            if current is None:
+                raise FnoError(400, "No resources were found when selecting for update.")
+            if if_match not in (None, "*") and if_match != self.etag(entity, current):
+                raise FnoError(412, "The record has been changed by another user since it was read (the ETag in "
+                                    "If-Match does not match).", message="Precondition failed.")
+            for name in entity.key:
+                if name in values and key_part(values[name]) != key_part(current[name]):
+                    raise FnoError(400, f"Key property '{name}' cannot be changed.")
+            row = {**current, **values}
+            self._validate(entity, row, "Update")
+            self._rows[entity.entity_set][key] = row
+            self._versions[entity.entity_set][key] = next(self._rec_versions)
+            change = FnoChange(entity_set=entity.entity_set, operation="Update", row=dict(row),
+                               changed=sorted(values), user=user.user_id, company=row["dataAreaId"],
+                               time=self.clock())
+            return dict(row), change
+
+    def delete_row(self, entity: FnoEntity, key: KeyTuple, user: FnoUser, *, companies: Sequence[str],
+                   if_match: str | None = None) -> FnoChange:
+        with self.lock:
+            current = self.find(entity, key, companies)
+            if current is None:
+                raise FnoError(404, "No resources were found when selecting for delete.")
+            if if_match not in (None, "*") and if_match != self.etag(entity, current):
+                raise FnoError(412, "The record has been changed by another user since it was read.",
+                               message="Precondition failed.")
+            del self._rows[entity.entity_set][key]
+            del self._versions[entity.entity_set][key]
+            return FnoChange(entity_set=entity.entity_set, operation="Delete", row=dict(current), changed=[],
+                             user=user.user_id, company=current["dataAreaId"], time=self.clock())
+
+    def snapshot(self, entity: FnoEntity, companies: Sequence[str]) -> list[tuple[Row, str]]:
+        with self.lock:
+            return [(dict(row), self.etag(entity, row)) for row in self._rows[entity.entity_set].values()
+                    if row.get("dataAreaId") in companies]
+
+    def notify(self, change: FnoChange) -> None:
+        """Hand a committed change to every sink."""
+        for sink in list(self._sinks):
+            sink(change)
+

@@ -1,0 +1,205 @@
+"""The HTTP front both simulators sit behind: it logs each request, applies injected faults, checks the
+bearer token and the service protection limits, and serves the `/_sandbox/...` admin endpoints.
+
+It is a plain ASGI wrapper placed outside Starlette, so that a "dropped connection" fault can close the
+socket before any response byte is written, the way a failing load balancer would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sandbox.faults import FaultConfig, FaultInjector
+from sandbox.limits import LimitRejection, ServiceProtection, ServiceProtectionLimits
+from sandbox.request_log import RequestLog, RequestRecord
+
+ADMIN_PREFIX = "/_sandbox"
+
+
+class FrontedSimulator(Protocol):
+    """What the front needs from a simulator."""
+
+    faults: FaultInjector
+    request_log: RequestLog
+    protection: ServiceProtection
+
+    def authenticate(self, authorization: str | None) -> str | None:
+        """The caller's user id for an `Authorization` header value, or None."""
+
+    def unauthorized_response(self) -> Response: ...
+
+    def throttled_response(self, retry_after: int, rejection: LimitRejection | None) -> Response: ...
+
+    def server_error_response(self, status: int) -> Response: ...
+
+    def reset(self) -> None: ...
+
+    def admin_routes(self) -> Sequence[BaseRoute]: ...
+
+
+def request_user(request: Request) -> str:
+    """The authenticated caller, as put in the scope by the front."""
+    return str(request.scope["state"]["sandbox_user"])
+
+
+def json_body(value: Any) -> JSONResponse:
+    return JSONResponse(json.loads(json.dumps(value, default=str)))
+
+
+class SandboxFront:
+    """ASGI app: admin endpoints under /_sandbox, everything else through faults/auth/limits to `app`."""
+
+    def __init__(self, simulator: FrontedSimulator, app: ASGIApp) -> None:
+        self.simulator = simulator
+        self.app = app
+        self.admin = Starlette(routes=[*self._common_admin_routes(), *simulator.admin_routes()])
+
+    # -- admin ---------------------------------------------------------------------------------
+    def _common_admin_routes(self) -> list[BaseRoute]:
+        sim = self.simulator
+
+        async def requests(request: Request) -> Response:
+            records = sim.request_log.entries(
+                method=request.query_params.get("method"),
+                path_contains=request.query_params.get("path_contains"),
+            )
+            return JSONResponse([json.loads(r.model_dump_json()) for r in records])
+
+        async def faults(request: Request) -> Response:
+            if request.method == "POST":
+                try:
+                    sim.faults.configure(FaultConfig.model_validate(await request.json()))
+                except (ValidationError, ValueError) as exc:
+                    return JSONResponse({"error": str(exc)}, status_code=400)
+            elif request.method == "DELETE":
+                sim.faults.clear()
+            return JSONResponse([rule.model_dump() for rule in sim.faults.rules])
+
+        async def limits(request: Request) -> Response:
+            if request.method == "POST":
+                try:
+                    sim.protection.configure(ServiceProtectionLimits.model_validate(await request.json()))
+                except (ValidationError, ValueError) as exc:
+                    return JSONResponse({"error": str(exc)}, status_code=400)
+            return JSONResponse(sim.protection.limits.model_dump())
+
+        async def reset(request: Request) -> Response:
+            await asyncio.to_thread(sim.reset)
+            return Response(status_code=204)
+
+        return [
+            Route(f"{ADMIN_PREFIX}/requests", requests, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/faults", faults, methods=["GET", "POST", "DELETE"]),
+            Route(f"{ADMIN_PREFIX}/limits", limits, methods=["GET", "POST"]),
+            Route(f"{ADMIN_PREFIX}/reset", reset, methods=["POST"]),
+        ]
+
+    # -- requests ------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
+            await self.admin(scope, receive, send)
+            return
+
+        sim = self.simulator
+        started = time.perf_counter()
+        method: str = scope["method"]
+        headers = Headers(scope=scope)
+        user = sim.authenticate(headers.get("authorization"))
+        status: dict[str, int | None] = {"code": None}
+        fault: str | None = None
+
+        async def recording_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        decision = sim.faults.decide(method, path)
+        fault = decision.label
+        try:
+            if decision.outcome is not None:
+                if decision.latency:
+                    await asyncio.sleep(decision.latency)
+                if decision.outcome == "drop":
+                    await _drop_connection(send)
+                elif decision.outcome == "throttle":
+                    await _drain(receive)
+                    await sim.throttled_response(decision.retry_after, None)(scope, receive, recording_send)
+                else:
+                    await _drain(receive)
+                    await sim.server_error_response(decision.status)(scope, receive, recording_send)
+                return
+            if user is None:
+                await sim.unauthorized_response()(scope, receive, recording_send)
+                return
+            rejection = sim.protection.enter(user)
+            if rejection is not None:
+                fault = f"limit:{rejection.kind}"
+                await _drain(receive)
+                await sim.throttled_response(rejection.retry_after, rejection)(scope, receive, recording_send)
+                return
+            try:
+                if decision.latency:
+                    await asyncio.sleep(decision.latency)
+                scope.setdefault("state", {})["sandbox_user"] = user
+                await self.app(scope, receive, recording_send)
+            finally:
+                sim.protection.leave(user)
+        finally:
+            sim.request_log.append(
+                RequestRecord(
+                    method=method,
+                    path=path,
+                    query=scope.get("query_string", b"").decode("latin-1"),
+                    status=status["code"],
+                    user=user,
+                    time=datetime.now(timezone.utc),
+                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                    fault=fault,
+                )
+            )
+
+
+async def _drain(receive: Receive) -> None:
+    """Read the request body so the connection stays usable after an early answer."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+
+
+async def _drop_connection(send: Send) -> None:
+    """Close the socket without a response. Uses uvicorn's transport when it is reachable; otherwise
+    starts a response it never finishes, which the client also sees as a protocol error."""
+    cycle = getattr(send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is not None:
+        transport.close()
+        for _ in range(50):
+            if getattr(cycle, "disconnected", True):
+                return
+            await asyncio.sleep(0.001)
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"1000"), (b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b'{"partial":', "more_body": True})
+    raise ConnectionAbortedError("sandbox: injected dropped connection")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
