@@ -35,7 +35,8 @@ def test_host_json_bundle_and_logging() -> None:
 def test_host_json_service_bus_uses_the_5x_flat_settings() -> None:
     host = _host()
     sb = host["extensions"]["serviceBus"]
-    assert not {"messageHandlerOptions", "sessionHandlerOptions", "batchOptions"} & set(sb), "3.x/4.x settings"
+    legacy = {"messageHandlerOptions", "sessionHandlerOptions", "batchOptions"}
+    assert not legacy & set(sb), "extension 3.x/4.x settings mixed with 5.x"
     assert sb["prefetchCount"] == 0
     assert sb["autoCompleteMessages"] is True  # the triggers do not settle explicitly yet (docs/deploy.md)
     assert isinstance(sb["maxConcurrentCalls"], int) and 1 <= sb["maxConcurrentCalls"] <= 16

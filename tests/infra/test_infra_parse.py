@@ -25,8 +25,13 @@ UNSUPPORTED = {
 
 
 def _strip_comments(text: str) -> str:
+    """Drop // comments (not inside a string on that line) and /* */ blocks."""
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    return "\n".join(line.split("//", 1)[0] if "'" not in line.split("//", 1)[0] else line for line in text.splitlines())
+    lines = []
+    for line in text.splitlines():
+        code = line.split("//", 1)[0]
+        lines.append(line if "'" in code else code)
+    return "\n".join(lines)
 
 
 def test_the_expected_templates_exist() -> None:
@@ -74,4 +79,5 @@ def test_main_parameters_json_matches_main_bicep() -> None:
     assert given["environmentName"]["value"] == "${AZURE_ENV_NAME}"
     assert given["location"]["value"] == "${AZURE_LOCATION}"
     for name, entry in given.items():
-        assert re.fullmatch(r"\$\{[A-Z_][A-Z0-9_]*(=[^}]*)?\}", entry["value"]), f"{name}: not an azd variable"
+        value = entry["value"]
+        assert re.fullmatch(r"\$\{[A-Z_][A-Z0-9_]*(=[^}]*)?\}", value), f"{name}: not an azd variable"

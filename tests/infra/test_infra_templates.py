@@ -229,8 +229,8 @@ def test_role_assignment_is_scoped_to_a_resource_with_a_deterministic_name(case)
     principal = config["properties"]["principalId"]
     assert args["extra_string_1"] == principal, f"{symbol}: guid() must include the principal"
     roles = role_definition_ids(template, res)
-    assert args["extra_string_2"] in (config["properties"]["roleDefinitionId"]["function"]["parameters"][
-        "resource_name_1"],), f"{symbol}: guid() must include the role"
+    role_ref = config["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+    assert args["extra_string_2"] == role_ref, f"{symbol}: guid() must include the role"
     for role in roles:
         assert isinstance(role, str) and GUID.match(role), f"{symbol}: {role!r} is not a role GUID"
         assert role in ALLOWED_ROLES, f"{symbol}: unexpected role {role}"
@@ -250,11 +250,12 @@ def test_least_privilege_grants_for_the_function_identity() -> None:
     for path, template, symbol, res in _assignments():
         for role in role_definition_ids(template, res):
             granted.setdefault(ALLOWED_ROLES[role], set()).add((path.stem, body(res)["scope"]))
+    queues = {("servicebus", "salesEventsQueue"), ("servicebus", "fnoEventsQueue")}
     assert granted == {
         "Storage Blob Data Owner": {("storage", "storage")},
         "Storage Table Data Contributor": {("storage", "storage")},
-        "Azure Service Bus Data Receiver": {("servicebus", "salesEventsQueue"), ("servicebus", "fnoEventsQueue")},
-        "Azure Service Bus Data Sender": {("servicebus", "salesEventsQueue"), ("servicebus", "fnoEventsQueue")},
+        "Azure Service Bus Data Receiver": queues,
+        "Azure Service Bus Data Sender": queues,
         "Monitoring Metrics Publisher": {("monitoring", "applicationInsights")},
         "Key Vault Secrets User": {("keyvault", "fnoSecret")},
     }
