@@ -17,7 +17,7 @@ from p2csync.connectors.fno import FnOClient
 from p2csync.envelopes import ChangeEvent
 from p2csync.ledger.base import RecordState
 from p2csync.outcomes import Applied, Outcome, Skipped
-from p2csync.records import epoch_ms, record_from_webapi
+from p2csync.records import epoch_ms, record_from_webapi, webapi_select
 from p2csync.settings import Settings
 
 log = logging.getLogger("p2csync.handlers")
@@ -111,7 +111,11 @@ class SalesToFnORecordSync:
         newer = event.version is not None and (state.version is None or event.version > state.version)
         if event.is_complete and newer:
             return dict(event.attributes), event.version
-        row = await ctx.dataverse.get(spec.source.entity_set, event.record_id, select=spec.source_columns())
+        lookups = set(spec.lookup_columns())
+        if spec.company_source_column:
+            lookups.add(spec.company_source_column)  # business unit / owner: lookups by nature
+        select = webapi_select(spec.source_columns(), lookups)
+        row = await ctx.dataverse.get(spec.source.entity_set, event.record_id, select=select, annotations="*")
         if row is None:
             return None, None
         record = record_from_webapi(row, money_columns=spec.money_columns())

@@ -42,6 +42,11 @@ def record_from_webapi(row: dict[str, Any], *, money_columns: frozenset[str] = f
     return record
 
 
+def webapi_select(columns: list[str], lookups: set[str]) -> list[str]:
+    """``$select`` names: the Web API selects a lookup column as ``_<name>_value``."""
+    return [f"_{c}_value" if c in lookups else c for c in columns]
+
+
 def epoch_ms(value: Any) -> int | None:
     """The ordering version of a record: its modifiedon in epoch milliseconds."""
     if isinstance(value, datetime):

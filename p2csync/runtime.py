@@ -320,3 +320,10 @@ def get_runtime() -> SyncRuntime:
 def reset_runtimes() -> None:
     """Forget cached runtimes (tests and the local host use it between configurations)."""
     _runtimes.clear()
+
+
+async def close_runtimes() -> None:
+    """Close the pooled clients of every cached runtime, then forget them."""
+    for runtime in list(_runtimes.values()):
+        await runtime.aclose()
+    _runtimes.clear()

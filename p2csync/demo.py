@@ -1,0 +1,152 @@
+"""``make demo``: the accounts story through the real code path, against the sandbox.
+
+A Sales user creates accounts and edits some of them; each change raises a webhook to the local host,
+goes through the queue and the accounts flow, and must end as an F&O customer with the newest values.
+One account has no account number: it cannot be keyed, so it must end in the dead-letter queue with that
+reason (nothing is dropped silently). The demo prints one row per account and exits non-zero if any
+account did not end as expected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2csync.devstack import LocalStack
+from p2csync.settings import ROOT
+
+CITIES = [("Redmond", "WA", "98052"), ("Seattle", "WA", "98101"), ("Fargo", "ND", "58102"),
+          ("Austin", "TX", "73301"), ("Chicago", "IL", "60601"), ("Denver", "CO", "80202"),
+          ("Boston", "MA", "02108"), ("Atlanta", "GA", "30303"), ("Portland", "OR", "97201"),
+          ("Phoenix", "AZ", "85001")]
+NAMES = ["Contoso", "Fabrikam", "Northwind Traders", "Adventure Works", "Tailspin Toys", "Wide World Importers",
+         "Litware", "Proseware", "Alpine Ski House", "Coho Winery"]
+
+
+@dataclass
+class DemoAccount:
+    number: str | None
+    name: str
+    phone: str
+    record_id: str = ""
+    changes: int = 0
+    expected: str = "applied"
+    outcome: str = "missing"
+    detail: str = ""
+    latency_ms: float | None = None
+    events: list[str] = field(default_factory=list)
+
+
+def _plan(count: int) -> list[DemoAccount]:
+    accounts = [
+        DemoAccount(number=f"DEMO-{i + 1:03d}", name=f"{NAMES[i % len(NAMES)]} {i // len(NAMES) + 1}",
+                    phone=f"+1 425 555 {100 + i:04d}")
+        for i in range(count)
+    ]
+    accounts.append(DemoAccount(number=None, name="Account without a number", phone="+1 425 555 0999",
+                                expected="rejected"))
+    return accounts
+
+
+async def _play(stack: LocalStack, accounts: list[DemoAccount]) -> None:
+    dataverse = stack.sandbox.dataverse
+    usd = next(row["transactioncurrencyid"] for row in dataverse.rows("transactioncurrency")
+               if row["isocurrencycode"] == "USD")
+    for i, account in enumerate(accounts):
+        city, state, zip_code = CITIES[i % len(CITIES)]
+        attrs = {
+            "name": account.name, "telephone1": account.phone, "emailaddress1": f"sales{i}@example.com",
+            "address1_line1": f"{i + 1} Main Street", "address1_city": city, "address1_stateorprovince": state,
+            "address1_postalcode": zip_code, "address1_country": "United States", "creditlimit": 10000 + 500 * i,
+            "transactioncurrencyid": ("transactioncurrency", usd),
+        }
+        if account.number:
+            attrs["accountnumber"] = account.number
+        account.record_id = await asyncio.to_thread(dataverse.create, "account", attrs)
+        account.changes += 1
+    # A Sales user edits two accounts: the edits must win in F&O, whatever order the events arrive in.
+    for account in accounts[:2]:
+        account.name += " (renamed)"
+        account.phone = account.phone.replace("555", "556")
+        await asyncio.to_thread(dataverse.update, "account", account.record_id,
+                                {"name": account.name, "telephone1": account.phone})
+        account.changes += 1
+
+
+async def _verify(stack: LocalStack, accounts: list[DemoAccount]) -> None:
+    jobs = {job.id: job for job in stack.sandbox.dataverse.system_jobs()}
+    journal = await stack.ledger().journal_entries(limit=100_000)
+    by_record: dict[str, list] = {}
+    for entry in journal:
+        parts = entry.message_key.split(":")
+        if len(parts) >= 4 and parts[0] == "account":
+            by_record.setdefault(parts[1], []).append(entry)
+    dead = {m.message_id: m for m in stack.queue.peek_dead_letters("sales-events")}
+    for account in accounts:
+        entries = by_record.get(account.record_id, [])
+        account.events = [e.outcome for e in entries]
+        customer = stack.sandbox.fno.get("CustomersV3", {"dataAreaId": "usmf",
+                                                             "CustomerAccount": account.number or ""})
+        applied = [e for e in entries if e.outcome == "applied"]
+        if applied:
+            last = max(applied, key=lambda e: e.at)
+            job = jobs.get(last.message_key.split(":")[3])
+            if job is not None and job.completed_on is not None:
+                account.latency_ms = (last.at - job.completed_on).total_seconds() * 1000
+        if account.expected == "applied":
+            ok = (customer is not None and customer.get("OrganizationName") == account.name
+                  and customer.get("PrimaryContactPhone") == account.phone)
+            account.outcome = "applied" if ok else ("stale" if customer else "missing")
+            account.detail = f"usmf/{account.number}" if customer else ""
+        else:
+            rejected = [e for e in entries if e.outcome == "rejected"]
+            in_dlq = any(m.dead_letter_reason for m in dead.values())
+            account.outcome = "rejected" if rejected and in_dlq else "missing"
+            account.detail = rejected[-1].reason[:60] if rejected else ""
+
+
+def _print(accounts: list[DemoAccount], elapsed: float) -> None:
+    header = f"{'account':<10} {'source id':<10} {'target (dataAreaId/CustomerAccount)':<36} {'events':<24} " \
+             f"{'outcome':<9} {'latency':>9}"
+    print(header)
+    print("-" * len(header))
+    for a in accounts:
+        latency = f"{a.latency_ms:.0f} ms" if a.latency_ms is not None else "-"
+        mark = "ok" if a.outcome == a.expected else "FAILED"
+        print(f"{(a.number or '(none)'):<10} {a.record_id[:8]:<10} {a.detail[:36]:<36} "
+              f"{','.join(a.events)[:24]:<24} {a.outcome:<9} {latency:>9}  {mark}")
+    latencies = [a.latency_ms for a in accounts if a.latency_ms is not None]
+    print()
+    if latencies:
+        print(f"webhook-to-upsert latency: median {statistics.median(latencies):.0f} ms, "
+              f"max {max(latencies):.0f} ms over {len(latencies)} customers")
+    print(f"demo time: {elapsed:.1f} s")
+
+
+async def run_demo(accounts: int = 8) -> int:
+    started = time.perf_counter()
+    workdir = ROOT / ".var" / "demo"
+    shutil.rmtree(workdir, ignore_errors=True)
+    plan = _plan(accounts)
+    async with LocalStack(workdir) as stack:
+        print(f"sandbox: Dataverse {stack.sandbox.dataverse_url}, F&O {stack.sandbox.fno_url}")
+        print(f"local host: {stack.host.base_url if stack.host else '?'} (webhook registered with a function key)")
+        print(f"creating {len(plan)} accounts and editing 2 as a Sales user...\n")
+        await _play(stack, plan)
+        settled = await stack.wait_settled(timeout=25)
+        await _verify(stack, plan)
+    _print(plan, time.perf_counter() - started)
+    failed = [a for a in plan if a.outcome != a.expected]
+    if not settled:
+        print("the queue did not drain in time")
+    if failed or not settled:
+        print(f"FAILED: {len(failed)} account(s) did not end as expected")
+        return 1
+    print("all accounts ended as expected")
+    return 0
+
+

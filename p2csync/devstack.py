@@ -1,0 +1,140 @@
+"""The local world in one object: the sandbox, the local host running function_app.py, the webhook.
+
+Used by ``make demo`` and by the end-to-end tests, so both exercise exactly the path a deployment runs:
+Sales sandbox -> webhook POST over loopback HTTP -> embedded queue -> queue trigger -> runtime -> F&O
+sandbox over loopback HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from mappings import MappingSpec, load_mappings
+from p2csync.ledger.sqlite import SqliteLedger
+from p2csync.localhost import LocalHost
+from p2csync.queue.embedded import EmbeddedQueue
+from p2csync.runtime import close_runtimes, get_runtime, reset_runtimes
+from p2csync.settings import ROOT
+from sandbox.dataverse_events import EntityImage, WebhookStep
+from sandbox.server import SandboxServer
+
+
+def webhook_steps(spec: MappingSpec) -> list[WebhookStep]:
+    """The SDK message processing steps a Sales -> F&O flow needs: Create, and Update filtered on the
+    columns the mapping reads, with a post image of those columns."""
+    columns = [c for c in spec.source_columns() if c not in (spec.source.id_column, spec.source.version_field)]
+    image = EntityImage(alias="p2c", columns=columns)
+    steps = []
+    if "Create" in spec.source.triggers:
+        steps.append(WebhookStep(table=spec.source.table, message="Create", post_image=image))
+    if "Update" in spec.source.triggers:
+        steps.append(WebhookStep(table=spec.source.table, message="Update", filtering_attributes=columns,
+                                 post_image=image))
+    return steps
+
+
+class LocalStack:
+    """Sandbox + local host in this process. ``async with LocalStack(workdir) as stack: ...``"""
+
+    def __init__(self, workdir: Path, *, lock_seconds: float = 30.0, settings: dict[str, str] | None = None,
+                 sandbox: SandboxServer | None = None, max_concurrent_calls: int = 16) -> None:
+        self.workdir = workdir
+        self.max_concurrent_calls = max_concurrent_calls
+        self.lock_seconds = lock_seconds
+        self.extra_settings = settings or {}
+        self.sandbox = sandbox or SandboxServer()
+        self.function_key = secrets.token_urlsafe(18)
+        self._saved_env: dict[str, str | None] = {}
+        self._serving: asyncio.Task[None] | None = None
+        self.host: LocalHost | None = None
+
+    @property
+    def queue_path(self) -> Path:
+        return self.workdir / "queue.sqlite"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.workdir / "ledger.sqlite"
+
+    @property
+    def webhook_url(self) -> str:
+        assert self.host is not None
+        return f"{self.host.base_url}/dataverse/webhook"
+
+    def settings_env(self) -> dict[str, str]:
+        dataverse = self.sandbox.dataverse
+        return {
+            "DATAVERSE_URL": self.sandbox.dataverse_url,
+            "FNO_URL": self.sandbox.fno_url,
+            "FNO_DEFAULT_COMPANY": "usmf",
+            "P2C_AUTH_MODE": "static",
+            "P2C_STATIC_TOKEN": dataverse.integration_user.token,
+            "INTEGRATION_USER_IDS": dataverse.integration_user.id,
+            "P2C_LEDGER_PATH": str(self.ledger_path),
+            "P2C_LOCAL_QUEUE_PATH": str(self.queue_path),
+            **self.extra_settings,
+        }
+
+    async def __aenter__(self) -> LocalStack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.sandbox.start)
+        try:
+            for key, value in self.settings_env().items():
+                self._saved_env[key] = os.environ.get(key)
+                os.environ[key] = value
+            reset_runtimes()
+            self.queue = EmbeddedQueue(self.queue_path, lock_duration=timedelta(seconds=self.lock_seconds))
+            import function_app
+
+            get_runtime()  # start-up validation (mappings, settings) before serving
+            self.host = LocalHost(function_app.app, self.queue, function_key=self.function_key, port=0,
+                                  max_concurrent_calls=self.max_concurrent_calls)
+            self._serving = asyncio.create_task(self.host.serve())
+            await asyncio.wait_for(self.host.started.wait(), 10)
+            self.register_webhook()
+        except BaseException:
+            await self._teardown()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        if self.host is not None and self._serving is not None:
+            self.host.stop()
+            await asyncio.wait_for(self._serving, 15)
+        await close_runtimes()
+        await asyncio.to_thread(self.sandbox.stop)
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def register_webhook(self) -> None:
+        """What the `register` command does against a real org: endpoint with WebhookKey + steps."""
+        steps = [step for spec in load_mappings(ROOT / "mappings").values()
+                 if spec.source.system == "dataverse" for step in webhook_steps(spec)]
+        self.sandbox.dataverse.register_webhook(self.webhook_url.split("?")[0], steps=steps, key=self.function_key)
+
+    def ledger(self) -> SqliteLedger:
+        return SqliteLedger(self.ledger_path)
+
+    async def wait_settled(self, timeout: float = 30.0) -> bool:
+        """Until every webhook was delivered and the queue holds nothing active, scheduled or locked."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if not await self.sandbox.dataverse.wait_idle_async(timeout):
+            return False
+        while loop.time() < deadline:
+            counts = await asyncio.to_thread(self.queue.counts, "sales-events")
+            if counts.active == 0 and counts.scheduled == 0 and counts.locked == 0:
+                return True
+            await asyncio.sleep(0.05)
+        return False
