@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "sandbox" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     _configure_logging(args.verbose)
+    if args.command == "demo" and not args.verbose:
+        logging.getLogger("p2csync").setLevel(logging.WARNING)  # the demo prints its own table
     try:
         if args.command == "run":
             asyncio.run(run_local_host(args.port, args.settings, args.function_key))

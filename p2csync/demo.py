@@ -104,9 +104,10 @@ async def _verify(stack: LocalStack, accounts: list[DemoAccount]) -> None:
             account.detail = f"usmf/{account.number}" if customer else ""
         else:
             rejected = [e for e in entries if e.outcome == "rejected"]
-            in_dlq = any(m.dead_letter_reason for m in dead.values())
-            account.outcome = "rejected" if rejected and in_dlq else "missing"
-            account.detail = rejected[-1].reason[:60] if rejected else ""
+            letters = [m for m in dead.values() if m.message_id == (rejected[-1].message_id if rejected else None)]
+            account.outcome = "rejected" if letters else "missing"
+            if letters:
+                account.detail = f"DLQ {letters[0].dead_letter_reason}: {letters[0].dead_letter_error_description}"
 
 
 def _print(accounts: list[DemoAccount], elapsed: float) -> None:
@@ -119,6 +120,8 @@ def _print(accounts: list[DemoAccount], elapsed: float) -> None:
         mark = "ok" if a.outcome == a.expected else "FAILED"
         print(f"{(a.number or '(none)'):<10} {a.record_id[:8]:<10} {a.detail[:36]:<36} "
               f"{','.join(a.events)[:24]:<24} {a.outcome:<9} {latency:>9}  {mark}")
+        if len(a.detail) > 36:
+            print(f"{'':<21} {a.detail}")
     latencies = [a.latency_ms for a in accounts if a.latency_ms is not None]
     print()
     if latencies:

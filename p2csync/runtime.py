@@ -75,9 +75,9 @@ class InboundMessage:
         )
 
 
-def backoff(attempt: int, *, base: float = 5.0, cap: float = 300.0) -> float:
-    """Delay before the next try of a deferred message: exponential with full jitter, at least 1 s."""
-    return max(1.0, random.uniform(0, min(cap, base * 2**attempt)))
+def backoff(attempt: int, *, base: float = 5.0, cap: float = 300.0, floor: float = 1.0) -> float:
+    """Delay before the next try of a deferred message: exponential with full jitter, at least ``floor``."""
+    return max(floor, random.uniform(0, min(cap, base * 2**attempt)))
 
 
 class SyncRuntime:
@@ -147,8 +147,8 @@ class SyncRuntime:
         lease = timedelta(seconds=self.settings.lease_seconds)
         try:
             state = await self.ledger.acquire(record_key, owner, lease)
-        except LeaseBusy as busy:
-            return Deferred(delay=backoff(message.deferrals, base=2.0, cap=30.0),
+        except LeaseBusy:  # the holder usually finishes within a second: come back soon, then less often
+            return Deferred(delay=backoff(message.deferrals, base=0.5, cap=30.0, floor=0.2),
                             reason=f"record {record_key} is being synced by another worker"), event, record_key
 
         committed = False
