@@ -122,21 +122,39 @@ class SandboxFront:
         method: str = scope["method"]
         headers = Headers(scope=scope)
         user = sim.authenticate(headers.get("authorization"))
-        status: dict[str, int | None] = {"code": None}
-        fault: str | None = None
+        state: dict[str, Any] = {"status": None, "fault": None, "logged": False, "admitted": False}
+
+        def release() -> None:
+            if state["admitted"]:
+                state["admitted"] = False
+                sim.protection.leave(str(user))
+
+        def record() -> None:
+            """Log before the last byte leaves, so a client that got its answer always finds the entry."""
+            if state["logged"]:
+                return
+            state["logged"] = True
+            sim.request_log.append(RequestRecord(
+                method=method, path=path, query=scope.get("query_string", b"").decode("latin-1"),
+                status=state["status"], user=user, time=datetime.now(timezone.utc),
+                duration_ms=round((time.perf_counter() - started) * 1000, 3), fault=state["fault"]))
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                state["status"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                release()  # a client's next request must not count this one as still in flight
+                record()
             await send(message)
 
         decision = sim.faults.decide(method, path)
-        fault = decision.label
+        state["fault"] = decision.label
         try:
             if decision.outcome is not None:
                 if decision.latency:
                     await asyncio.sleep(decision.latency)
                 if decision.outcome == "drop":
+                    record()
                     await _drop_connection(send)
                 elif decision.outcome == "throttle":
                     await _drain(receive)
@@ -150,30 +168,20 @@ class SandboxFront:
                 return
             rejection = sim.protection.enter(user)
             if rejection is not None:
-                fault = f"limit:{rejection.kind}"
+                state["fault"] = f"limit:{rejection.kind}"
                 await _drain(receive)
                 await sim.throttled_response(rejection.retry_after, rejection)(scope, receive, recording_send)
                 return
+            state["admitted"] = True
             try:
                 if decision.latency:
                     await asyncio.sleep(decision.latency)
                 scope.setdefault("state", {})["sandbox_user"] = user
                 await self.app(scope, receive, recording_send)
             finally:
-                sim.protection.leave(user)
+                release()
         finally:
-            sim.request_log.append(
-                RequestRecord(
-                    method=method,
-                    path=path,
-                    query=scope.get("query_string", b"").decode("latin-1"),
-                    status=status["code"],
-                    user=user,
-                    time=datetime.now(timezone.utc),
-                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                    fault=fault,
-                )
-            )
+            record()
 
 
 async def _drain(receive: Receive) -> None:
