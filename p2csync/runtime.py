@@ -125,6 +125,8 @@ class SyncRuntime:
     async def aclose(self) -> None:
         await self.dataverse.aclose()
         await self.fno.aclose()
+        if closer := getattr(self.transport, "aclose", None):
+            await closer()
 
     # -- processing ---------------------------------------------------------------------------------
     async def process(self, message: InboundMessage) -> tuple[Outcome, ChangeEvent | None, str | None]:
@@ -298,10 +300,17 @@ def _ledger(settings: Settings) -> Ledger:
 
 
 def _transport(settings: Settings) -> QueueTransport | None:
+    """The embedded queue when a local queue file is set (local host), else the Service Bus namespace of the
+    triggers' own connection (Azure), else none (the webhook then answers 503)."""
     if settings.local_queue_path is not None:
         from p2csync.queue.embedded import EmbeddedQueue, EmbeddedTransport
 
         return EmbeddedTransport(EmbeddedQueue(settings.local_queue_path))
+    if settings.servicebus_namespace:
+        from p2csync.queue.servicebus import ServiceBusTransport
+
+        credential = default_credential(settings.managed_identity_client_id)
+        return ServiceBusTransport.for_namespace(settings.servicebus_namespace, credential)
     return None
 
 

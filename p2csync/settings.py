@@ -47,6 +47,9 @@ class Settings(BaseModel):
     sales_events_queue: str = "sales-events"
     fno_events_queue: str = "fno-events"
     local_queue_path: Path | None = Field(None, description="SQLite file of the embedded queue (local host)")
+    servicebus_namespace: str | None = Field(
+        None, description="<ns>.servicebus.windows.net: the identity-based ServiceBusConnection of the triggers"
+    )
     ledger_path: Path | None = Field(None, description="SQLite file of the ledger (local default)")
     lease_seconds: float = Field(120.0, gt=0, description="How long a worker owns a record while it syncs it")
     max_deferrals: int = Field(20, ge=1, description="Deferrals of one message before it is dead-lettered")
@@ -74,6 +77,7 @@ class Settings(BaseModel):
             "sales_events_queue": "SALES_EVENTS_QUEUE",
             "fno_events_queue": "FNO_EVENTS_QUEUE",
             "local_queue_path": "P2C_LOCAL_QUEUE_PATH",
+            "servicebus_namespace": "ServiceBusConnection__fullyQualifiedNamespace",
             "ledger_path": "P2C_LEDGER_PATH",
             "lease_seconds": "P2C_LEASE_SECONDS",
             "max_deferrals": "P2C_MAX_DEFERRALS",

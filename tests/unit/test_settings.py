@@ -48,3 +48,13 @@ def test_local_settings_with_bad_json_name_the_file(tmp_path: Path) -> None:
     path.write_text("{ nope")
     with pytest.raises(SettingsError, match="local.settings.json"):
         load_local_settings(path, {})
+
+
+def test_the_triggers_identity_connection_selects_the_service_bus_transport() -> None:
+    from p2csync.queue.servicebus import ServiceBusTransport
+    from p2csync.runtime import _transport
+
+    settings = Settings.from_env({**BASE, "ServiceBusConnection__fullyQualifiedNamespace": "ns.servicebus.windows.net"})
+    assert settings.servicebus_namespace == "ns.servicebus.windows.net"
+    assert isinstance(_transport(settings), ServiceBusTransport)
+    assert _transport(Settings.from_env(BASE)) is None
