@@ -230,7 +230,8 @@ def default_tables() -> list[Table]:
             "correlationid": ColumnType.UNIQUEIDENTIFIER, "errorcode": I, "retrycount": I,
             "completedon": DT, "startedon": DT, "depth": I,
             "owningextensionid": _lookup("sdkmessageprocessingstep"),
-            "regardingobjectid": _lookup("account", "contact"),
+            "regardingobjectid": _lookup("account", "contact", "product", "quote", "quotedetail", "salesorder",
+                                         "salesorderdetail", "invoice", "invoicedetail"),
             "statecode": Column(name="statecode", type=ColumnType.OPTIONSET,
                                 options={0: "Ready", 1: "Suspended", 2: "Locked", 3: "Completed"}),
             "statuscode": Column(name="statuscode", type=ColumnType.OPTIONSET,
@@ -239,7 +240,96 @@ def default_tables() -> list[Table]:
                                           32: "Canceled"}),
         },
     )
-    return [account, contact, currency, systemuser, businessunit, asyncoperation]
+    return [account, contact, currency, systemuser, businessunit, asyncoperation, *sales_tables()]
+
+
+def _addresses(*prefixes: str) -> dict[str, ColumnSpec]:
+    return {f"{p}_{part}": S for p in prefixes
+            for part in ("name", "line1", "line2", "line3", "city", "stateorprovince", "postalcode", "country")}
+
+
+def _state(options: dict[int, str]) -> Column:
+    return Column(name="statecode", type=ColumnType.OPTIONSET, options=options)
+
+
+def _status(options: dict[int, str]) -> Column:
+    return Column(name="statuscode", type=ColumnType.OPTIONSET, options=options)
+
+
+def sales_tables() -> list[Table]:
+    """The Sales tables the Prospect to cash flows touch. Their alternate keys (product number, quote/order/
+    invoice number, line = parent + sequence number) are what the P2C templates match on; Dataverse has no
+    such keys out of the box, so an environment must define them. [Inferred]"""
+    customer = _lookup("account", "contact")
+    money_totals: dict[str, ColumnSpec] = {"totalamount": MONEY, "totaltax": MONEY, "totaldiscountamount": MONEY,
+                                           "discountamount": MONEY, "freightamount": MONEY,
+                                           "totallineitemamount": MONEY}
+    line: dict[str, ColumnSpec] = {
+        "sequencenumber": I, "quantity": D, "priceperunit": MONEY, "manualdiscountamount": MONEY, "tax": MONEY,
+        "extendedamount": MONEY, "baseamount": MONEY, "ispriceoverridden": B, "productdescription": S,
+        "productid": _lookup("product"), "uomid": _lookup("uom"), "transactioncurrencyid": _lookup("transactioncurrency"),
+        "exchangerate": D, "msdynce_ismaintainedexternally": B}
+    uomschedule = define_table("uomschedule", "uomschedules", primary_name="name", ownership="organization",
+                               columns={"baseuomname": S})
+    uom = define_table("uom", "uoms", primary_name="name", ownership="organization",
+                       columns={"uomscheduleid": _lookup("uomschedule"), "quantity": D, "isschedulebaseuom": B})
+    pricelevel = define_table("pricelevel", "pricelevels", primary_name="name", ownership="organization",
+                              columns={"transactioncurrencyid": _lookup("transactioncurrency")})
+    product = define_table(
+        "product", "products", primary_name="name", ownership="organization", alternate_keys=[["productnumber"]],
+        columns={"productnumber": S, "description": M, "price": MONEY, "currentcost": MONEY, "standardcost": MONEY,
+                 "isstockitem": B, "quantitydecimal": I, "msdynce_ismaintainedexternally": B,
+                 "producttypecode": _choice({1: "Sales Inventory", 2: "Miscellaneous Charges", 3: "Services",
+                                             4: "Flat Fees"}),
+                 "defaultuomid": _lookup("uom"), "defaultuomscheduleid": _lookup("uomschedule"),
+                 "pricelevelid": _lookup("pricelevel"), "transactioncurrencyid": _lookup("transactioncurrency"),
+                 "exchangerate": D,
+                 "statecode": _state({0: "Active", 1: "Retired", 2: "Draft", 3: "Under Revision"}),
+                 "statuscode": _status({1: "Active", 2: "Retired", 0: "Draft", 3: "Under Revision"})})
+    quote = define_table(
+        "quote", "quotes", primary_name="name", alternate_keys=[["quotenumber"]],
+        columns={"quotenumber": S, "description": M, **money_totals, **_addresses("shipto", "billto"),
+                 "customerid": customer, "pricelevelid": _lookup("pricelevel"),
+                 "transactioncurrencyid": _lookup("transactioncurrency"), "exchangerate": D,
+                 "msdynce_hasexternallymaintainedproductsonly": B,
+                 "statecode": _state({0: "Draft", 1: "Active", 2: "Won", 3: "Closed"}),
+                 "statuscode": _status({1: "In Progress", 2: "In Progress", 3: "Open", 4: "Won", 5: "Lost",
+                                        6: "Canceled", 7: "Revised"})})
+    quotedetail = define_table(
+        "quotedetail", "quotedetails", primary_name="productdescription",
+        alternate_keys=[["quoteid", "sequencenumber"]],
+        columns={**line, "quoteid": _lookup("quote")})
+    salesorder = define_table(
+        "salesorder", "salesorders", primary_name="name", alternate_keys=[["ordernumber"]],
+        columns={"ordernumber": S, "description": M, **money_totals, **_addresses("shipto", "billto"),
+                 "customerid": customer, "pricelevelid": _lookup("pricelevel"), "quoteid": _lookup("quote"),
+                 "transactioncurrencyid": _lookup("transactioncurrency"), "exchangerate": D,
+                 "requestdeliveryby": DT, "datefulfilled": DT, "msdynce_ismaintainedexternally": B,
+                 "msdynce_processingstatus": _choice({i + 1: label for i, label in enumerate(
+                     ["Draft", "Active", "Confirmed", "Packing Slip", "Invoiced", "Picked", "Partially Picked",
+                      "Partially Packed", "Shipped", "Partially Shipped", "Partially Invoiced", "Cancelled"])}),
+                 "statecode": _state({0: "Active", 1: "Submitted", 2: "Canceled", 3: "Fulfilled", 4: "Invoiced"}),
+                 "statuscode": _status({1: "New", 2: "Pending", 3: "In Progress", 4: "No Money", 100001: "Complete",
+                                        100002: "Partial", 100003: "Invoiced"})})
+    salesorderdetail = define_table(
+        "salesorderdetail", "salesorderdetails", primary_name="productdescription",
+        alternate_keys=[["salesorderid", "sequencenumber"]],
+        columns={**line, "salesorderid": _lookup("salesorder"), "msdynce_ordernumber": S})
+    invoice = define_table(
+        "invoice", "invoices", primary_name="name", alternate_keys=[["invoicenumber"]],
+        columns={"invoicenumber": S, "description": M, **money_totals, **_addresses("billto", "shipto"),
+                 "customerid": customer, "pricelevelid": _lookup("pricelevel"), "salesorderid": _lookup("salesorder"),
+                 "transactioncurrencyid": _lookup("transactioncurrency"), "exchangerate": D,
+                 "msdynce_invoicedate": DT, "duedate": DT, "ispricelocked": B,
+                 "statecode": _state({0: "Active", 1: "Closed (deprecated)", 2: "Paid", 3: "Canceled"}),
+                 "statuscode": _status({1: "New", 2: "Partially Shipped", 4: "Billed", 5: "Booked",
+                                        6: "Installed", 100001: "Complete", 100002: "Partial", 100003: "Canceled"})})
+    invoicedetail = define_table(
+        "invoicedetail", "invoicedetails", primary_name="productdescription",
+        alternate_keys=[["invoiceid", "sequencenumber"]],
+        columns={**line, "invoiceid": _lookup("invoice"), "msdynce_invoicenumber": S})
+    return [uomschedule, uom, pricelevel, product, quote, quotedetail, salesorder, salesorderdetail, invoice,
+            invoicedetail]
 
 
 def seed_rows() -> dict[str, list[dict[str, Any]]]:

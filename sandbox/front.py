@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -53,10 +53,6 @@ class FrontedSimulator(Protocol):
 def request_user(request: Request) -> str:
     """The authenticated caller, as put in the scope by the front."""
     return str(request.scope["state"]["sandbox_user"])
-
-
-def json_body(value: Any) -> JSONResponse:
-    return JSONResponse(json.loads(json.dumps(value, default=str)))
 
 
 class SandboxFront:
@@ -209,5 +205,3 @@ async def _drop_connection(send: Send) -> None:
     await send({"type": "http.response.body", "body": b'{"partial":', "more_body": True})
     raise ConnectionAbortedError("sandbox: injected dropped connection")
 
-
-Handler = Callable[[Request], Awaitable[Response]]

@@ -286,3 +286,20 @@ def test_bypass_business_logic_needs_privilege(sandbox: SandboxServer, dv: httpx
     assert dv.post("accounts", json={"name": "x"}, headers=header).status_code == 204
     denied = dv_sales.post("accounts", json={"name": "y"}, headers=header)
     assert denied.status_code == 403
+
+
+def test_sales_tables_with_lookup_alternate_keys(dv: httpx.Client) -> None:
+    dv.patch("products(productnumber='P-1')", json={"name": "Widget", "price": 10})
+    dv.patch("salesorders(ordernumber='ORD-1')", json={
+        "name": "Order 1", "customerid_account@odata.bind": "/accounts(accountnumber='US-001')"})
+    assert dv.get("salesorders(ordernumber='ORD-1')").status_code == 404  # bind target missing: nothing created
+    dv.patch(ACCOUNT_KEY, json={"name": "Contoso"})
+    assert dv.patch("salesorders(ordernumber='ORD-1')", json={
+        "name": "Order 1", "customerid_account@odata.bind": "/accounts(accountnumber='US-001')",
+        "msdynce_processingstatus": 3}).status_code == 204
+    order_id = dv.get("salesorders(ordernumber='ORD-1')").json()["salesorderid"]
+    line_url = f"salesorderdetails(_salesorderid_value={order_id},sequencenumber=1)"
+    assert dv.patch(line_url, json={"quantity": 2, "productid@odata.bind": "/products(productnumber='P-1')",
+                                    "productdescription": "Widget"}).status_code == 204
+    line = dv.get(line_url).json()
+    assert line["_salesorderid_value"] == order_id and line["sequencenumber"] == 1 and line["quantity"] == 2
