@@ -99,7 +99,7 @@ async def test_killed_host_restarts_and_every_accepted_event_ends_applied_or_dea
     host = HostProcess(env, port, tmp_path / "host.log")
     spec = load_mappings(ROOT / "mappings")["accounts"]
     dataverse.register_webhook(f"http://127.0.0.1:{port}/api/dataverse/webhook", steps=webhook_steps(spec), key=KEY)
-    sandbox.fno.faults.latency(0.6, method="POST")  # F&O creates are slow: the kill lands mid-write
+    sandbox.fno.faults.latency(1.5, method="POST")  # slow F&O creates: the kill lands mid-write
     usd = next(r["transactioncurrencyid"] for r in dataverse.rows("transactioncurrency")
                if r["isocurrencycode"] == "USD")
     try:
