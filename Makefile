@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
 
 .PHONY: install demo test unit clean schema
 
@@ -12,12 +13,17 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
+# Node dev tools (Azurite for the Table Storage ledger tests): `npm ci` from the lock, `npm install` without one.
+$(NODE_STAMP): package.json $(wildcard package-lock.json)
+	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+	touch $(NODE_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m p2csync demo
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q
 
 unit: $(STAMP)
