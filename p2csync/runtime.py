@@ -127,6 +127,10 @@ class SyncRuntime:
         await self.fno.aclose()
         if closer := getattr(self.transport, "aclose", None):
             await closer()
+        if (close := getattr(self.ledger, "close", None)) is not None:
+            result = close()  # SQLite closes synchronously, Table Storage asynchronously
+            if asyncio.iscoroutine(result):
+                await result
 
     # -- processing ---------------------------------------------------------------------------------
     async def process(self, message: InboundMessage) -> tuple[Outcome, ChangeEvent | None, str | None]:
@@ -292,11 +296,17 @@ def _token_providers(settings: Settings) -> tuple[TokenProvider, TokenProvider]:
 
 
 def _ledger(settings: Settings) -> Ledger:
+    """SQLite when a local file is set; else Table Storage with the app's identity (shared-key access is off)."""
     if settings.ledger_path is not None:
         from p2csync.ledger.sqlite import SqliteLedger
 
         return SqliteLedger(settings.ledger_path)
-    raise SettingsError("P2C_LEDGER_PATH: no ledger configured (set it for the SQLite ledger)")
+    if settings.ledger_table_endpoint:
+        from p2csync.ledger.table import TableLedger
+
+        credential = default_credential(settings.managed_identity_client_id)
+        return TableLedger.from_endpoint(settings.ledger_table_endpoint, settings.ledger_table_name, credential)
+    raise SettingsError("no ledger configured: set P2C_LEDGER_PATH (SQLite) or LEDGER_TABLE_ENDPOINT (Table Storage)")
 
 
 def _transport(settings: Settings) -> QueueTransport | None:

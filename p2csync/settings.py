@@ -51,6 +51,8 @@ class Settings(BaseModel):
         None, description="<ns>.servicebus.windows.net: the identity-based ServiceBusConnection of the triggers"
     )
     ledger_path: Path | None = Field(None, description="SQLite file of the ledger (local default)")
+    ledger_table_endpoint: str | None = Field(None, description="https://<account>.table.core.windows.net (Azure)")
+    ledger_table_name: str = Field("ledger", description="Table of the ledger in that account")
     lease_seconds: float = Field(120.0, gt=0, description="How long a worker owns a record while it syncs it")
     max_deferrals: int = Field(20, ge=1, description="Deferrals of one message before it is dead-lettered")
 
@@ -79,6 +81,8 @@ class Settings(BaseModel):
             "local_queue_path": "P2C_LOCAL_QUEUE_PATH",
             "servicebus_namespace": "ServiceBusConnection__fullyQualifiedNamespace",
             "ledger_path": "P2C_LEDGER_PATH",
+            "ledger_table_endpoint": "LEDGER_TABLE_ENDPOINT",
+            "ledger_table_name": "LEDGER_TABLE_NAME",
             "lease_seconds": "P2C_LEASE_SECONDS",
             "max_deferrals": "P2C_MAX_DEFERRALS",
         }

@@ -58,3 +58,14 @@ def test_the_triggers_identity_connection_selects_the_service_bus_transport() ->
     assert settings.servicebus_namespace == "ns.servicebus.windows.net"
     assert isinstance(_transport(settings), ServiceBusTransport)
     assert _transport(Settings.from_env(BASE)) is None
+
+
+def test_the_table_endpoint_selects_the_table_ledger_and_no_ledger_is_an_error() -> None:
+    from p2csync.ledger.table import TableLedger
+    from p2csync.runtime import _ledger
+
+    settings = Settings.from_env({**BASE, "LEDGER_TABLE_ENDPOINT": "https://acct.table.core.windows.net",
+                                  "LEDGER_TABLE_NAME": "p2cledger"})
+    assert isinstance(_ledger(settings), TableLedger)
+    with pytest.raises(SettingsError, match="LEDGER_TABLE_ENDPOINT"):
+        _ledger(Settings.from_env(BASE))
