@@ -1,0 +1,536 @@
+"""SyncRuntime against the sandbox over real loopback HTTP: outcome, settlement and what F&O saw.
+
+The inbound messages are real: a Sales user changes an account in the Dataverse sandbox, the sandbox POSTs
+the webhook (RemoteExecutionContext) to a capture endpoint on loopback, and the captured body and headers
+go through the real ingress (`accept_dataverse_webhook`) to become the queue message the runtime handles.
+The runtime is built from settings (`Settings.from_env`) with a temp SQLite ledger and embedded queue;
+settlement goes to a recording `MessageActions`, deferrals to the embedded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mappings import load_mappings
+from p2csync.connectors import DataverseClient, FnOClient, HttpOptions, RetryPolicy, StaticTokenProvider
+from p2csync.devstack import webhook_steps
+from p2csync.ingress import accept_dataverse_webhook
+from p2csync.ledger.sqlite import SqliteLedger
+from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped
+from p2csync.queue.base import OutboundMessage, ReceivedMessage
+from p2csync.queue.embedded import EmbeddedQueue, EmbeddedTransport
+from p2csync.runtime import DEFERRALS, ORIGINAL_MESSAGE_ID, InboundMessage, SyncRuntime
+from p2csync.settings import ROOT, Settings
+from sandbox import INTEGRATION_TOKEN, INTEGRATION_USER_ID, USD_CURRENCY_ID, SandboxServer, WebhookStep
+from sandbox.server import BackgroundServers
+
+QUEUE = "sales-events"
+CUSTOMERS = "CustomersV3"
+SPEC = load_mappings(ROOT / "mappings")["accounts"]
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class Delivery:
+    body: bytes
+    headers: dict[str, str]
+
+
+class Capture:
+    """The webhook endpoint: keeps each POST's raw body and headers, answers 200."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.deliveries: list[Delivery] = []
+        self.server = BackgroundServers([Starlette(routes=[Route("/hook", self.hook, methods=["POST"])])])
+
+    async def hook(self, request: Request) -> Response:
+        delivery = Delivery(await request.body(), dict(request.headers))
+        with self.lock:
+            self.deliveries.append(delivery)
+        return Response(status_code=200)
+
+    @property
+    def url(self) -> str:
+        return self.server.urls[0] + "/hook"
+
+    def take(self) -> list[Delivery]:
+        with self.lock:
+            taken, self.deliveries = self.deliveries, []
+        return taken
+
+
+class SentMessages:
+    """A QueueTransport for the ingress step: keeps what the webhook would enqueue."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutboundMessage] = []
+
+    async def send(self, queue: str, message: OutboundMessage) -> None:
+        self.sent.append(message)
+
+    async def schedule(self, queue: str, message: OutboundMessage, at: datetime) -> int:
+        raise AssertionError("ingress never schedules")
+
+
+@dataclass
+class Settlement:
+    action: str
+    message: Any
+    reason: str | None = None
+    description: str | None = None
+
+
+@dataclass
+class RecordingActions:
+    """``MessageActions`` that records each settlement (the Functions SDK binding's shape)."""
+
+    calls: list[Settlement] = field(default_factory=list)
+
+    def complete(self, message: Any) -> None:
+        self.calls.append(Settlement("complete", message))
+
+    def abandon(self, message: Any) -> None:
+        self.calls.append(Settlement("abandon", message))
+
+    def deadletter(self, message: Any, deadletter_reason: str | None = None,
+                   deadletter_error_description: str | None = None) -> None:
+        self.calls.append(Settlement("deadletter", message, deadletter_reason, deadletter_error_description))
+
+    @property
+    def actions(self) -> list[str]:
+        return [call.action for call in self.calls]
+
+
+@pytest.fixture(scope="module")
+def _world() -> Iterator[tuple[SandboxServer, Capture]]:
+    capture = Capture()
+    capture.server.start()
+    try:
+        with SandboxServer() as server:
+            server.dataverse.webhooks.retry_delay = 0.01
+            yield server, capture
+    finally:
+        capture.server.stop()
+
+
+@pytest.fixture
+def capture(_world: tuple[SandboxServer, Capture]) -> Capture:
+    return _world[1]
+
+
+@pytest.fixture
+def sandbox(_world: tuple[SandboxServer, Capture]) -> Iterator[SandboxServer]:
+    server, capture = _world
+    server.dataverse.reset(webhooks=True)
+    server.fno.reset()
+    capture.take()
+    groups = set(server.fno.customer_groups)
+    # What `register` does against a real org: Create, and Update filtered on the mapped columns.
+    server.dataverse.register_webhook(capture.url, steps=webhook_steps(SPEC), key="function-key")
+    yield server
+    server.fno.customer_groups = groups
+
+
+def settings_env(sandbox: SandboxServer, workdir: Path, **extra: str) -> dict[str, str]:
+    return {
+        "DATAVERSE_URL": sandbox.dataverse_url,
+        "FNO_URL": sandbox.fno_url,
+        "FNO_DEFAULT_COMPANY": "usmf",
+        "P2C_AUTH_MODE": "static",
+        "P2C_STATIC_TOKEN": INTEGRATION_TOKEN,
+        "INTEGRATION_USER_IDS": INTEGRATION_USER_ID,
+        "P2C_LEDGER_PATH": str(workdir / "ledger.sqlite"),
+        "P2C_LOCAL_QUEUE_PATH": str(workdir / "queue.sqlite"),
+        **extra,
+    }
+
+
+FAST_RETRIES = HttpOptions(retry=RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02))
+
+
+class Runtimes:
+    """Builds runtimes from settings and closes everything they opened."""
+
+    def __init__(self, sandbox: SandboxServer, workdir: Path) -> None:
+        self.sandbox = sandbox
+        self.workdir = workdir
+        self.built: list[SyncRuntime] = []
+
+    def settings(self, **extra: str) -> Settings:
+        return Settings.from_env(settings_env(self.sandbox, self.workdir, **extra))
+
+    def build(self, *, http: HttpOptions | None = None, **extra: str) -> SyncRuntime:
+        """``SyncRuntime.from_settings``; with ``http``, the same parts but clients with that retry policy
+        (so a persistent 503 is given up on in milliseconds rather than the production ~8 s)."""
+        settings = self.settings(**extra)
+        if http is None:
+            runtime = SyncRuntime.from_settings(settings)
+        else:
+            assert settings.ledger_path is not None and settings.local_queue_path is not None
+            tokens = StaticTokenProvider(INTEGRATION_TOKEN)
+            runtime = SyncRuntime(
+                settings,
+                ledger=SqliteLedger(settings.ledger_path),
+                transport=EmbeddedTransport(EmbeddedQueue(settings.local_queue_path)),
+                dataverse=DataverseClient(settings.dataverse_url, tokens, tag=settings.write_tag, http=http),
+                fno=FnOClient(settings.fno_url, tokens, http=http),
+                mappings=load_mappings(settings.mappings_dir),
+            )
+        self.built.append(runtime)
+        return runtime
+
+    async def aclose(self) -> None:
+        for runtime in self.built:
+            await runtime.aclose()
+            runtime.ledger.close()  # type: ignore[attr-defined]
+            if isinstance(runtime.transport, EmbeddedTransport):
+                runtime.transport.queue.close()
+
+
+@pytest.fixture
+async def runtimes(sandbox: SandboxServer, tmp_path: Path) -> AsyncIterator[Runtimes]:
+    built = Runtimes(sandbox, tmp_path)
+    yield built
+    await built.aclose()
+
+
+@pytest.fixture
+async def runtime(runtimes: Runtimes) -> SyncRuntime:
+    return runtimes.build()
+
+
+async def sales_change(sandbox: SandboxServer, capture: Capture, act: Callable[[], Any],
+                       expect: int = 1) -> list[InboundMessage]:
+    """Do ``act`` in the Sales sandbox, wait for its webhook deliveries, return them as queue messages."""
+    await asyncio.to_thread(act)
+    assert await sandbox.dataverse.wait_idle_async(10)
+    deliveries = capture.take()
+    assert len(deliveries) == expect, [json.loads(d.body)["MessageName"] for d in deliveries]
+    messages = []
+    for delivery in deliveries:
+        sent = SentMessages()
+        result = await accept_dataverse_webhook(delivery.body, delivery.headers, sent, QUEUE)
+        assert result.status == 202, result.body
+        [out] = sent.sent
+        messages.append(InboundMessage(queue=QUEUE, body=out.body, message_id=out.message_id,
+                                       application_properties=dict(out.application_properties),
+                                       content_type=out.content_type, enqueued_time_utc=datetime.now(UTC),
+                                       lock_token=f"lock-{out.message_id}"))
+    return messages
+
+
+def account(number: str, **extra: Any) -> dict[str, Any]:
+    return {"name": f"Account {number}", "accountnumber": number, "telephone1": "+1 425 555 0100",
+            "address1_city": "Redmond", "address1_country": "United States", "creditlimit": 25000,
+            "transactioncurrencyid": ("transactioncurrency", USD_CURRENCY_ID), **extra}
+
+
+def customer(sandbox: SandboxServer, number: str) -> dict[str, Any] | None:
+    return sandbox.fno.get(CUSTOMERS, {"dataAreaId": "usmf", "CustomerAccount": number})
+
+
+def fno_writes(sandbox: SandboxServer) -> list[tuple[str, int | None]]:
+    return [(r.method, r.status) for r in sandbox.fno.request_log.entries() if r.method != "GET"]
+
+
+def scheduled(runtime: SyncRuntime) -> list[ReceivedMessage]:
+    assert isinstance(runtime.transport, EmbeddedTransport)
+    return runtime.transport.queue.peek(QUEUE)
+
+
+def as_inbound(message: ReceivedMessage) -> InboundMessage:
+    return InboundMessage(queue=message.queue, body=message.body, message_id=message.message_id,
+                          delivery_count=max(1, message.delivery_count),
+                          application_properties=dict(message.application_properties),
+                          content_type=message.content_type, lock_token=message.lock_token)
+
+
+async def journal(runtime: SyncRuntime) -> list[tuple[str, str | None]]:
+    entries = await runtime.ledger.journal_entries()  # type: ignore[attr-defined]
+    return [(e.outcome, e.reason) for e in entries]
+
+
+async def created_account(
+    sandbox: SandboxServer, capture: Capture, number: str, **extra: Any
+) -> InboundMessage:
+    [message] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.create("account",
+                                                                                    account(number, **extra)))
+    return message
+
+
+# ------------------------------------------------------------------------------------------------- tests
+
+
+async def test_a_sales_account_create_is_applied_and_completed(
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
+) -> None:
+    message = await created_account(sandbox, capture, "RT-001")
+    actions = RecordingActions()
+    outcome = await runtime.handle(message, message, actions)
+    assert isinstance(outcome, Applied), outcome
+    assert outcome.detail == "created CustomersV3(dataAreaId=usmf,CustomerAccount=RT-001)"
+    assert actions.actions == ["complete"] and actions.calls[0].message is message
+    row = customer(sandbox, "RT-001")
+    assert row is not None
+    assert (row["OrganizationName"], row["SalesCurrencyCode"]) == ("Account RT-001", "USD")
+    assert fno_writes(sandbox) == [("POST", 201)]
+    assert [o for o, _ in await journal(runtime)] == ["applied"]
+
+    again = RecordingActions()  # the same message redelivered: a recorded duplicate, nothing written
+    duplicate = await runtime.handle(message, message, again)
+    assert isinstance(duplicate, Skipped)
+    assert duplicate.reason.startswith("duplicate: this change was already applied")
+    assert again.actions == ["complete"] and fno_writes(sandbox) == [("POST", 201)]
+
+
+async def test_fno_throttling_beyond_the_clients_patience_defers_with_the_retry_after(
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
+) -> None:
+    message = await created_account(sandbox, capture, "RT-429")
+    sandbox.fno.faults.throttle(count=1, retry_after=600)  # > RetryPolicy.max_retry_after (300 s)
+    actions = RecordingActions()
+    before = datetime.now(UTC)
+    outcome = await runtime.handle(message, message, actions)
+
+    assert isinstance(outcome, Deferred), outcome
+    assert outcome.delay == 600 and "throttled by fno" in outcome.reason
+    # Not waited for in-process: one throttled read, nothing else.
+    assert [(r.method, r.status) for r in sandbox.fno.request_log.entries()] == [("GET", 429)]
+    assert actions.actions == ["complete"]  # the original is completed once its copy is scheduled
+    [copy] = scheduled(runtime)
+    assert copy.state == "scheduled"
+    assert copy.application_properties[DEFERRALS] == 1
+    assert copy.application_properties[ORIGINAL_MESSAGE_ID] == message.message_id
+    assert copy.message_id != message.message_id and copy.body == message.body
+    assert copy.scheduled_enqueue_time_utc is not None
+    due = copy.scheduled_enqueue_time_utc - before
+    assert timedelta(seconds=599) <= due <= timedelta(seconds=610)
+    assert customer(sandbox, "RT-429") is None
+    assert [o for o, _ in await journal(runtime)] == ["deferred"]
+
+
+async def test_persistent_503_defers_and_the_rescheduled_copy_applies_once_it_clears(
+    sandbox: SandboxServer, capture: Capture, runtimes: Runtimes
+) -> None:
+    runtime = runtimes.build(http=FAST_RETRIES)
+    message = await created_account(sandbox, capture, "RT-503")
+    rule = sandbox.fno.faults.error(503, count=None)
+    actions = RecordingActions()
+    outcome = await runtime.handle(message, message, actions)
+    assert isinstance(outcome, Deferred), outcome
+    assert "fno unavailable" in outcome.reason and outcome.delay >= 1.0
+    assert [(r.method, r.status) for r in sandbox.fno.request_log.entries()] == [("GET", 503)] * 3
+    assert actions.actions == ["complete"]
+    [copy] = scheduled(runtime)
+    assert copy.application_properties[DEFERRALS] == 1
+    assert rule.kind == "error" and customer(sandbox, "RT-503") is None
+
+    sandbox.fno.faults.clear()  # the outage ends; the copy comes due
+    redelivered = as_inbound(copy)
+    assert redelivered.deferrals == 1
+    later = RecordingActions()
+    applied = await runtime.handle(redelivered, redelivered, later)
+    assert isinstance(applied, Applied), applied
+    assert later.actions == ["complete"]
+    assert customer(sandbox, "RT-503") is not None and len(sandbox.fno.rows(CUSTOMERS)) == 1
+    assert [o for o, _ in await journal(runtime)] == ["deferred", "applied"]
+
+
+async def test_an_fno_validation_infolog_dead_letters_with_the_infolog_and_writes_nothing(
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
+) -> None:
+    # This F&O has no customer group '10', the group the accounts mapping writes.
+    sandbox.fno.customer_groups.discard("10")
+    message = await created_account(sandbox, capture, "RT-BAD")
+    actions = RecordingActions()
+    outcome = await runtime.handle(message, message, actions)
+
+    assert isinstance(outcome, Rejected), outcome
+    [settlement] = actions.calls
+    assert settlement.action == "deadletter" and settlement.message is message
+    assert settlement.reason == "fnoRejected"
+    assert settlement.description is not None
+    assert "The value '10' in field 'Customer group' is not found in the related table 'Customer groups'" \
+        in settlement.description
+    assert sandbox.fno.rows(CUSTOMERS) == []
+    assert fno_writes(sandbox) == [("POST", 500)]
+    assert scheduled(runtime) == []
+    assert [o for o, _ in await journal(runtime)] == ["rejected"]
+
+
+@pytest.mark.parametrize("how", ["integration user", "write tag"])
+async def test_an_echo_is_skipped_and_writes_nothing(
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime, how: str
+) -> None:
+    record_id = sandbox.dataverse.create("account", account("RT-ECHO"), user=INTEGRATION_USER_ID)
+    assert await sandbox.dataverse.wait_idle_async(10)
+    capture.take()  # the Create made by the integration user; the Update below is what is tested
+    sandbox.dataverse.request_log.clear()
+    if how == "integration user":
+        def act() -> None:
+            sandbox.dataverse.update("account", record_id, {"telephone1": "+1 555"}, user=INTEGRATION_USER_ID)
+    else:
+        def act() -> None:
+            sandbox.dataverse.update("account", record_id, {"telephone1": "+1 555"}, tag="p2c-sync")
+    [message] = await sales_change(sandbox, capture, act)
+    actions = RecordingActions()
+    outcome = await runtime.handle(message, message, actions)
+
+    assert isinstance(outcome, Skipped), outcome
+    assert outcome.reason.startswith("echo:")
+    assert ("own user" in outcome.reason) if how == "integration user" else ("'p2c-sync'" in outcome.reason)
+    assert actions.actions == ["complete"]
+    assert sandbox.fno.request_log.entries() == [] and sandbox.dataverse.request_log.entries() == []
+    assert sandbox.fno.rows(CUSTOMERS) == []
+
+
+async def test_a_change_that_leaves_the_mapped_payload_unchanged_is_skipped_without_an_fno_write(
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
+) -> None:
+    # An Update step without filtering attributes: fires for columns the mapping does not read too.
+    sandbox.dataverse.register_webhook(capture.url, steps=[WebhookStep(table="account", message="Update")])
+    created = await created_account(sandbox, capture, "RT-SAME", creditlimit=1234.56, numberofemployees=12,
+                                    emailaddress1="ap@example.com", description="Key account",
+                                    address2_city="Toronto", address2_country="Canada", fax="")
+    assert isinstance(await runtime.handle(created, created, RecordingActions()), Applied)
+    record_id = json.loads(created.body.replace(b"\\/", b"/"))["PrimaryEntityId"]
+    sandbox.fno.request_log.clear()
+    sandbox.dataverse.request_log.clear()
+
+    [update] = await sales_change(sandbox, capture,
+                                  lambda: sandbox.dataverse.update("account", record_id, {"revenue": 123456}))
+    actions = RecordingActions()
+    outcome = await runtime.handle(update, update, actions)
+
+    assert isinstance(outcome, Skipped), outcome
+    assert outcome.reason.startswith("unchanged")
+    assert actions.actions == ["complete"]
+    assert sandbox.fno.request_log.entries() == []  # not even the read: the ledger's hash decided
+    fetched = sandbox.dataverse.request_log.entries(method="GET")
+    assert any(record_id in r.path for r in fetched)  # an Update is partial: the account was fetched
+
+
+async def test_max_deferrals_exceeded_dead_letters(
+    sandbox: SandboxServer, capture: Capture, runtimes: Runtimes
+) -> None:
+    runtime = runtimes.build(P2C_MAX_DEFERRALS="2")
+    fresh = await created_account(sandbox, capture, "RT-MAX")
+    message = InboundMessage(queue=fresh.queue, body=fresh.body, message_id=f"{fresh.message_id}~2",
+                             delivery_count=1, content_type=fresh.content_type,
+                             application_properties={**fresh.application_properties, DEFERRALS: 2,
+                                                     ORIGINAL_MESSAGE_ID: fresh.message_id})
+    sandbox.fno.faults.throttle(count=None, retry_after=600)
+    actions = RecordingActions()
+    outcome = await runtime.handle(message, message, actions)
+
+    assert isinstance(outcome, Rejected) and outcome.reason == "MaxDeferralsExceeded"
+    [settlement] = actions.calls
+    assert (settlement.action, settlement.reason) == ("deadletter", "MaxDeferralsExceeded")
+    description = settlement.description or ""
+    assert "deferred 2 times" in description and "throttled by fno" in description
+    assert scheduled(runtime) == []
+    assert sandbox.fno.rows(CUSTOMERS) == []
+
+
+async def test_an_event_for_a_table_no_flow_handles_is_skipped_and_completed(
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
+) -> None:
+    sandbox.dataverse.register_webhook(capture.url, steps=[WebhookStep(table="contact", message="Create")])
+    [message] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.create(
+        "contact", {"firstname": "Ada", "lastname": "Lovelace", "msdynce_contactnumber": "C-1"}))
+    actions = RecordingActions()
+    outcome = await runtime.handle(message, message, actions)
+
+    assert isinstance(outcome, Skipped), outcome
+    assert outcome.reason == "no flow syncs dataverse 'contact' Create"
+    assert actions.actions == ["complete"]
+    assert sandbox.fno.request_log.entries() == []
+    assert await journal(runtime) == [("skipped", "skipped: no flow syncs dataverse 'contact' Create")]
+
+
+async def test_an_account_delete_is_skipped_with_a_reason_and_the_customer_stays(
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
+) -> None:
+    sandbox.dataverse.register_webhook(capture.url, steps=[WebhookStep(table="account", message="Delete")])
+    created = await created_account(sandbox, capture, "RT-DEL")
+    assert isinstance(await runtime.handle(created, created, RecordingActions()), Applied)
+    record_id = json.loads(created.body.replace(b"\\/", b"/"))["PrimaryEntityId"]
+    sandbox.fno.request_log.clear()
+
+    [deleted] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.delete("account", record_id))
+    actions = RecordingActions()
+    outcome = await runtime.handle(deleted, deleted, actions)
+
+    assert isinstance(outcome, Skipped), outcome
+    assert outcome.reason == "account deletes are not synced by the accounts flow"
+    assert actions.actions == ["complete"]
+    assert sandbox.fno.request_log.entries() == []
+    assert customer(sandbox, "RT-DEL") is not None
+
+
+async def test_a_trimmed_payload_is_completed_by_fetching_the_record(
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
+) -> None:
+    # A Create whose context is over 256 KB: the sandbox empties the bulky members and flags the header.
+    message = await created_account(sandbox, capture, "RT-BIG", address1_line3="x" * (300 * 1024))
+    assert message.application_properties.get("MessageMaxSizeExceeded") is True
+    context = json.loads(message.body)
+    assert context["InputParameters"] == [] and context["PostEntityImages"] == []
+    record_id = context["PrimaryEntityId"]
+
+    actions = RecordingActions()
+    outcome = await runtime.handle(message, message, actions)
+    assert isinstance(outcome, Applied), outcome
+    assert actions.actions == ["complete"]
+    assert any(record_id in r.path for r in sandbox.dataverse.request_log.entries(method="GET"))
+    row = customer(sandbox, "RT-BIG")
+    assert row is not None
+    assert (row["OrganizationName"], row["AddressCity"], row["SalesCurrencyCode"]) == (
+        "Account RT-BIG", "Redmond", "USD")
+
+
+async def test_two_instances_on_one_ledger_handle_the_same_message_once(
+    sandbox: SandboxServer, capture: Capture, runtimes: Runtimes
+) -> None:
+    first, second = runtimes.build(), runtimes.build()
+    assert first.instance_id != second.instance_id
+    message = await created_account(sandbox, capture, "RT-TWO")
+    sandbox.fno.faults.latency(0.3, count=1, method="GET")  # whoever gets the lease holds it a while
+    actions = [RecordingActions(), RecordingActions()]
+    started = time.monotonic()
+    outcomes: list[Outcome] = list(await asyncio.gather(first.handle(message, message, actions[0]),
+                                                        second.handle(message, message, actions[1])))
+    assert time.monotonic() - started < 5
+
+    kinds = sorted(o.kind for o in outcomes)
+    assert kinds in (["applied", "deferred"], ["applied", "skipped"]), outcomes
+    other = next(o for o in outcomes if o.kind != "applied")
+    if isinstance(other, Deferred):
+        assert "being synced by another worker" in other.reason
+        [copy] = scheduled(first)  # both instances share the queue file: one copy rescheduled
+        later = RecordingActions()
+        redelivered = await second.handle(as_inbound(copy), copy, later)  # when it comes due
+        assert isinstance(redelivered, Skipped) and redelivered.reason.startswith("duplicate"), redelivered
+        assert later.actions == ["complete"]
+    else:
+        assert isinstance(other, Skipped) and other.reason.startswith("duplicate")
+    assert [a.actions for a in actions] == [["complete"], ["complete"]]
+    assert fno_writes(sandbox) == [("POST", 201)]
+    assert len(sandbox.fno.rows(CUSTOMERS)) == 1
