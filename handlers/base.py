@@ -60,16 +60,15 @@ class SalesToFnORecordSync:
     def __init__(self, flow: str, *, sync_deletes: bool = False) -> None:
         self.flow = flow
         self.sync_deletes = sync_deletes
-
-    def accepts(self, event: ChangeEvent) -> bool:
-        return event.source == "dataverse" and event.entity == self._table
-
-    _table: str = ""
+        self.table = ""  # set by bind(): the mapping file names the source table
 
     def bind(self, spec: MappingSpec) -> SalesToFnORecordSync:
         """Take the source table from the mapping, so the registry routes by data, not by code."""
-        self._table = spec.source.table
+        self.table = spec.source.table
         return self
+
+    def accepts(self, event: ChangeEvent) -> bool:
+        return event.source == "dataverse" and event.entity == self.table
 
     def record_key(self, event: ChangeEvent) -> str:
         return f"{self.flow}:{event.entity}:{event.record_id}"

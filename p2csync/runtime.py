@@ -21,8 +21,13 @@ from typing import Any
 
 from handlers import FlowContext, FlowRegistry, build_registry
 from mappings import MappingError, MappingSpec, load_mappings
-from p2csync.connectors.auth import StaticTokenProvider, TokenProvider, default_credential, scope_for
-from p2csync.connectors.auth import AzureIdentityTokenProvider
+from p2csync.connectors.auth import (
+    AzureIdentityTokenProvider,
+    StaticTokenProvider,
+    TokenProvider,
+    default_credential,
+    scope_for,
+)
 from p2csync.connectors.dataverse import DataverseClient
 from p2csync.connectors.errors import ConnectorError, PermanentError, ThrottledError, TransientError
 from p2csync.connectors.fno import FnOClient

@@ -23,7 +23,7 @@ import httpx
 
 from p2csync.connectors.auth import TokenProvider
 from p2csync.connectors.errors import InvalidKeyError, NotFoundError
-from p2csync.connectors.http import ApiClient, HttpOptions
+from p2csync.connectors.http import ApiClient, HttpOptions, json_body
 from p2csync.connectors.odata import encode_path_segment, is_guid, key_predicate, odata_literal, validate_entity_set
 from p2csync.connectors.results import UpsertResult
 
@@ -102,13 +102,6 @@ def _select(select: Sequence[str] | str | None) -> str | None:
     return select if isinstance(select, str) else ",".join(select)
 
 
-def _body(response: httpx.Response) -> dict[str, Any]:
-    if not response.content:
-        return {}
-    data = response.json()
-    return data if isinstance(data, dict) else {"value": data}
-
-
 class DataverseClient(ApiClient):
     """Reads and writes Dataverse rows through the Web API, with the shared retry policy and limiter."""
 
@@ -169,7 +162,7 @@ class DataverseClient(ApiClient):
             response = await self.request("GET", self._path(entity_set, key), headers=headers, params=params)
         except NotFoundError:
             return None
-        return _body(response)
+        return json_body(response)
 
     async def query(
         self,
@@ -194,21 +187,8 @@ class DataverseClient(ApiClient):
         headers = dict(_READ_HEADERS)
         if page_size:
             headers["Prefer"] = f"odata.maxpagesize={page_size}"
-        url: str = self._path(entity_set)
-        request_params: dict[str, str] | None = params or None
-        seen = 0
-        while True:
-            response = await self.request("GET", url, headers=headers, params=request_params)
-            page = _body(response)
-            for row in page.get("value", []):
-                yield row
-                seen += 1
-                if top is not None and seen >= top:
-                    return
-            next_link = page.get("@odata.nextLink")
-            if not next_link:
-                return
-            url, request_params = next_link, None  # the link carries the query and the skip token
+        async for row in self.paged_rows(self._path(entity_set), headers=headers, params=params or None, top=top):
+            yield row
 
     # -------------------------------------------------------------------------------------------- writes
 
@@ -247,7 +227,7 @@ class DataverseClient(ApiClient):
             # A create-only PATCH repeated after an ambiguous failure would report our own row as a duplicate.
             idempotent=not create_only,
         )
-        record = _body(response)
+        record = json_body(response)
         etag = response.headers.get("ETag") or record.get("@odata.etag")
         if response.status_code == 201:
             created = True
@@ -265,7 +245,7 @@ class DataverseClient(ApiClient):
             "POST", self._path(entity_set), json=dict(body), headers={"Prefer": "return=representation"},
             params=self._write_params(select), idempotent=False,
         )
-        record = _body(response)
+        record = json_body(response)
         if not record and (entity_id := response.headers.get("OData-EntityId")):
             record = {"@odata.id": entity_id}
         return UpsertResult(created=True, record=record,

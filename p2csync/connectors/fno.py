@@ -39,7 +39,7 @@ from p2csync.connectors.errors import (
     PermanentError,
     TransientError,
 )
-from p2csync.connectors.http import ApiClient, HttpOptions
+from p2csync.connectors.http import ApiClient, HttpOptions, json_body
 from p2csync.connectors.odata import (
     ODataEnum,
     encode_path_segment,
@@ -237,7 +237,7 @@ class FnOClient(ApiClient):
             if exc.status == 404:  # F&O words a missing row in more than one way; all are "no row" here
                 return None
             raise
-        return _body(response)
+        return json_body(response)
 
     async def query(
         self,
@@ -259,23 +259,9 @@ class FnOClient(ApiClient):
                "$orderby": orderby}
         )
         headers = {"Prefer": f"odata.maxpagesize={page_size}"} if page_size else None
-        url: str | httpx.URL = self._path(entity_set)
-        seen = 0
-        while True:
-            response = await self.request("GET", url, headers=headers, params=params)
-            page = _body(response)
-            for row in page.get("value", []):
-                yield row
-                seen += 1
-                if top is not None and seen >= top:
-                    return
-            next_link = page.get("@odata.nextLink")
-            if not next_link:
-                return
-            url = httpx.URL(next_link)
-            if "cross-company" not in url.params:
-                url = url.copy_merge_params(_CROSS_COMPANY)
-            params = None
+        async for row in self.paged_rows(self._path(entity_set), headers=headers, params=params, top=top,
+                                         next_url=_keep_cross_company):
+            yield row
 
     # -------------------------------------------------------------------------------------------- writes
 
@@ -305,7 +291,7 @@ class FnOClient(ApiClient):
         response = await self.request(
             "POST", self._path(entity_set), json=payload, params=self._params(), idempotent=True
         )
-        record = _body(response) or payload
+        record = json_body(response) or payload
         return UpsertResult(
             created=True, record=record, etag=response.headers.get("ETag") or record.get("@odata.etag")
         )
@@ -361,8 +347,7 @@ class FnOClient(ApiClient):
         return True
 
 
-def _body(response: httpx.Response) -> dict[str, Any]:
-    if not response.content:
-        return {}
-    data = response.json()
-    return data if isinstance(data, dict) else {"value": data}
+def _keep_cross_company(link: str) -> httpx.URL:
+    """A nextLink must still see every company, whether or not F&O kept the flag in it."""
+    url = httpx.URL(link)
+    return url if "cross-company" in url.params else url.copy_merge_params(_CROSS_COMPANY)

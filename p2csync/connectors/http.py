@@ -29,7 +29,7 @@ import json as jsonlib
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -265,6 +265,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def json_body(response: httpx.Response) -> dict[str, Any]:
+    """A response's JSON object ({} when empty; a bare array is read as ``{"value": [...]}``)."""
+    if not response.content:
+        return {}
+    data = response.json()
+    return data if isinstance(data, dict) else {"value": data}
+
+
 def dumps_json(value: Any) -> bytes:
     """JSON for a request body: Decimal as a number, datetimes as ISO-8601 UTC (``Z``), UUIDs and enums."""
     return jsonlib.dumps(value, default=_json_default, ensure_ascii=False, allow_nan=False,
@@ -437,6 +445,30 @@ class ApiClient:
                 f"refusing to send credentials to {request.url.host!r} (client is for {base.host!r})",
                 request.method, request.url,
             )
+
+    async def paged_rows(
+        self,
+        url: str | httpx.URL,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        top: int | None = None,
+        next_url: Callable[[str], str | httpx.URL] = lambda link: link,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Rows of an OData collection, page by page: ``@odata.nextLink`` carries the query and the skip
+        token, so later pages are requested without ``params``; stop after ``top`` rows."""
+        seen = 0
+        while True:
+            page = json_body(await self.request("GET", url, headers=headers, params=params))
+            for row in page.get("value", []):
+                yield row
+                seen += 1
+                if top is not None and seen >= top:
+                    return
+            link = page.get("@odata.nextLink")
+            if not link:
+                return
+            url, params = next_url(link), None
 
     async def aclose(self) -> None:
         await self._client.aclose()
