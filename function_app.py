@@ -1,13 +1,17 @@
 """Azure Functions entry point (Python v2 model): bindings only; the work is in p2csync.
 
 - POST /api/dataverse/webhook  (auth FUNCTION: Dataverse WebhookKey auth sends the function key as `code`)
-- Service Bus queue triggers on `sales-events` and `fno-events` (identity-based connection ServiceBusConnection)
+- Service Bus queue triggers on `sales-events` and `fno-events` (identity-based connection ServiceBusConnection),
+  with SDK-type bindings and autoCompleteMessages off: the runtime settles every message itself through
+  `message_actions` (complete, or dead-letter with a reason), see p2csync/settlement.py
 - GET  /api/health             (anonymous)
+
+No `from __future__ import annotations` here: the Python worker reads the parameter annotations to bind the
+SDK types, so they must be classes, not strings.
 """
 
-from __future__ import annotations
-
 import azure.functions as func
+import azurefunctions.extensions.bindings.servicebus as servicebus
 
 from p2csync import functions
 
@@ -21,15 +25,19 @@ async def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.function_name("sales_events")
-@app.service_bus_queue_trigger(arg_name="msg", queue_name="sales-events", connection="ServiceBusConnection")
-async def sales_events(msg: func.ServiceBusMessage) -> None:
-    await functions.queue_message("sales-events", msg)
+@app.service_bus_queue_trigger(arg_name="msg", queue_name="sales-events", connection="ServiceBusConnection",
+                               auto_complete_messages=False)
+async def sales_events(msg: servicebus.ServiceBusReceivedMessage,
+                       message_actions: servicebus.ServiceBusMessageActions) -> None:
+    await functions.queue_message("sales-events", msg, message_actions)
 
 
 @app.function_name("fno_events")
-@app.service_bus_queue_trigger(arg_name="msg", queue_name="fno-events", connection="ServiceBusConnection")
-async def fno_events(msg: func.ServiceBusMessage) -> None:
-    await functions.queue_message("fno-events", msg)
+@app.service_bus_queue_trigger(arg_name="msg", queue_name="fno-events", connection="ServiceBusConnection",
+                               auto_complete_messages=False)
+async def fno_events(msg: servicebus.ServiceBusReceivedMessage,
+                     message_actions: servicebus.ServiceBusMessageActions) -> None:
+    await functions.queue_message("fno-events", msg, message_actions)
 
 
 @app.function_name("health")

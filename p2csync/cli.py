@@ -1,6 +1,7 @@
 """Command line: ``python -m p2csync <command>``.
 
-run       the local host (function_app.py on 127.0.0.1, queue triggers fed by the embedded queue)
+run       the local host (function_app.py on 127.0.0.1; queue triggers fed by the embedded queue, or by a
+          Service Bus namespace when ServiceBusConnection__fullyQualifiedNamespace is set)
 sandbox   the Dataverse and F&O simulators, standalone
 demo      the prospect-to-cash story through the real code path, against the sandbox
 schema    print the JSON Schema of the mapping files
@@ -33,25 +34,42 @@ def _configure_logging(verbose: bool) -> None:
 
 
 async def run_local_host(port: int, settings_file: Path | None, function_key: str | None) -> None:
-    """Start the local host with the settings of local.settings.json (and the environment)."""
+    """Start the local host with the settings of local.settings.json (and the environment).
+
+    Queue triggers read the embedded queue, unless ``ServiceBusConnection__fullyQualifiedNamespace`` names a
+    namespace and no ``P2C_LOCAL_QUEUE_PATH`` is set: then they read that namespace's queues, signed in with
+    the developer's Azure identity (``az login``), and the webhook and deferrals send there too.
+    """
     from p2csync.localhost import LocalHost, install_signal_handlers
-    from p2csync.queue.embedded import EmbeddedQueue
+    from p2csync.queue.base import QueueConsumer
+    from p2csync.queue.embedded import EmbeddedQueue, EmbeddedTransport
     from p2csync.runtime import get_runtime
 
     if settings_file is not None and settings_file.exists():
         load_local_settings(settings_file)
     var = ROOT / ".var"
-    os.environ.setdefault("P2C_LOCAL_QUEUE_PATH", str(var / "queue.sqlite"))
-    os.environ.setdefault("P2C_LEDGER_PATH", str(var / "ledger.sqlite"))
     var.mkdir(exist_ok=True)
-    lock = timedelta(seconds=float(os.environ.get("P2C_LOCAL_LOCK_SECONDS", "60")))
-    queue = EmbeddedQueue(os.environ["P2C_LOCAL_QUEUE_PATH"], lock_duration=lock)
+    os.environ.setdefault("P2C_LEDGER_PATH", str(var / "ledger.sqlite"))
+    namespace = os.environ.get("ServiceBusConnection__fullyQualifiedNamespace")
+    if not namespace:
+        os.environ.setdefault("P2C_LOCAL_QUEUE_PATH", str(var / "queue.sqlite"))
 
     import function_app
 
     key = function_key or os.environ.get("P2C_LOCAL_FUNCTION_KEY") or secrets.token_urlsafe(24)
-    get_runtime()  # build everything now: a wrong mapping file or setting fails at start-up
-    host = LocalHost(function_app.app, queue, function_key=key, port=port)
+    runtime = get_runtime()  # build everything now: a wrong mapping file or setting fails at start-up
+    consumer: QueueConsumer
+    if runtime.settings.local_queue_path is not None:
+        lock = timedelta(seconds=float(os.environ.get("P2C_LOCAL_LOCK_SECONDS", "60")))
+        consumer = EmbeddedTransport(EmbeddedQueue(runtime.settings.local_queue_path, lock_duration=lock))
+        source = f"embedded queue {runtime.settings.local_queue_path}"
+    elif isinstance(runtime.transport, QueueConsumer):
+        consumer, source = runtime.transport, f"Service Bus namespace {namespace}"
+    else:
+        raise SettingsError("no queue to read: set P2C_LOCAL_QUEUE_PATH or "
+                            "ServiceBusConnection__fullyQualifiedNamespace")
+    host = LocalHost(function_app.app, consumer, function_key=key, port=port,
+                     receive_wait=0.05 if runtime.settings.local_queue_path else 5.0)
     install_signal_handlers(host)
     serving = asyncio.create_task(host.serve())
     await host.started.wait()
@@ -59,7 +77,7 @@ async def run_local_host(port: int, settings_file: Path | None, function_key: st
     for fn in host.http_functions:
         print(f"  {sorted(fn.methods)} {host.base_url}/{fn.route}  (auth {fn.auth_level.lower()})", flush=True)
     for q in host.queue_functions:
-        print(f"  queue trigger {q.name} <- {q.queue}", flush=True)
+        print(f"  queue trigger {q.name} <- {q.queue} ({source})", flush=True)
     await serving
 
 

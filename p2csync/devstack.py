@@ -17,7 +17,7 @@ from typing import Any
 from mappings import MappingSpec, load_mappings
 from p2csync.ledger.sqlite import SqliteLedger
 from p2csync.localhost import LocalHost
-from p2csync.queue.embedded import EmbeddedQueue
+from p2csync.queue.embedded import EmbeddedQueue, EmbeddedTransport
 from p2csync.runtime import close_runtimes, get_runtime, reset_runtimes
 from p2csync.settings import ROOT
 from sandbox.dataverse_events import EntityImage, WebhookStep
@@ -92,7 +92,7 @@ class LocalStack:
             import function_app
 
             get_runtime()  # start-up validation (mappings, settings) before serving
-            self.host = LocalHost(function_app.app, self.queue, function_key=self.function_key, port=0,
+            self.host = LocalHost(function_app.app, EmbeddedTransport(self.queue), function_key=self.function_key, port=0,
                                   max_concurrent_calls=self.max_concurrent_calls)
             self._serving = asyncio.create_task(self.host.serve())
             await asyncio.wait_for(self.host.started.wait(), 10)

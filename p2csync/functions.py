@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import azure.functions as func
 
 from p2csync import __version__
 from p2csync.ingress import accept_dataverse_webhook
 from p2csync.runtime import InboundMessage, get_runtime
+from p2csync.settlement import MessageActions
 
 
 async def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
@@ -19,9 +21,9 @@ async def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(result.json_bytes(), status_code=result.status, mimetype="application/json")
 
 
-async def queue_message(queue: str, msg: func.ServiceBusMessage) -> None:
-    """Process and settle one Service Bus delivery (settlement: see p2csync.settlement)."""
-    await get_runtime().handle(InboundMessage.from_functions(queue, msg), msg)
+async def queue_message(queue: str, msg: Any, actions: MessageActions) -> None:
+    """Process one Service Bus delivery and settle it explicitly (see p2csync.settlement)."""
+    await get_runtime().handle(InboundMessage.from_trigger(queue, msg), msg, actions)
 
 
 async def health(req: func.HttpRequest) -> func.HttpResponse:

@@ -1,10 +1,13 @@
 """The local host: runs the functions registered in function_app.py the way the Functions host does.
 
 For machines without Azure Functions Core Tools, and for tests. HTTP triggers are served on
-``127.0.0.1:<port>/api/<route>`` with function-key auth; Service Bus queue triggers are fed from the
-embedded queue (peek-lock, lock renewal while a function runs, settlement through message actions, the
-host's auto-complete when the function settles nothing, abandon when it raises). function_app.py stays a
-standard v2 app: ``func start`` runs it unchanged where Core Tools are installed.
+``127.0.0.1:<port>/api/<route>`` with function-key auth. Service Bus queue triggers are fed by a
+``QueueConsumer``: the embedded queue, or a real Service Bus namespace. As with SDK-type bindings, the
+function gets the received message and, if it declares one, a ``ServiceBusMessageActions`` parameter to
+settle it; the lock is renewed while the function runs; what the function leaves unsettled is completed
+when the trigger has ``autoCompleteMessages`` on, and left to its lock expiry when off; a function that
+raises gets its message abandoned. function_app.py stays a standard v2 app: ``func start`` runs it
+unchanged where Core Tools are installed.
 """
 
 from __future__ import annotations
@@ -16,21 +19,19 @@ import json
 import logging
 import re
 import signal
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.functions as func
-from azure.functions.servicebus import ServiceBusMessage as FunctionsServiceBusMessage
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from p2csync.queue.base import ReceivedMessage
-from p2csync.queue.embedded import EmbeddedQueue, MessageLockLost
-from p2csync.settlement import settlement_scope
+from p2csync.queue.base import MessageLockLost, QueueConsumer
 
 log = logging.getLogger("p2csync.localhost")
 
@@ -50,6 +51,9 @@ class QueueFunction:
     name: str
     queue: str
     call: Callable[..., Any]
+    arg_name: str
+    actions_arg: str | None = None  # the parameter annotated ServiceBusMessageActions, if any
+    auto_complete: bool = True
 
 
 def _route_pattern(route: str) -> re.Pattern[str]:
@@ -90,70 +94,66 @@ def discover(app: func.FunctionApp) -> tuple[list[HttpFunction], list[QueueFunct
             http.append(HttpFunction(name, route, _route_pattern(route), methods,
                                      str(trigger.get("authLevel", "FUNCTION")).upper(), call))
         elif trigger["type"] == "serviceBusTrigger" and "queueName" in trigger:
-            queues.append(QueueFunction(name, trigger["queueName"], call))
+            queues.append(QueueFunction(name, trigger["queueName"], call, trigger["name"], _actions_arg(call),
+                                        bool(trigger.get("autoCompleteMessages", True))))
         else:
             log.warning("function %s: trigger %s is not supported by the local host", name, trigger["type"])
     return http, queues
 
 
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+def _actions_arg(fn: Callable[..., Any]) -> str | None:
+    """The parameter the worker would bind message actions to: the one annotated ServiceBusMessageActions."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: fall back to their names
+        hints = dict(getattr(fn, "__annotations__", {}))
+    for name, hint in hints.items():
+        if getattr(hint, "__name__", str(hint)).endswith("ServiceBusMessageActions"):
+            return name
+    return None
+
+
+async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     if inspect.iscoroutinefunction(fn):
-        return await fn(*args)
-    return await asyncio.to_thread(fn, *args)
+        return await fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 class LocalMessageActions:
-    """Settles deliveries on the embedded queue by lock token, like the host's message actions do."""
+    """The message actions of one invocation: settle the received message on the consumer it came from,
+    at most once (a second settlement raises, as with Service Bus)."""
 
-    def __init__(self, queue: EmbeddedQueue) -> None:
-        self.queue = queue
+    def __init__(self, consumer: QueueConsumer) -> None:
+        self.consumer = consumer
         self.settled: str | None = None
 
-    def _settle(self, kind: str, action: Callable[[], Any]) -> None:
+    def _claim(self, kind: str) -> None:
         if self.settled:
             raise RuntimeError(f"message already settled ({self.settled})")
-        action()
         self.settled = kind
 
-    def complete(self, message: Any) -> None:
-        self._settle("complete", lambda: self.queue.complete(message.lock_token))
+    async def complete(self, message: Any) -> None:
+        self._claim("complete")
+        await self.consumer.complete(message)
 
-    def abandon(self, message: Any) -> None:
-        self._settle("abandon", lambda: self.queue.abandon(message.lock_token))
+    async def abandon(self, message: Any) -> None:
+        self._claim("abandon")
+        await self.consumer.abandon(message)
 
-    def deadletter(
+    async def deadletter(
         self, message: Any, deadletter_reason: str | None = None, deadletter_error_description: str | None = None
     ) -> None:
-        self._settle("deadletter", lambda: self.queue.dead_letter(
-            message.lock_token, deadletter_reason or "", deadletter_error_description or ""))
-
-
-def to_functions_message(received: ReceivedMessage) -> FunctionsServiceBusMessage:
-    """The trigger input the Functions host would build for this delivery."""
-    return FunctionsServiceBusMessage(
-        body=received.body,
-        message_id=received.message_id,
-        content_type=received.content_type,
-        correlation_id=received.correlation_id,
-        delivery_count=received.delivery_count,
-        enqueued_time_utc=received.enqueued_time_utc,
-        expires_at_utc=received.expires_at_utc,
-        locked_until=received.locked_until_utc,
-        lock_token=received.lock_token,
-        sequence_number=received.sequence_number,
-        subject=received.subject,
-        application_properties=dict(received.application_properties),
-        user_properties=dict(received.application_properties),
-    )
+        self._claim("deadletter")
+        await self.consumer.dead_letter(message, deadletter_reason, deadletter_error_description)
 
 
 class LocalHost:
-    """Serves one FunctionApp: HTTP on loopback, queue triggers from an embedded queue."""
+    """Serves one FunctionApp: HTTP on loopback, queue triggers from a queue consumer."""
 
     def __init__(
         self,
         app: func.FunctionApp,
-        queue: EmbeddedQueue,
+        consumer: QueueConsumer,
         *,
         function_key: str,
         host: str = "127.0.0.1",
@@ -161,17 +161,21 @@ class LocalHost:
         max_concurrent_calls: int = 16,
         lock_renewal: timedelta = timedelta(minutes=5),
         poll_interval: float = 0.05,
+        receive_wait: float | None = None,
     ) -> None:
+        """``receive_wait``: how long one receive call may wait for a message (default ``poll_interval``;
+        longer for Service Bus, where each empty receive is a network round trip)."""
         if not function_key:
             raise ValueError("a function key is required")
         self.http_functions, self.queue_functions = discover(app)
-        self.queue = queue
+        self.consumer = consumer
         self.function_key = function_key
         self.host = host
         self.port = port
         self.max_concurrent_calls = max_concurrent_calls
         self.lock_renewal = lock_renewal
         self.poll_interval = poll_interval
+        self.receive_wait = poll_interval if receive_wait is None else receive_wait
         self._stopping = asyncio.Event()
         self._server: Any = None
         self.started = asyncio.Event()
@@ -222,7 +226,7 @@ class LocalHost:
         while not self._stopping.is_set():
             await slots.acquire()
             try:
-                batch = await asyncio.to_thread(self.queue.receive, fn.queue, 1)
+                batch = await self.consumer.receive_wait(fn.queue, 1, self.receive_wait)
             except Exception:
                 log.exception("receive from %s failed", fn.queue)
                 batch = []
@@ -239,40 +243,47 @@ class LocalHost:
         if running:
             await asyncio.gather(*running, return_exceptions=True)
 
-    async def _invoke(self, fn: QueueFunction, received: ReceivedMessage) -> None:
-        actions = LocalMessageActions(self.queue)
-        message = to_functions_message(received)
-        renewer = asyncio.create_task(self._renew_lock(received))
+    async def _invoke(self, fn: QueueFunction, message: Any) -> None:
+        actions = LocalMessageActions(self.consumer)
+        kwargs: dict[str, Any] = {fn.arg_name: message}
+        if fn.actions_arg:
+            kwargs[fn.actions_arg] = actions
+        renewer = asyncio.create_task(self._renew_lock(message))
         try:
-            with settlement_scope(actions):
-                await _call(fn.call, message)
+            await _call(fn.call, **kwargs)
         except Exception:
-            log.exception("function %s failed on message %s", fn.name, received.message_id)
+            log.exception("function %s failed on message %s", fn.name, message.message_id)
             if not actions.settled:
-                self._settle_quietly(lambda: self.queue.abandon(received.lock_token))
+                await self._settle_quietly(self.consumer.abandon, message)
             return
         finally:
             renewer.cancel()
-        if not actions.settled:  # autoCompleteMessages: the host completes what the function left
-            self._settle_quietly(lambda: self.queue.complete(received.lock_token))
+        if actions.settled:
+            return
+        if fn.auto_complete:  # autoCompleteMessages: the host completes what the function left
+            await self._settle_quietly(self.consumer.complete, message)
+        else:
+            log.warning("function %s left message %s unsettled with autoCompleteMessages off: it is delivered "
+                        "again when its lock expires", fn.name, message.message_id)
 
-    async def _renew_lock(self, received: ReceivedMessage) -> None:
-        """Renew the lock at half its duration while the function runs (maxAutoLockRenewalDuration)."""
-        lock = self.queue.lock_duration.total_seconds()
-        budget = self.lock_renewal.total_seconds()
-        elapsed = 0.0
-        while elapsed + lock / 2 <= budget:
-            await asyncio.sleep(lock / 2)
-            elapsed += lock / 2
+    async def _renew_lock(self, message: Any) -> None:
+        """Renew the lock at half its remaining time while the function runs (maxAutoLockRenewalDuration)."""
+        deadline = asyncio.get_running_loop().time() + self.lock_renewal.total_seconds()
+        locked_until: datetime | None = getattr(message, "locked_until_utc", None)
+        while locked_until is not None:
+            pause = max((locked_until - datetime.now(UTC)).total_seconds() / 2, 0.05)
+            if asyncio.get_running_loop().time() + pause > deadline:
+                return
+            await asyncio.sleep(pause)
             try:
-                await asyncio.to_thread(self.queue.renew_lock, received.lock_token)
+                locked_until = await self.consumer.renew_lock(message)
             except MessageLockLost:
                 return
 
     @staticmethod
-    def _settle_quietly(action: Callable[[], Any]) -> None:
+    async def _settle_quietly(action: Callable[[Any], Any], message: Any) -> None:
         try:
-            action()
+            await action(message)
         except MessageLockLost:
             log.warning("lock lost before settlement; the message will be delivered again")
 

@@ -36,7 +36,7 @@ from p2csync.ledger.base import JournalEntry, Ledger, LeaseBusy, LeaseLost
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped, describe
 from p2csync.queue.base import OutboundMessage, QueueTransport
 from p2csync.settings import Settings, SettingsError
-from p2csync.settlement import MessageActions, current_actions
+from p2csync.settlement import MessageActions, settle
 
 log = logging.getLogger("p2csync.runtime")
 
@@ -65,19 +65,45 @@ class InboundMessage:
             return 0
 
     @classmethod
-    def from_functions(cls, queue: str, msg: Any) -> InboundMessage:
-        """From ``azure.functions.ServiceBusMessage`` (or anything with the same attributes)."""
-        props = getattr(msg, "application_properties", None) or getattr(msg, "user_properties", None) or {}
+    def from_trigger(cls, queue: str, msg: Any) -> InboundMessage:
+        """From what a queue trigger hands over: the Service Bus SDK's ``ServiceBusReceivedMessage`` (the
+        SDK-type binding in Azure, a receiver in the local host) or the embedded queue's ``ReceivedMessage``.
+
+        The SDK gives the body as a generator of byte chunks and AMQP strings as bytes (property keys and
+        values); both become what a publisher sent. A body that cannot be read becomes empty, which the
+        envelope parser rejects with a reason (dead-letter), instead of failing the invocation.
+        """
+        props = {_text(k): _text(v) for k, v in (getattr(msg, "application_properties", None) or {}).items()}
         return cls(
             queue=queue,
-            body=msg.get_body(),
-            message_id=msg.message_id or "",
-            delivery_count=msg.delivery_count or 1,
-            application_properties=dict(props),
-            content_type=msg.content_type,
-            enqueued_time_utc=msg.enqueued_time_utc,
-            lock_token=getattr(msg, "lock_token", None),
+            body=_body_bytes(msg),
+            message_id=_text(getattr(msg, "message_id", None) or ""),
+            delivery_count=getattr(msg, "delivery_count", None) or 1,
+            application_properties=props,
+            content_type=_text(getattr(msg, "content_type", None)),
+            enqueued_time_utc=getattr(msg, "enqueued_time_utc", None),
+            lock_token=str(token) if (token := getattr(msg, "lock_token", None)) else None,
         )
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else value
+
+
+def _body_bytes(msg: Any) -> bytes:
+    body = getattr(msg, "body", None)
+    if body is None and callable(getattr(msg, "get_body", None)):
+        body = msg.get_body()
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    try:  # AMQP data body: an iterable of byte chunks
+        return b"".join(bytes(chunk) for chunk in body)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        log.warning("message %s has a body of type %s that is not bytes", getattr(msg, "message_id", "?"),
+                    type(body).__name__)
+        return b""
 
 
 def backoff(attempt: int, *, base: float = 5.0, cap: float = 300.0, floor: float = 1.0) -> float:
@@ -214,16 +240,18 @@ class SyncRuntime:
         return None
 
     # -- settlement ---------------------------------------------------------------------------------
-    async def handle(self, message: InboundMessage, raw: Any, actions: MessageActions | None = None) -> Outcome:
-        """Process one delivery and settle it. Never raises for a bad message; an unexpected error abandons
-        the message (redelivered, and dead-lettered by the queue after its last delivery)."""
-        actions = actions or current_actions()
+    async def handle(self, message: InboundMessage, raw: Any, actions: MessageActions) -> Outcome:
+        """Process one delivery and settle ``raw`` (the trigger's message) through ``actions``.
+
+        Never raises for a bad message. An unexpected error (a bug, the ledger unreachable) abandons the
+        message: it is delivered again, and dead-lettered by the queue after its last delivery.
+        """
         try:
             outcome, event, record_key = await self.process(message)
-        except Exception as exc:  # a bug or an outage of the ledger: let the queue redeliver
+        except Exception as exc:
             log.exception("unexpected error on message %s (delivery %d)", message.message_id, message.delivery_count)
             await self._journal(message, None, None, "abandoned", f"{type(exc).__name__}: {exc}")
-            actions.abandon(raw)
+            await settle(actions.abandon, raw)
             return Deferred(delay=0, reason=f"abandoned after {type(exc).__name__}")
 
         if isinstance(outcome, Deferred) and message.deferrals >= self.settings.max_deferrals:
@@ -232,19 +260,25 @@ class SyncRuntime:
         if isinstance(outcome, Deferred) and self.transport is None:
             log.warning("no queue transport to reschedule %s; abandoning instead", message.message_id)
             await self._journal(message, event, record_key, outcome.kind, outcome.reason)
-            actions.abandon(raw)
+            await settle(actions.abandon, raw)
             return outcome
 
         await self._journal(message, event, record_key, outcome.kind, describe(outcome))
         log.info("%s %s -> %s", message.queue, message.message_id, describe(outcome))
         match outcome:
             case Applied() | Skipped():
-                actions.complete(raw)
+                await settle(actions.complete, raw)
             case Deferred(delay=delay):
-                await self._reschedule(message, delay)
-                actions.complete(raw)
+                try:
+                    await self._reschedule(message, delay)
+                except Exception:  # the queue is unreachable: let it redeliver the original instead
+                    log.exception("could not schedule the retry of %s; abandoning it", message.message_id)
+                    await settle(actions.abandon, raw)
+                else:
+                    await settle(actions.complete, raw)
             case Rejected(reason=reason, description=description):
-                actions.deadletter(raw, deadletter_reason=reason, deadletter_error_description=description[:4000])
+                await settle(actions.deadletter, raw, deadletter_reason=reason,
+                             deadletter_error_description=description[:4000])
         return outcome
 
     async def _reschedule(self, message: InboundMessage, delay: float) -> None:

@@ -1,67 +1,52 @@
 """How a processed message is settled on its queue.
 
-Settlement goes through an object shaped like the Functions Service Bus SDK binding's
-``ServiceBusMessageActions`` (complete / abandon / deadletter by message, using its lock token), so the same
-runtime code settles messages in Azure, in the local host (embedded queue) and in tests. The actions for
-one invocation are set in a context variable by whoever invokes the function (the local host, or the
-SDK-type binding in Azure); without one, the Functions host's own auto-completion applies.
+The queue triggers run with ``autoCompleteMessages: false`` and SDK-type bindings, so every delivery is
+settled explicitly through message actions shaped like the binding's ``ServiceBusMessageActions``
+(complete / abandon / deadletter, by message): a rejected message reaches the dead-letter queue with our
+reason and description, never as a silent complete. The same runtime code settles messages in Azure (the
+binding's synchronous gRPC actions), in the local host (asynchronous actions on the embedded queue or on a
+Service Bus receiver) and in tests (recording actions).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+
+log = logging.getLogger("p2csync.settlement")
 
 
 class MessageActions(Protocol):
-    def complete(self, message: Any) -> None: ...
+    """Each method settles ``message`` by its lock token; it may return ``None`` or an awaitable."""
 
-    def abandon(self, message: Any) -> None: ...
+    def complete(self, message: Any) -> None | Awaitable[None]: ...
+
+    def abandon(self, message: Any) -> None | Awaitable[None]: ...
 
     def deadletter(
         self, message: Any, deadletter_reason: str | None = None, deadletter_error_description: str | None = None
-    ) -> None: ...
+    ) -> None | Awaitable[None]: ...
 
 
-class SettlementRequested(Exception):
-    """Raised under host auto-completion to make the Functions host abandon the message."""
+async def settle(action: Callable[..., Any], message: Any, **kwargs: Any) -> bool:
+    """Run one settlement action; a blocking one (the binding's gRPC call) runs off the event loop.
 
-
-class HostAutoSettlement:
-    """The Functions host with ``autoCompleteMessages: true`` and plain bindings: returning completes the
-    message, raising abandons it (redelivered until MaxDeliveryCount, then dead-lettered by Service Bus).
-
-    A dead-letter request can only be expressed by raising; Service Bus then dead-letters the message
-    after its last delivery with reason MaxDeliveryCountExceeded, and our reason is in the log and the
-    ledger journal. Explicit settlement with the reason needs SDK-type bindings (message actions).
+    A failed settlement (lock lost, host gone) is logged, not raised: the lock then expires and the message
+    is delivered again, which the ledger makes harmless (a final outcome is skipped as a duplicate, anything
+    else is processed again). Returns whether the action succeeded.
     """
-
-    def complete(self, message: Any) -> None:
-        return None
-
-    def abandon(self, message: Any) -> None:
-        raise SettlementRequested("abandon requested: the host redelivers the message")
-
-    def deadletter(
-        self, message: Any, deadletter_reason: str | None = None, deadletter_error_description: str | None = None
-    ) -> None:
-        raise SettlementRequested(f"dead-letter requested: {deadletter_reason}: {deadletter_error_description}")
-
-
-_current: ContextVar[MessageActions | None] = ContextVar("p2c_message_actions", default=None)
-
-
-@contextmanager
-def settlement_scope(actions: MessageActions) -> Iterator[MessageActions]:
-    """Use ``actions`` to settle the messages of the invocation running inside this block."""
-    token = _current.set(actions)
     try:
-        yield actions
-    finally:
-        _current.reset(token)
-
-
-def current_actions() -> MessageActions:
-    return _current.get() or HostAutoSettlement()
+        if inspect.iscoroutinefunction(action):
+            await action(message, **kwargs)
+        else:
+            result = await asyncio.to_thread(action, message, **kwargs)
+            if inspect.isawaitable(result):
+                await result
+        return True
+    except Exception as exc:
+        log.warning("%s failed (%s: %s); the message will be delivered again",
+                    getattr(action, "__name__", "settlement"), type(exc).__name__, exc)
+        return False

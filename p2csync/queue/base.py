@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -21,6 +21,7 @@ __all__ = [
     "MessageState",
     "QueueCounts",
     "QueueTransport",
+    "QueueConsumer",
     "QueueError",
     "MessageLockLost",
     "MessageNotFound",
@@ -108,6 +109,28 @@ class QueueTransport(Protocol):
 
     async def schedule(self, queue: str, message: OutboundMessage, at: datetime) -> int:
         """Enqueue `message` to become visible at `at`; returns its sequence number (for cancellation)."""
+        ...
+
+
+@runtime_checkable
+class QueueConsumer(Protocol):
+    """What the local host needs to feed a queue trigger: peek-lock receive, and settlement of a received
+    message. Settlement takes the message itself, as the Service Bus SDK does (its lock belongs to the link
+    that received it); a lock that expired or was settled already raises `MessageLockLost`."""
+
+    async def receive_wait(self, queue: str, max_messages: int = 1, timeout: float = 5.0) -> list[Any]:
+        """Up to `max_messages` messages, locked; waits at most `timeout` seconds for the first one."""
+        ...
+
+    async def complete(self, message: Any) -> None: ...
+
+    async def abandon(self, message: Any) -> None: ...
+
+    async def dead_letter(self, message: Any, reason: str | None = None, description: str | None = None) -> None:
+        ...
+
+    async def renew_lock(self, message: Any) -> datetime:
+        """Extend the lock; returns the new locked-until time."""
         ...
 
 

@@ -436,7 +436,7 @@ class EmbeddedQueue:
 
 
 class EmbeddedTransport:
-    """`QueueTransport` (plus async receive and settlement for the local host) over an `EmbeddedQueue`;
+    """`QueueTransport` and `QueueConsumer` (for the local host) over an `EmbeddedQueue`;
     the SQLite work runs in a worker thread so the event loop never blocks on the file lock."""
 
     def __init__(self, queue: EmbeddedQueue) -> None:
@@ -455,27 +455,24 @@ class EmbeddedTransport:
     async def cancel_scheduled(self, sequence_number: int) -> None:
         await asyncio.to_thread(self.queue.cancel_scheduled, sequence_number)
 
-    async def receive(self, queue: str, max_messages: int = 1) -> list[ReceivedMessage]:
-        return await asyncio.to_thread(self.queue.receive, queue, max_messages)
-
     async def receive_wait(
         self, queue: str, max_messages: int = 1, timeout: float | timedelta = 5.0
     ) -> list[ReceivedMessage]:
         return await self.queue.receive_wait(queue, max_messages, timeout)
 
-    async def complete(self, lock_token: str | None) -> None:
-        await asyncio.to_thread(self.queue.complete, lock_token)
+    async def complete(self, message: ReceivedMessage) -> None:
+        await asyncio.to_thread(self.queue.complete, message.lock_token)
 
-    async def abandon(self, lock_token: str | None) -> None:
-        await asyncio.to_thread(self.queue.abandon, lock_token)
+    async def abandon(self, message: ReceivedMessage) -> None:
+        await asyncio.to_thread(self.queue.abandon, message.lock_token)
 
     async def dead_letter(
-        self, lock_token: str | None, reason: str | None = None, description: str | None = None
+        self, message: ReceivedMessage, reason: str | None = None, description: str | None = None
     ) -> None:
-        await asyncio.to_thread(self.queue.dead_letter, lock_token, reason, description)
+        await asyncio.to_thread(self.queue.dead_letter, message.lock_token, reason, description)
 
-    async def renew_lock(self, lock_token: str | None) -> datetime:
-        return await asyncio.to_thread(self.queue.renew_lock, lock_token)
+    async def renew_lock(self, message: ReceivedMessage) -> datetime:
+        return await asyncio.to_thread(self.queue.renew_lock, message.lock_token)
 
 
 def _check_queue(queue: str) -> None:

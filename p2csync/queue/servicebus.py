@@ -1,8 +1,10 @@
-"""Azure Service Bus as the queue transport (azure-servicebus SDK, identity-based).
+"""Azure Service Bus as the queue transport and consumer (azure-servicebus SDK, identity-based).
 
 The webhook sends through it (the Functions output binding cannot set MessageId, which duplicate detection
-needs) and the deferral path schedules copies with it. One client per process, one sender per queue,
-both reused: opening an AMQP link per message would cost more than the send.
+needs) and the deferral path schedules copies with it. The local host receives through it when a namespace
+is configured, so a developer runs function_app.py against the real queues: peek-lock receive, settlement
+on the receiver that received the message, lock renewal. One client per process, one sender and one
+receiver per queue, all reused: opening an AMQP link per message would cost more than the message.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from azure.servicebus import ServiceBusMessage
+from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode
+from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError
 
-from p2csync.queue.base import OutboundMessage
+from p2csync.queue.base import MessageLockLost, OutboundMessage
 
 ClientFactory = Callable[[], Any]
 
@@ -34,7 +37,7 @@ def to_sdk_message(message: OutboundMessage) -> ServiceBusMessage:
 
 
 class ServiceBusTransport:
-    """``QueueTransport`` on a Service Bus namespace.
+    """``QueueTransport`` and ``QueueConsumer`` on a Service Bus namespace.
 
     ``ServiceBusTransport.for_namespace("<ns>.servicebus.windows.net", credential)`` in Azure; tests pass a
     ``client_factory`` returning an object with the ``ServiceBusClient`` (aio) surface they need.
@@ -44,6 +47,8 @@ class ServiceBusTransport:
         self._client_factory = client_factory
         self._client: Any = None
         self._senders: dict[str, Any] = {}
+        self._receivers: dict[str, Any] = {}
+        self._held: dict[str, Any] = {}  # lock token -> the receiver whose link holds the lock
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -52,14 +57,25 @@ class ServiceBusTransport:
 
         return cls(lambda: ServiceBusClient(fully_qualified_namespace, credential))
 
+    def _connected(self) -> Any:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
     async def _sender(self, queue: str) -> Any:
         async with self._lock:
-            if self._client is None:
-                self._client = self._client_factory()
             sender = self._senders.get(queue)
             if sender is None:
-                sender = self._senders[queue] = self._client.get_queue_sender(queue_name=queue)
+                sender = self._senders[queue] = self._connected().get_queue_sender(queue_name=queue)
             return sender
+
+    async def _receiver(self, queue: str) -> Any:
+        async with self._lock:
+            receiver = self._receivers.get(queue)
+            if receiver is None:  # no prefetch: a prefetched message's lock would run out unseen
+                receiver = self._receivers[queue] = self._connected().get_queue_receiver(
+                    queue_name=queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK, prefetch_count=0)
+            return receiver
 
     async def send(self, queue: str, message: OutboundMessage) -> None:
         sender = await self._sender(queue)
@@ -73,11 +89,51 @@ class ServiceBusTransport:
         numbers = await sender.schedule_messages(to_sdk_message(message), at)
         return int(numbers[0])
 
+    # -- consumer (the local host) ----------------------------------------------------------------------
+    async def receive_wait(self, queue: str, max_messages: int = 1, timeout: float = 5.0) -> list[Any]:
+        receiver = await self._receiver(queue)
+        messages = await receiver.receive_messages(max_message_count=max_messages, max_wait_time=max(timeout, 0.1))
+        for message in messages:
+            self._held[str(message.lock_token)] = receiver
+        return list(messages)
+
+    def _holder(self, message: Any) -> Any:
+        receiver = self._held.get(str(message.lock_token))
+        if receiver is None:
+            raise MessageLockLost(str(message.lock_token))
+        return receiver
+
+    async def _settle(self, message: Any, operation: str, **kwargs: Any) -> None:
+        receiver = self._holder(message)
+        try:
+            await getattr(receiver, operation)(message, **kwargs)
+        except (MessageLockLostError, MessageAlreadySettled) as exc:
+            raise MessageLockLost(str(message.lock_token)) from exc
+        finally:
+            self._held.pop(str(message.lock_token), None)
+
+    async def complete(self, message: Any) -> None:
+        await self._settle(message, "complete_message")
+
+    async def abandon(self, message: Any) -> None:
+        await self._settle(message, "abandon_message")
+
+    async def dead_letter(self, message: Any, reason: str | None = None, description: str | None = None) -> None:
+        await self._settle(message, "dead_letter_message", reason=reason, error_description=description)
+
+    async def renew_lock(self, message: Any) -> datetime:
+        try:
+            return await self._holder(message).renew_message_lock(message)
+        except MessageLockLostError as exc:
+            raise MessageLockLost(str(message.lock_token)) from exc
+
     async def aclose(self) -> None:
         async with self._lock:
-            for sender in self._senders.values():
-                await sender.close()
+            for link in [*self._senders.values(), *self._receivers.values()]:
+                await link.close()
             self._senders.clear()
+            self._receivers.clear()
+            self._held.clear()
             if self._client is not None:
                 await self._client.close()
                 self._client = None

@@ -38,7 +38,9 @@ def test_host_json_service_bus_uses_the_5x_flat_settings() -> None:
     legacy = {"messageHandlerOptions", "sessionHandlerOptions", "batchOptions"}
     assert not legacy & set(sb), "extension 3.x/4.x settings mixed with 5.x"
     assert sb["prefetchCount"] == 0
-    assert sb["autoCompleteMessages"] is True  # the triggers do not settle explicitly yet (docs/deploy.md)
+    # The runtime settles every message itself through the SDK-type binding's message actions; with
+    # auto-complete on, the host would also complete a message the runtime had dead-lettered.
+    assert sb["autoCompleteMessages"] is False
     assert isinstance(sb["maxConcurrentCalls"], int) and 1 <= sb["maxConcurrentCalls"] <= 16
     retry = sb["clientRetryOptions"]
     assert retry["mode"] == "exponential" and retry["maxRetries"] >= 1

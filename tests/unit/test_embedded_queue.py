@@ -18,6 +18,7 @@ from p2csync.queue.base import (
     MessageState,
     OutboundMessage,
     QueueCounts,
+    QueueConsumer,
     QueueTransport,
 )
 from p2csync.queue.embedded import EmbeddedQueue, EmbeddedTransport
@@ -524,16 +525,19 @@ async def test_transport_implements_protocol_and_settles(queue: EmbeddedQueue, c
     seq = await transport.schedule(Q, msg("t2"), START + timedelta(seconds=30))
     again = await transport.schedule(Q, msg("t2"), START + timedelta(seconds=60))
     assert again == seq  # idempotent: the first scheduled copy's sequence number
-    [m] = await transport.receive(Q, 5)
+    assert isinstance(transport, QueueConsumer)
+    [m] = await transport.receive_wait(Q, 5, timeout=0)
     assert m.message_id == "t1"
-    assert await transport.renew_lock(m.lock_token or "") == START + timedelta(seconds=30)
-    await transport.complete(m.lock_token or "")
+    assert await transport.renew_lock(m) == START + timedelta(seconds=30)
+    await transport.complete(m)
+    with pytest.raises(MessageLockLost):
+        await transport.complete(m)  # settled already
     clock.advance(seconds=30)
     [s] = await transport.receive_wait(Q, 5, timeout=1)
     assert s.sequence_number == seq
-    await transport.abandon(s.lock_token or "")
-    [s] = await transport.receive(Q)
-    await transport.dead_letter(s.lock_token or "", "Why", "because")
+    await transport.abandon(s)
+    [s] = await transport.receive_wait(Q, timeout=0)
+    await transport.dead_letter(s, "Why", "because")
     assert queue.counts(Q) == QueueCounts(0, 0, 0, 1)
     other = await transport.schedule(Q, msg("t3"), clock.now + timedelta(hours=1))
     await transport.cancel_scheduled(other)

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import azure.functions as func
 import pytest
-from azure.functions.servicebus import ServiceBusMessage
 
 import function_app
 from p2csync.localhost import indexed_functions
 from p2csync.queue.embedded import EmbeddedQueue
-from p2csync.settlement import SettlementRequested, settlement_scope
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "account_create.json"
 
@@ -94,46 +92,16 @@ async def test_health_reports_the_flows(runtime_env: dict) -> None:
     assert "accounts" in json.loads(response.get_body())["flows"]
 
 
-class RecordingActions:
-    """Message actions that remember how the function settled the message."""
+def test_queue_triggers_settle_explicitly_with_sdk_type_bindings() -> None:
+    """autoCompleteMessages off, and the parameters typed with the binding's classes (not strings), which is
+    how the Python worker decides to pass a ServiceBusReceivedMessage and the message actions."""
+    import typing
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str | None]] = []
+    import azurefunctions.extensions.bindings.servicebus as servicebus
 
-    def complete(self, message: object) -> None:
-        self.calls.append(("complete", None))
-
-    def abandon(self, message: object) -> None:
-        self.calls.append(("abandon", None))
-
-    def deadletter(self, message: object, deadletter_reason: str | None = None,
-                   deadletter_error_description: str | None = None) -> None:
-        self.calls.append(("deadletter", deadletter_reason))
-
-
-def _sb_message(body: bytes, message_id: str = "m-1") -> ServiceBusMessage:
-    return ServiceBusMessage(body=body, message_id=message_id, application_properties={}, user_properties={},
-                             delivery_count=1, lock_token="lock-1", content_type="application/json")
-
-
-async def test_queue_trigger_called_directly_dead_letters_a_malformed_message(runtime_env: dict) -> None:
-    actions = RecordingActions()
-    with settlement_scope(actions):
-        await function_app.sales_events(_sb_message(b'{"MessageName": 5}'))
-    assert actions.calls == [("deadletter", "MalformedMessage")]
-
-
-async def test_queue_trigger_skips_an_event_no_flow_handles(runtime_env: dict) -> None:
-    body = json.loads(FIXTURE.read_text())
-    body["PrimaryEntityName"] = "lead"
-    body["InputParameters"][0]["value"]["LogicalName"] = "lead"
-    actions = RecordingActions()
-    with settlement_scope(actions):
-        await function_app.fno_events(_sb_message(json.dumps(body).encode()))
-    assert actions.calls == [("complete", None)]
-
-
-async def test_without_message_actions_a_dead_letter_request_makes_the_host_abandon(runtime_env: dict) -> None:
-    # Plain bindings with autoCompleteMessages: raising is the only way to refuse a message.
-    with pytest.raises(SettlementRequested, match="MalformedMessage"):
-        await function_app.sales_events(_sb_message(b"not json"))
+    user_functions = {f.get_function_name(): f.get_user_function() for f in indexed_functions(function_app.app)}
+    for name in ("sales_events", "fno_events"):
+        assert _trigger(_functions()[name])["autoCompleteMessages"] is False
+        hints = typing.get_type_hints(user_functions[name])
+        assert hints["msg"] is servicebus.ServiceBusReceivedMessage
+        assert hints["message_actions"] is servicebus.ServiceBusMessageActions

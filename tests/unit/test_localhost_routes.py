@@ -11,6 +11,8 @@ def test_discover_reads_triggers_from_function_app() -> None:
     routes = {fn.route: (fn.auth_level, fn.methods) for fn in http}
     assert routes == {"dataverse/webhook": ("FUNCTION", frozenset({"POST"})), "health": ("ANONYMOUS", frozenset({"GET"}))}
     assert {q.queue: q.name for q in queues} == {"sales-events": "sales_events", "fno-events": "fno_events"}
+    # as the worker binds them: the message by the trigger's name, the actions by their annotation
+    assert {(q.arg_name, q.actions_arg, q.auto_complete) for q in queues} == {("msg", "message_actions", False)}
 
 
 def test_route_templates() -> None:
