@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install demo test unit clean schema
+.PHONY: install demo test test-live unit clean schema
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q
+
+# Opt-in: the local host against a real Service Bus namespace (P2C_LIVE_SERVICEBUS_NAMESPACE, docs/deploy.md).
+test-live: $(STAMP)
+	$(PY) -m pytest -q -m live tests/live
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
