@@ -2,7 +2,8 @@
 
 Used by ``make demo`` and by the end-to-end tests, so both exercise exactly the path a deployment runs:
 Sales sandbox -> webhook POST over loopback HTTP -> embedded queue -> queue trigger -> runtime -> F&O
-sandbox over loopback HTTP.
+sandbox over loopback HTTP. The webhook itself is registered by the code of ``python -m p2csync register``,
+through the sandbox's Web API.
 """
 
 from __future__ import annotations
@@ -14,28 +15,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from mappings import MappingSpec, load_mappings
+from mappings import load_mappings
+from p2csync.connectors import DataverseClient, StaticTokenProvider
 from p2csync.ledger.sqlite import SqliteLedger
 from p2csync.localhost import LocalHost
 from p2csync.queue.embedded import EmbeddedQueue
+from p2csync.registration import Plan, register
 from p2csync.runtime import close_runtimes, get_runtime, reset_runtimes
 from p2csync.settings import ROOT
-from sandbox.dataverse_events import EntityImage, WebhookStep
 from sandbox.server import SandboxServer
-
-
-def webhook_steps(spec: MappingSpec) -> list[WebhookStep]:
-    """The SDK message processing steps a Sales -> F&O flow needs: Create, and Update filtered on the
-    columns the mapping reads, with a post image of those columns."""
-    columns = [c for c in spec.source_columns() if c not in (spec.source.id_column, spec.source.version_field)]
-    image = EntityImage(alias="p2c", columns=columns)
-    steps = []
-    if "Create" in spec.source.triggers:
-        steps.append(WebhookStep(table=spec.source.table, message="Create", post_image=image))
-    if "Update" in spec.source.triggers:
-        steps.append(WebhookStep(table=spec.source.table, message="Update", filtering_attributes=columns,
-                                 post_image=image))
-    return steps
 
 
 class LocalStack:
@@ -96,7 +84,7 @@ class LocalStack:
                                   max_concurrent_calls=self.max_concurrent_calls)
             self._serving = asyncio.create_task(self.host.serve())
             await asyncio.wait_for(self.host.started.wait(), 10)
-            self.register_webhook()
+            await self.register_webhook()
         except BaseException:
             await self._teardown()
             raise
@@ -117,11 +105,14 @@ class LocalStack:
             else:
                 os.environ[key] = value
 
-    def register_webhook(self) -> None:
-        """What the `register` command does against a real org: endpoint with WebhookKey + steps."""
-        steps = [step for spec in load_mappings(ROOT / "mappings").values()
-                 if spec.source.system == "dataverse" for step in webhook_steps(spec)]
-        self.sandbox.dataverse.register_webhook(self.webhook_url.split("?")[0], steps=steps, key=self.function_key)
+    async def register_webhook(self) -> Plan:
+        """The `register` command's code, over HTTP against the Dataverse sandbox: the webhook endpoint with
+        the function key, the steps and images the mappings need. Those rows are what makes the sandbox
+        POST."""
+        tokens = StaticTokenProvider(self.sandbox.dataverse.integration_user.token)
+        async with DataverseClient(self.sandbox.dataverse_url, tokens, tag=None) as dv:
+            return await register(dv, load_mappings(ROOT / "mappings"), url=self.webhook_url.split("?")[0],
+                                  key=self.function_key, out=lambda line: None)
 
     def ledger(self) -> SqliteLedger:
         return SqliteLedger(self.ledger_path)
