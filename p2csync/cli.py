@@ -108,7 +108,7 @@ async def register_webhook(args: argparse.Namespace) -> int:
             tokens = AzureIdentityTokenProvider(credential, scope_for(access.dataverse_url))
         async with DataverseClient(access.dataverse_url, tokens, tag=None) as dv:
             await register(dv, specs, url=args.webhook_url, key=key, endpoint_name=args.endpoint_name,
-                           prune=args.prune, dry_run=args.dry_run)
+                           existing_endpoint=args.existing_endpoint, prune=args.prune, dry_run=args.dry_run)
     except MappingError as exc:
         print(f"invalid mapping: {exc}", file=sys.stderr)
         return 1
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                           help="read the function key from the first line of standard input")
     register.add_argument("--endpoint-name", default=DEFAULT_ENDPOINT_NAME,
                           help="name of the service endpoint, how it is found again (default: %(default)s)")
+    register.add_argument("--existing-endpoint", action="store_true",
+                          help="put the steps on an endpoint registered elsewhere (a Service Bus queue "
+                          "endpoint with its SAS connection string), found by --endpoint-name, left as it is")
     register.add_argument("--prune", action="store_true",
                           help="delete our steps on the endpoint that no mapping needs any more")
     register.add_argument("--settings", type=Path, default=ROOT / "local.settings.json",

@@ -106,7 +106,9 @@ _STEP_LOOKUPS = {"sdkmessageid": ("_sdkmessageid_value", "sdkmessages"),
                  "sdkmessagefilterid": ("_sdkmessagefilterid_value", "sdkmessagefilters")}
 #: Enum labels shown next to values in a plan.
 _ENUMS = {
-    "contract": {8: "Webhook"}, "authtype": {4: "WebhookKey"}, "messageformat": {2: "Json"},
+    "contract": {1: "OneWay", 2: "Queue", 3: "Rest", 4: "TwoWay", 5: "Topic", 6: "Queue (Persistent)",
+                 7: "Event Hub", 8: "Webhook", 9: "Event Grid"},
+    "authtype": {4: "WebhookKey"}, "messageformat": {2: "Json"},
     "userclaim": {1: "None"}, "mode": {0: "Synchronous", 1: "Asynchronous"},
     "stage": {10: "PreValidation", 20: "PreOperation", 40: "PostOperation"},
     "supporteddeployment": {0: "Server"}, "imagetype": {0: "PreImage", 1: "PostImage", 2: "Both"},
@@ -131,10 +133,13 @@ class _Model(BaseModel):
 
 
 class EndpointSpec(_Model):
-    """The ``serviceendpoint``: a webhook with WebhookKey auth. ``url`` None: keep the existing one."""
+    """The ``serviceendpoint``: a webhook with WebhookKey auth. ``url`` None: keep the existing one.
+    ``managed`` False: an endpoint registered elsewhere (a Service Bus queue with its SAS connection string),
+    only found by name and given the steps, never written."""
 
     name: str = DEFAULT_ENDPOINT_NAME
     url: str | None = None
+    managed: bool = True
     contract: int = CONTRACT_WEBHOOK
     authtype: int = AUTHTYPE_WEBHOOK_KEY
     messageformat: int = MESSAGEFORMAT_JSON
@@ -143,7 +148,7 @@ class EndpointSpec(_Model):
                         "Managed by `python -m p2csync register`.")
 
     def columns(self) -> dict[str, Any]:
-        columns = self.model_dump(exclude={"url"})
+        columns = self.model_dump(exclude={"url", "managed"})
         if self.url is not None:
             columns["url"] = self.url
         return columns
@@ -258,8 +263,10 @@ def check_key(key: str) -> str:
 
 
 def desired_registration(specs: Mapping[str, MappingSpec] | Iterable[MappingSpec], *, url: str | None = None,
-                         endpoint_name: str = DEFAULT_ENDPOINT_NAME) -> Desired:
-    """The endpoint and the steps every Sales -> F&O mapping needs, one step per table and message."""
+                         endpoint_name: str = DEFAULT_ENDPOINT_NAME,
+                         existing_endpoint: bool = False) -> Desired:
+    """The endpoint and the steps every Sales -> F&O mapping needs, one step per table and message.
+    ``existing_endpoint``: the steps go on an endpoint registered elsewhere, which is left as it is."""
     merged: dict[tuple[str, str], StepSpec] = {}
     for spec in (specs.values() if isinstance(specs, Mapping) else specs):
         for step in steps_for(spec):
@@ -267,7 +274,11 @@ def desired_registration(specs: Mapping[str, MappingSpec] | Iterable[MappingSpec
             merged[key] = _merge(merged[key], step) if key in merged else step
     if not endpoint_name.strip():
         raise RegistrationError("--endpoint-name must not be empty")
-    endpoint = EndpointSpec(name=endpoint_name.strip(), url=check_webhook_url(url) if url else None)
+    if existing_endpoint and url:
+        raise RegistrationError("--webhook-url does not go with --existing-endpoint: that endpoint is not "
+                                "written")
+    endpoint = EndpointSpec(name=endpoint_name.strip(), url=check_webhook_url(url) if url else None,
+                            managed=not existing_endpoint)
     return Desired(endpoint=endpoint, steps=list(merged.values()))
 
 
@@ -451,6 +462,22 @@ def _id(row: Mapping[str, Any], kind: Kind) -> str:
 
 def _endpoint_action(spec: EndpointSpec, row: dict[str, Any] | None, key_given: bool,
                      blockers: list[str]) -> Action:
+    if not spec.managed:
+        if key_given:
+            raise RegistrationError("a key does not go with --existing-endpoint: that endpoint is not "
+                                    "written")
+        if row is None:
+            blockers.append(f"there is no service endpoint named {spec.name!r} to put the steps on: register "
+                            "it first, or leave out --existing-endpoint to create a webhook")
+            return Action(op="unchanged", kind=ENDPOINT, name=spec.name, note="missing")
+        contract = _show("contract", row.get("contract"))
+        return Action(op="unchanged", kind=ENDPOINT, name=spec.name, record_id=_id(row, ENDPOINT),
+                      note=f"contract {contract}; registered elsewhere, left as it is (--existing-endpoint)")
+    if row is not None and row.get("contract") != CONTRACT_WEBHOOK:
+        contract = _show("contract", row.get("contract"))
+        raise RegistrationError(
+            f"the service endpoint {spec.name!r} is not a webhook (contract {contract}): pass "
+            "--existing-endpoint to register only the steps on it, or choose another --endpoint-name")
     wanted = spec.columns()
     key_change = [ColumnChange(column="authvalue", new=MASK, write_only=True)] if key_given else []
     if row is None:
@@ -592,12 +619,13 @@ async def apply_plan(dv: DataverseClient, plan: Plan, *, key: str | None,
 
 
 async def register(dv: DataverseClient, specs: Mapping[str, MappingSpec], *, url: str | None, key: str | None,
-                   endpoint_name: str = DEFAULT_ENDPOINT_NAME, prune: bool = False, dry_run: bool = False,
-                   out: Callable[[str], None] = print) -> Plan:
+                   endpoint_name: str = DEFAULT_ENDPOINT_NAME, existing_endpoint: bool = False,
+                   prune: bool = False, dry_run: bool = False, out: Callable[[str], None] = print) -> Plan:
     """Read, plan, print the plan through ``out`` and (unless ``dry_run``) apply it. Returns the plan."""
     if key is not None:
         check_key(key)
-    desired = desired_registration(specs, url=url, endpoint_name=endpoint_name)
+    desired = desired_registration(specs, url=url, endpoint_name=endpoint_name,
+                                   existing_endpoint=existing_endpoint)
     existing = await read_existing(dv, desired)
     plan = plan_registration(desired, existing, key_given=key is not None, prune=prune)
     out(plan.render(dry_run=dry_run))

@@ -236,6 +236,27 @@ async def _message_id(dv: DataverseClient, name: str) -> str:
     return [row async for row in dv.query("sdkmessages", filter=f"name eq '{name}'")][0]["sdkmessageid"]
 
 
+async def test_steps_on_a_service_bus_endpoint_registered_elsewhere(sandbox: SandboxServer,
+                                                                    dv: DataverseClient) -> None:
+    queue = await dv.create("serviceendpoints", {
+        "name": "p2c-sync sales-events", "contract": 2, "authtype": 7, "messageformat": 2, "userclaim": 2,
+        "namespaceaddress": "sb://ns.servicebus.windows.net/", "path": "sales-events",
+        "authvalue": "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=dataverse-send;..."},
+        select=["serviceendpointid"])
+    with pytest.raises(RegistrationError, match="not a webhook"):
+        await run(dv, endpoint_name="p2c-sync sales-events", url=receiver_url(), key=KEY)
+    plan, text = await run(dv, endpoint_name="p2c-sync sales-events", existing_endpoint=True)
+    assert [a.op for a in plan.actions] == ["unchanged", "create", "create", "create", "create"]
+    assert "contract 2 (Queue); registered elsewhere" in text
+    steps = sandbox.dataverse.rows("sdkmessageprocessingstep")
+    assert {s["_eventhandler_value"] for s in steps} == {queue.record["serviceendpointid"]} and len(steps) == 2
+    [endpoint] = sandbox.dataverse.rows("serviceendpoint")
+    assert (endpoint["contract"], endpoint["path"]) == (2, "sales-events")  # untouched
+    sandbox.dataverse.request_log.clear()
+    again, _ = await run(dv, endpoint_name="p2c-sync sales-events", existing_endpoint=True)
+    assert {a.op for a in again.actions} == {"unchanged"} and writes(sandbox) == []
+
+
 async def test_errors_are_clear(sandbox: SandboxServer, dv: DataverseClient) -> None:
     source = ACCOUNTS.source.model_copy(update={"table": "nosuchtable"})
     with pytest.raises(RegistrationError, match="no sdkmessagefilter for Create of table 'nosuchtable'"):

@@ -219,6 +219,28 @@ def test_steps_no_mapping_needs_are_stale_and_deleted_only_with_prune() -> None:
     assert "3 to delete" in pruned.summary()
 
 
+def test_steps_on_an_endpoint_registered_elsewhere() -> None:
+    queue = {"serviceendpointid": ENDPOINT_ID, "name": "p2c-sync sales-events", "contract": 2,
+             "authtype": 7, "url": None}
+    webhook = desired_registration([ACCOUNTS], endpoint_name="p2c-sync sales-events")
+    with pytest.raises(RegistrationError, match=r"not a webhook \(contract 2 \(Queue\)\): pass --existing"):
+        plan_registration(webhook, Existing(endpoint=queue, messages=dict(MESSAGES),
+                                            filters=filters_for(webhook)), key_given=False)
+
+    desired = desired_registration([ACCOUNTS], endpoint_name="p2c-sync sales-events", existing_endpoint=True)
+    existing = Existing(endpoint=queue, messages=dict(MESSAGES), filters=filters_for(desired))
+    plan = plan_registration(desired, existing, key_given=False)
+    assert [a.op for a in plan.actions] == ["unchanged", "create", "create", "create", "create"]
+    assert plan.actions[0].record_id == ENDPOINT_ID and plan.actions[0].body == {}
+    assert "left as it is" in (plan.actions[0].note or "") and plan.blockers == []
+    with pytest.raises(RegistrationError, match="a key does not go with --existing-endpoint"):
+        plan_registration(desired, existing, key_given=True)
+    missing = plan_registration(desired, nothing_exists(desired), key_given=False)
+    assert missing.actions[0].note == "missing" and "no service endpoint named" in missing.blockers[0]
+    with pytest.raises(RegistrationError, match="--webhook-url does not go with --existing-endpoint"):
+        desired_registration([ACCOUNTS], url=URL, existing_endpoint=True)
+
+
 async def test_apply_refuses_a_blocked_plan_before_any_request() -> None:
     desired = desired_registration([ACCOUNTS])
     plan = plan_registration(desired, nothing_exists(desired), key_given=False)
