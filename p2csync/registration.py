@@ -194,12 +194,17 @@ class StepSpec(_Model):
         """The step's own columns as written (lookups apart); ``statecode`` 0 is compared, never created."""
         return {
             "name": self.name,
-            "description": f"Sends {self.message} of {self.table} to the p2c-sync webhook (flows: "
-                           f"{', '.join(self.flows)}). Managed by `python -m p2csync register`.",
+            "description": _clip(f"Sends {self.message} of {self.table} to p2c-sync (flows: "
+                                 f"{', '.join(self.flows)}). Managed by `python -m p2csync register`."),
             "mode": self.mode, "stage": self.stage, "rank": self.rank,
             "supporteddeployment": self.supporteddeployment, "asyncautodelete": self.asyncautodelete,
             "filteringattributes": ",".join(self.filteringattributes) or None, "statecode": 0,
         }
+
+
+def _clip(text: str, limit: int = 256) -> str:
+    """Within a column's maximum length (a step's description holds 256 characters)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class Desired(_Model):

@@ -105,6 +105,12 @@ def test_flows_on_the_same_table_share_one_step_reading_the_union() -> None:
     assert desired.endpoint.url == URL and desired.endpoint.name == "p2c-sync webhook"
 
 
+def test_a_step_description_stays_within_its_256_characters() -> None:
+    many = [variant(ACCOUNTS, flow=f"flow_number_{i}") for i in range(40)]
+    [create, _] = desired_registration(many).steps
+    assert len(create.flows) == 40 and len(create.columns()["description"]) == 256
+
+
 @pytest.mark.parametrize("url,fragment", [
     (f"{URL}?code=secret", "must not carry the key"),
     (f"{URL}?x=1&CODE=secret", "must not carry the key"),
