@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -314,3 +315,15 @@ def test_cli_errors_are_one_line(sandbox: SandboxServer, args: tuple[str, ...], 
     assert result.stderr.startswith(message), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert rows(sandbox) == {table: [] for table in TABLES}
+
+
+def test_cli_unknown_table_is_one_line(sandbox: SandboxServer, tmp_path: Path) -> None:
+    text = (ROOT / "mappings" / "accounts.yaml").read_text(encoding="utf-8")
+    assert "  table: account " in text
+    (tmp_path / "accounts.yaml").write_text(text.replace("  table: account ", "  table: nosuchtable "),
+                                            encoding="utf-8")
+    result = cli(sandbox, "--dry-run", "--mappings", str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "error: no sdkmessagefilter for Create of table 'nosuchtable' (flow accounts): the table does not exist "
+        "in this environment, or has no such event; check source.table")
