@@ -4,6 +4,8 @@ run       the local host (function_app.py on 127.0.0.1; queue triggers fed by th
           Service Bus namespace when ServiceBusConnection__fullyQualifiedNamespace is set)
 sandbox   the Dataverse and F&O simulators, standalone
 demo      the prospect-to-cash story through the real code path, against the sandbox
+register  create or update the Dataverse webhook, its steps and images from the mappings (idempotent;
+          --dry-run prints the plan and writes nothing)
 schema    print the JSON Schema of the mapping files
 validate  load and validate the mapping files (exit 1 with the file and field at fault)
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -81,7 +84,64 @@ async def run_local_host(port: int, settings_file: Path | None, function_key: st
     await serving
 
 
+def _read_key(from_stdin: bool) -> str | None:
+    """The function key: the first line of stdin with ``--key-stdin`` (asked for without echo on a
+    terminal), else ``$P2C_WEBHOOK_KEY``. Never an argument, which would land in the shell history and the
+    process list."""
+    from p2csync.registration import KEY_ENV, RegistrationError
+
+    if from_stdin:
+        key = (getpass.getpass("function key: ") if sys.stdin.isatty() else sys.stdin.readline()).strip()
+        if not key:
+            raise RegistrationError("--key-stdin: nothing on standard input")
+        return key
+    return os.environ.get(KEY_ENV) or None
+
+
+async def register_webhook(args: argparse.Namespace) -> int:
+    """``register``: plan (and unless ``--dry-run`` apply) the webhook registration; errors in one line."""
+    from mappings import MappingError, load_mappings
+    from p2csync.connectors import (
+        AzureIdentityTokenProvider, ConnectorError, DataverseClient, StaticTokenProvider, TokenProvider,
+        default_credential, scope_for,
+    )
+    from p2csync.registration import RegistrationError, describe_error, register
+    from p2csync.settings import DataverseAccess
+
+    if args.settings is not None and args.settings.exists():
+        load_local_settings(args.settings)
+    access = DataverseAccess.from_env()
+    key: str | None = None
+    credential = None
+    try:
+        key = _read_key(args.key_stdin)
+        specs = load_mappings(args.mappings or os.environ.get("P2C_MAPPINGS_DIR") or ROOT / "mappings")
+        tokens: TokenProvider
+        if access.auth_mode == "static":
+            if not access.static_token:
+                raise SettingsError("P2C_STATIC_TOKEN: required when P2C_AUTH_MODE=static")
+            tokens = StaticTokenProvider(access.static_token)
+        else:
+            credential = default_credential(access.managed_identity_client_id)
+            tokens = AzureIdentityTokenProvider(credential, scope_for(access.dataverse_url))
+        async with DataverseClient(access.dataverse_url, tokens, tag=None) as dv:
+            await register(dv, specs, url=args.webhook_url, key=key, endpoint_name=args.endpoint_name,
+                           existing_endpoint=args.existing_endpoint, prune=args.prune, dry_run=args.dry_run)
+    except MappingError as exc:
+        print(f"invalid mapping: {exc}", file=sys.stderr)
+        return 1
+    except (RegistrationError, ConnectorError) as exc:
+        print(f"error: {describe_error(exc, secrets=[key])}", file=sys.stderr)
+        return 1
+    finally:
+        if credential is not None:
+            await credential.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from p2csync.registration import DEFAULT_ENDPOINT_NAME
+
     parser = argparse.ArgumentParser(prog="python -m p2csync", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -93,6 +153,32 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("sandbox", help="start the Dataverse and F&O simulators", add_help=False)
     demo = commands.add_parser("demo", help="play the prospect-to-cash story against the sandbox")
     demo.add_argument("--accounts", type=int, default=8, help="how many accounts to create")
+    register = commands.add_parser(
+        "register", help="register the Dataverse webhook and its steps from the mappings (idempotent)",
+        description="Create or update, in Dataverse, the webhook service endpoint, one step per table and "
+        "message the Sales -> F&O mappings are triggered by, and a post image per Create/Update step. Prints "
+        "the plan (create / update / unchanged / stale) before applying it. DATAVERSE_URL and the auth "
+        "settings come from the environment or --settings. The function key is read from $P2C_WEBHOOK_KEY "
+        "or, with --key-stdin, from standard input; it is write-only in Dataverse, so it is written when the "
+        "endpoint is created and afterwards whenever a key is given, and never printed.")
+    register.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    register.add_argument("--webhook-url", default=None,
+                          help="URL of the dataverse_webhook function, without the key (azd output "
+                          "WEBHOOK_URL); needed to create the endpoint, optional later (the URL is kept)")
+    register.add_argument("--key-stdin", action="store_true",
+                          help="read the function key from the first line of standard input")
+    register.add_argument("--endpoint-name", default=DEFAULT_ENDPOINT_NAME,
+                          help="name of the service endpoint, how it is found again (default: %(default)s)")
+    register.add_argument("--existing-endpoint", action="store_true",
+                          help="put the steps on an endpoint registered elsewhere (a Service Bus queue "
+                          "endpoint with its SAS connection string), found by --endpoint-name, left as it is")
+    register.add_argument("--prune", action="store_true",
+                          help="delete our steps on the endpoint that no mapping needs any more")
+    register.add_argument("--settings", type=Path, default=ROOT / "local.settings.json",
+                          help="local.settings.json whose Values fill in unset variables "
+                          "(default: %(default)s)")
+    register.add_argument("--mappings", type=Path, default=None,
+                          help="directory of the mapping files (default: $P2C_MAPPINGS_DIR or mappings/)")
     commands.add_parser("schema", help="print the JSON Schema of the mapping files")
     validate = commands.add_parser("validate", help="validate the mapping files")
     validate.add_argument("directory", nargs="?", type=Path, default=ROOT / "mappings")
@@ -103,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.verbose)
     if args.command == "demo" and not args.verbose:
         logging.getLogger("p2csync").setLevel(logging.WARNING)  # the demo prints its own table
+    if args.command == "register" and not args.verbose:
+        logging.getLogger("azure").setLevel(logging.ERROR)  # a failed sign-in is reported in one line
     try:
         if args.command == "run":
             asyncio.run(run_local_host(args.port, args.settings, args.function_key))
@@ -114,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             from p2csync.demo import run_demo
 
             return asyncio.run(run_demo(accounts=args.accounts))
+        elif args.command == "register":
+            return asyncio.run(register_webhook(args))
         elif args.command == "schema":
             from mappings import mapping_json_schema
 

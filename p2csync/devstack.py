@@ -2,7 +2,8 @@
 
 Used by ``make demo`` and by the end-to-end tests, so both exercise exactly the path a deployment runs:
 Sales sandbox -> webhook POST over loopback HTTP -> embedded queue -> queue trigger -> runtime -> F&O
-sandbox over loopback HTTP.
+sandbox over loopback HTTP. The webhook itself is registered by the code of ``python -m p2csync register``,
+through the sandbox's Web API.
 """
 
 from __future__ import annotations
@@ -14,36 +15,28 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from mappings import MappingSpec, load_mappings
+from mappings import load_mappings
+from p2csync.connectors import DataverseClient, StaticTokenProvider
 from p2csync.ledger.sqlite import SqliteLedger
 from p2csync.localhost import LocalHost
 from p2csync.queue.embedded import EmbeddedQueue, EmbeddedTransport
-from p2csync.runtime import close_runtimes, get_runtime, reset_runtimes
+from p2csync.registration import Plan, register
+from p2csync.queue.base import QueueConsumer
+from p2csync.runtime import SyncRuntime, close_runtimes, get_runtime, reset_runtimes
 from p2csync.settings import ROOT
-from sandbox.dataverse_events import EntityImage, WebhookStep
 from sandbox.server import SandboxServer
-
-
-def webhook_steps(spec: MappingSpec) -> list[WebhookStep]:
-    """The SDK message processing steps a Sales -> F&O flow needs: Create, and Update filtered on the
-    columns the mapping reads, with a post image of those columns."""
-    columns = [c for c in spec.source_columns() if c not in (spec.source.id_column, spec.source.version_field)]
-    image = EntityImage(alias="p2c", columns=columns)
-    steps = []
-    if "Create" in spec.source.triggers:
-        steps.append(WebhookStep(table=spec.source.table, message="Create", post_image=image))
-    if "Update" in spec.source.triggers:
-        steps.append(WebhookStep(table=spec.source.table, message="Update", filtering_attributes=columns,
-                                 post_image=image))
-    return steps
 
 
 class LocalStack:
     """Sandbox + local host in this process. ``async with LocalStack(workdir) as stack: ...``"""
 
     def __init__(self, workdir: Path, *, lock_seconds: float = 30.0, settings: dict[str, str] | None = None,
-                 sandbox: SandboxServer | None = None, max_concurrent_calls: int = 16) -> None:
+                 sandbox: SandboxServer | None = None, max_concurrent_calls: int = 16,
+                 servicebus_namespace: str | None = None) -> None:
+        """``servicebus_namespace``: run the queues on that real namespace instead of the embedded queue
+        (the live tests); everything else stays local."""
         self.workdir = workdir
+        self.servicebus_namespace = servicebus_namespace
         self.max_concurrent_calls = max_concurrent_calls
         self.lock_seconds = lock_seconds
         self.extra_settings = settings or {}
@@ -76,9 +69,15 @@ class LocalStack:
             "P2C_STATIC_TOKEN": dataverse.integration_user.token,
             "INTEGRATION_USER_IDS": dataverse.integration_user.id,
             "P2C_LEDGER_PATH": str(self.ledger_path),
-            "P2C_LOCAL_QUEUE_PATH": str(self.queue_path),
+            **({"ServiceBusConnection__fullyQualifiedNamespace": self.servicebus_namespace}
+               if self.servicebus_namespace else {"P2C_LOCAL_QUEUE_PATH": str(self.queue_path)}),
             **self.extra_settings,
         }
+
+    @property
+    def runtime(self) -> SyncRuntime:
+        """The runtime the local host's functions use (this event loop's)."""
+        return get_runtime()
 
     async def __aenter__(self) -> LocalStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -91,12 +90,17 @@ class LocalStack:
             self.queue = EmbeddedQueue(self.queue_path, lock_duration=timedelta(seconds=self.lock_seconds))
             import function_app
 
-            get_runtime()  # start-up validation (mappings, settings) before serving
-            self.host = LocalHost(function_app.app, EmbeddedTransport(self.queue), function_key=self.function_key, port=0,
-                                  max_concurrent_calls=self.max_concurrent_calls)
+            runtime = get_runtime()  # start-up validation (mappings, settings) before serving
+            consumer: QueueConsumer = EmbeddedTransport(self.queue)
+            if self.servicebus_namespace:
+                assert isinstance(runtime.transport, QueueConsumer)
+                consumer = runtime.transport
+            self.host = LocalHost(function_app.app, consumer, function_key=self.function_key, port=0,
+                                  max_concurrent_calls=self.max_concurrent_calls,
+                                  receive_wait=5.0 if self.servicebus_namespace else None)
             self._serving = asyncio.create_task(self.host.serve())
             await asyncio.wait_for(self.host.started.wait(), 10)
-            self.register_webhook()
+            await self.register_webhook()
         except BaseException:
             await self._teardown()
             raise
@@ -117,17 +121,21 @@ class LocalStack:
             else:
                 os.environ[key] = value
 
-    def register_webhook(self) -> None:
-        """What the `register` command does against a real org: endpoint with WebhookKey + steps."""
-        steps = [step for spec in load_mappings(ROOT / "mappings").values()
-                 if spec.source.system == "dataverse" for step in webhook_steps(spec)]
-        self.sandbox.dataverse.register_webhook(self.webhook_url.split("?")[0], steps=steps, key=self.function_key)
+    async def register_webhook(self) -> Plan:
+        """The `register` command's code, over HTTP against the Dataverse sandbox: the webhook endpoint with
+        the function key, the steps and images the mappings need. Those rows are what makes the sandbox
+        POST."""
+        tokens = StaticTokenProvider(self.sandbox.dataverse.integration_user.token)
+        async with DataverseClient(self.sandbox.dataverse_url, tokens, tag=None) as dv:
+            return await register(dv, load_mappings(ROOT / "mappings"), url=self.webhook_url.split("?")[0],
+                                  key=self.function_key, out=lambda line: None)
 
     def ledger(self) -> SqliteLedger:
         return SqliteLedger(self.ledger_path)
 
     async def wait_settled(self, timeout: float = 30.0) -> bool:
-        """Until every webhook was delivered and the queue holds nothing active, scheduled or locked."""
+        """Until every webhook was delivered and the embedded queue holds nothing active, scheduled or locked
+        (with a real namespace, the live tests wait on outcomes instead)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if not await self.sandbox.dataverse.wait_idle_async(timeout):

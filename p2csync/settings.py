@@ -11,11 +11,13 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ROOT = Path(__file__).resolve().parent.parent
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class SettingsError(ValueError):
@@ -24,6 +26,39 @@ class SettingsError(ValueError):
 
 def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in (value or "").split(",") if part.strip())
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("https://", "http://")):
+        raise ValueError("must be an http(s) URL")
+    return value.rstrip("/")
+
+
+def _from_env(model: type[_M], env: Mapping[str, str] | None, names: Mapping[str, str],
+              extra: Mapping[str, object] | None = None) -> _M:
+    """Validate ``model`` from the environment variables ``names`` (field -> variable); errors name the
+    variable."""
+    env = os.environ if env is None else env
+    data: dict[str, object] = {field: env[var] for field, var in names.items() if env.get(var)}
+    data.update(extra or {})
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            var = names.get(field, field.upper())
+            problems.append(f"{var}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+#: The settings of the Dataverse connection: URL and how tokens are obtained.
+_DATAVERSE_NAMES = {
+    "dataverse_url": "DATAVERSE_URL",
+    "auth_mode": "P2C_AUTH_MODE",
+    "static_token": "P2C_STATIC_TOKEN",
+    "managed_identity_client_id": "AZURE_CLIENT_ID",
+}
 
 
 class Settings(BaseModel):
@@ -56,24 +91,16 @@ class Settings(BaseModel):
     lease_seconds: float = Field(120.0, gt=0, description="How long a worker owns a record while it syncs it")
     max_deferrals: int = Field(20, ge=1, description="Deferrals of one message before it is dead-lettered")
 
-    @field_validator("dataverse_url", "fno_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
+    _url = field_validator("dataverse_url", "fno_url")(_http_url)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read the settings from the environment (or ``env``); errors name the variable."""
         env = os.environ if env is None else env
         names = {
-            "dataverse_url": "DATAVERSE_URL",
+            **_DATAVERSE_NAMES,
             "fno_url": "FNO_URL",
             "fno_default_company": "FNO_DEFAULT_COMPANY",
-            "auth_mode": "P2C_AUTH_MODE",
-            "static_token": "P2C_STATIC_TOKEN",
-            "managed_identity_client_id": "AZURE_CLIENT_ID",
             "write_tag": "P2C_WRITE_TAG",
             "mappings_dir": "P2C_MAPPINGS_DIR",
             "sales_events_queue": "SALES_EVENTS_QUEUE",
@@ -86,17 +113,25 @@ class Settings(BaseModel):
             "lease_seconds": "P2C_LEASE_SECONDS",
             "max_deferrals": "P2C_MAX_DEFERRALS",
         }
-        data: dict[str, object] = {field: env[var] for field, var in names.items() if env.get(var)}
-        data["integration_user_ids"] = _csv(env.get("INTEGRATION_USER_IDS"))
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            problems = []
-            for err in exc.errors():
-                field = str(err["loc"][0]) if err["loc"] else "?"
-                var = names.get(field, field.upper())
-                problems.append(f"{var}: {err['msg']}")
-            raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+        return _from_env(cls, env, names, {"integration_user_ids": _csv(env.get("INTEGRATION_USER_IDS"))})
+
+
+class DataverseAccess(BaseModel):
+    """Just the Dataverse connection, for commands that talk to nothing else (``register``): the same
+    variables as ``Settings``, without requiring the F&O or queue ones."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataverse_url: str
+    auth_mode: Literal["azure", "static"] = "azure"
+    static_token: str | None = None
+    managed_identity_client_id: str | None = None
+
+    _url = field_validator("dataverse_url")(_http_url)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DataverseAccess:
+        return _from_env(cls, env, _DATAVERSE_NAMES)
 
 
 def load_local_settings(path: Path, env: dict[str, str] | None = None) -> dict[str, str]:

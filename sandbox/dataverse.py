@@ -19,7 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from sandbox.dataverse_events import Change, ContextSerializer, SystemJob, WebhookDispatcher, WebhookStep
-from sandbox.dataverse_events import WebhookRegistration
+from sandbox.dataverse_events import WebhookEndpoint, WebhookRegistration
+from sandbox.dataverse_registrations import (
+    WEBHOOK_TABLES, Registrations, RuleViolation, registration_tables, seed_rows as registration_seed_rows,
+)
 from sandbox.dataverse_tables import (
     DEFAULT_STATUS_FOR_STATE, USD_CURRENCY_ID, ColumnType, Column, DataverseUser, LookupValue, Organization,
     Table, default_tables, default_users, seed_rows,
@@ -92,6 +95,8 @@ class Dataverse:
                  default_page_size: int = 5000, seed: int = 0) -> None:
         self.lock = threading.RLock()
         self.tables: dict[str, Table] = {t.logical_name: t for t in (tables or default_tables())}
+        for platform_table in registration_tables():  # webhooks are registered in these, always present
+            self.tables.setdefault(platform_table.logical_name, platform_table)
         self._by_set: dict[str, Table] = {t.entity_set: t for t in self.tables.values()}
         self.users: list[DataverseUser] = list(users or default_users())
         self._by_token = {u.token: u for u in self.users}
@@ -108,6 +113,7 @@ class Dataverse:
                                           self.organization, timeout=webhook_timeout,
                                           retry_delay=webhook_retry_delay, on_job=self._record_job, seed=seed)
         self._rows: dict[str, dict[str, dict[str, Any]]] = {}
+        self.registrations = Registrations(lambda: self._rows, self.tables)
         self._versions = itertools.count(1)
         self._seed()
         from sandbox.dataverse_api import build_app  # the HTTP layer depends on this module
@@ -179,8 +185,47 @@ class Dataverse:
 
     def register_webhook(self, url: str, *, steps: list[WebhookStep], key: str | None = None,
                          name: str = "p2c-sync webhook") -> WebhookRegistration:
-        """Register a webhook service endpoint (WebhookKey auth: `?code=<key>`) with its steps."""
-        return self.webhooks.register(url, steps=steps, key=key, name=name)
+        """Register a webhook service endpoint (WebhookKey auth: `?code=<key>`) with its steps.
+
+        A shortcut for tests: it writes the same serviceendpoint, sdkmessageprocessingstep and
+        sdkmessageprocessingstepimage rows a client writes through the Web API (as the platform: no
+        privilege check), and those rows are what delivers."""
+        endpoint = WebhookEndpoint(name=name, url=url, auth_value=key)
+        return self.add_webhook(WebhookRegistration(endpoint=endpoint, steps=steps))
+
+    def add_webhook(self, registration: WebhookRegistration) -> WebhookRegistration:
+        """Store a registration as rows (replacing an endpoint with the same id); returns it as delivered."""
+        with self.lock:
+            try:
+                rows = self.registrations.rows_for(registration)
+            except RuleViolation as exc:
+                raise DataverseError(exc.status, exc.code, exc.message) from None
+            self.unregister_webhook(registration.endpoint.id)
+            now = self._now()
+            try:
+                for logical_name, values in rows:
+                    table = self.tables[logical_name]
+                    row = {name: self.coerce(table, name, value) for name, value in values.items()}
+                    row.setdefault(table.primary_id, str(uuid.uuid4()))
+                    self._check_registration(table, row)
+                    self._insert_system_row(table, row, now)
+            except DataverseError:
+                self.unregister_webhook(registration.endpoint.id)
+                raise
+            self._sync_webhooks()
+            return next(r for r in self.webhooks.registrations if r.endpoint.id == registration.endpoint.id)
+
+    def unregister_webhook(self, endpoint_id: str) -> bool:
+        """Delete a service endpoint with its steps and their images; False when there was none."""
+        with self.lock:
+            table = self.tables["serviceendpoint"]
+            if endpoint_id not in self._rows[table.logical_name]:
+                return False
+            for logical_name, record_id in self.registrations.dependants(table, endpoint_id):
+                self._rows[logical_name].pop(record_id, None)
+            self._rows[table.logical_name].pop(endpoint_id)
+            self._sync_webhooks()
+            return True
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until every raised event has been delivered or has failed."""
@@ -201,12 +246,16 @@ class Dataverse:
 
     def reset(self, *, webhooks: bool = False) -> None:
         """Back to the seeded state: rows, version counter, faults, limits, request log, queued events and
-        system jobs. Webhook registrations survive unless `webhooks=True`."""
-        self.webhooks.clear(registrations=webhooks)
+        system jobs. Webhook registrations (their rows) survive unless `webhooks=True`."""
+        self.webhooks.clear()
         with self.lock:
+            kept = {} if webhooks else {name: self._rows.get(name, {}) for name in WEBHOOK_TABLES}
             self._rows = {}
             self._versions = itertools.count(1)
             self._seed()
+            for name, rows in kept.items():
+                self._rows[name].update(rows)
+            self._sync_webhooks()
         self.faults.clear()
         self.request_log.clear()
         self.protection.configure(self._initial_limits.model_copy())
@@ -292,6 +341,7 @@ class Dataverse:
         now = self._now()
         rows = seed_rows()
         rows.setdefault("systemuser", []).extend(u.systemuser_row() for u in self.users)
+        rows.update(registration_seed_rows(self.tables.values()))
         for logical, items in rows.items():
             if logical not in self.tables:
                 continue
@@ -317,6 +367,9 @@ class Dataverse:
         if table is None:
             return
         with self.lock:
+            if job.auto_delete and job.statuscode == 30:  # asyncautodelete: succeeded jobs are not kept
+                self._rows[table.logical_name].pop(job.id, None)
+                return
             existing = self._rows[table.logical_name].get(job.id, {})
             values = {
                 **existing,
@@ -422,7 +475,9 @@ class Dataverse:
                     "createdonbehalfby": None, "modifiedonbehalfby": None,
                     "versionnumber": next(self._versions)})
         self._check_alternate_keys(table, row, record_id)
+        self._check_registration(table, row)
         self._rows[table.logical_name][record_id] = row
+        self._sync_webhooks(table)
         target = {name: value for name, value in row.items() if value is not None or name in values}
         target["createdonbehalfby"] = None
         target["modifiedonbehalfby"] = None
@@ -446,7 +501,9 @@ class Dataverse:
                 changes["owningbusinessunit"] = LookupValue(table="businessunit", id=owner_user.business_unit_id)
         after = {**before, **changes, "modifiedon": now, "modifiedby": me, "versionnumber": next(self._versions)}
         self._check_alternate_keys(table, after, record_id)
+        self._check_registration(table, after)
         self._rows[table.logical_name][record_id] = after
+        self._sync_webhooks(table)
         target = {table.primary_id: record_id, **changes, "modifiedon": now, "modifiedby": me}
         self._publish("Update", table, record_id, target, dict(before), dict(after), key_attributes or {}, user,
                       tag, bypass_async, now)
@@ -454,9 +511,23 @@ class Dataverse:
 
     def delete_row(self, table: Table, record_id: str, user: DataverseUser, *, tag: str | None = None,
                 key_attributes: KeyValues | None = None, bypass_async: bool = False) -> None:
+        for logical_name, dependant_id in self.registrations.dependants(table, record_id):
+            self._rows[logical_name].pop(dependant_id, None)  # a step's images, an endpoint's steps
         before = self._rows[table.logical_name].pop(record_id)
+        self._sync_webhooks(table)
         self._publish("Delete", table, record_id, {}, dict(before), None, key_attributes or {}, user, tag,
                       bypass_async, self._now())
+
+    def _check_registration(self, table: Table, row: dict[str, Any]) -> None:
+        try:
+            self.registrations.check(table, row)
+        except RuleViolation as exc:
+            raise DataverseError(exc.status, exc.code, exc.message) from None
+
+    def _sync_webhooks(self, table: Table | None = None) -> None:
+        """After a write to the registration tables: deliver what the rows now say."""
+        if table is None or table.logical_name in WEBHOOK_TABLES:
+            self.webhooks.set_registrations(self.registrations.webhook_registrations())
 
     def _publish(self, message: Literal["Create", "Update", "Delete"], table: Table, record_id: str,
                  target: dict[str, Any], pre: dict[str, Any] | None, post: dict[str, Any] | None,
@@ -562,10 +633,11 @@ class Dataverse:
         return ref
 
     def resolve_reference(self, target: Table, ident: RowRef) -> LookupValue:
-        """A bind target must exist (GUID or alternate key)."""
+        """A bind target must exist (GUID or alternate key): a missing one is a bad request (400)."""
         record_id = self.find(target, ident)
         if record_id is None:
-            raise does_not_exist(target, ident)
+            missing = does_not_exist(target, ident)
+            raise DataverseError(400, missing.code, missing.message)
         return LookupValue(table=target.logical_name, id=record_id)
 
     def _currency_symbol(self, row: Mapping[str, Any]) -> str:
@@ -595,6 +667,8 @@ class Dataverse:
         """The JSON object for one row: `@odata.etag`, columns, `_x_value` for lookups."""
         body: dict[str, Any] = {"@odata.etag": self.etag(row)}
         for name, column in table.columns.items():
+            if not column.readable:
+                continue
             prop = f"_{name}_value" if column.type is ColumnType.LOOKUP else name
             if select is not None and prop not in select and name != table.primary_id:
                 continue
@@ -623,7 +697,8 @@ class Dataverse:
 
     def select_names(self, table: Table) -> set[str]:
         """Property names valid in `$select`, `$filter` and `$orderby`."""
-        return {f"_{n}_value" if c.type is ColumnType.LOOKUP else n for n, c in table.columns.items()}
+        return {f"_{n}_value" if c.type is ColumnType.LOOKUP else n
+                for n, c in table.columns.items() if c.readable}
 
     @staticmethod
     def filter_value(row: Mapping[str, Any], name: str) -> Any:

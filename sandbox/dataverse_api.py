@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from sandbox.dataverse import Dataverse, DataverseError, RowRef, does_not_exist, invalid_property
 from sandbox.dataverse_events import WebhookEndpoint, WebhookRegistration, WebhookStep
+from sandbox.dataverse_registrations import READ_ONLY_TABLES, required_privilege
 from sandbox.dataverse_tables import ColumnType, Table
 from sandbox.front import SandboxFront, request_user
 from sandbox.odata import (
@@ -151,6 +152,18 @@ class DataverseApi:
                                  "privilege.")
         return True
 
+    def check_access(self, request: Request, table: Table) -> None:
+        """Registration tables need the System Customizer privileges; messages and filters are read-only."""
+        method = request.method
+        if table.logical_name in READ_ONLY_TABLES and method != "GET":
+            raise DataverseError(405, "0x80060888", f"The requested resource does not support {method}.")
+        privilege = required_privilege(table.logical_name, method)
+        user = self.dv.user_by_id(request_user(request))
+        if privilege and not user.can_register_steps:
+            raise DataverseError(403, "0x80040220",
+                                 f"Principal user (Id={user.id}, type=8) is missing {privilege} privilege for "
+                                 f"entity '{table.logical_name}'.")
+
     def representation(self, request: Request, table: Table, row: dict[str, Any], status: int) -> Response:
         prefs = _prefer(request)
         select = self.validated_select(table, request)
@@ -180,6 +193,7 @@ class DataverseApi:
             table = self.dv.table(resource.entity_set)
             if resource.rest:
                 raise DataverseError(404, "0x80060888", f"Resource not found for the segment '{resource.rest}'.")
+            self.check_access(request, table)
             method = request.method
             if resource.key is None:
                 if method == "GET":
@@ -355,7 +369,8 @@ def build_app(dv: Dataverse) -> SandboxFront:
 
 
 def admin_routes(dv: Dataverse) -> list[BaseRoute]:
-    """Dataverse-only admin endpoints: webhooks, delivery knobs, system jobs."""
+    """Dataverse-only admin endpoints: webhooks (a shortcut to the registration rows), delivery knobs,
+    system jobs."""
 
     async def webhooks(request: Request) -> Response:
         if request.method == "POST":
@@ -370,12 +385,15 @@ def admin_routes(dv: Dataverse) -> list[BaseRoute]:
                         steps=[WebhookStep.model_validate(s) for s in payload.get("steps", [])])
             except (ValidationError, ValueError, KeyError, TypeError) as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
-            dv.webhooks.add(registration)
+            try:
+                registration = dv.add_webhook(registration)
+            except DataverseError as exc:
+                return exc.response()
             return JSONResponse(registration.model_dump(), status_code=201)
         return JSONResponse([r.model_dump() for r in dv.webhooks.registrations])
 
     async def webhook(request: Request) -> Response:
-        found = dv.webhooks.unregister(request.path_params["endpoint_id"])
+        found = dv.unregister_webhook(request.path_params["endpoint_id"])
         return Response(status_code=204 if found else 404)
 
     async def systemjobs(request: Request) -> Response:

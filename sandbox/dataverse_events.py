@@ -1,5 +1,6 @@
-"""Dataverse webhooks: registrations (service endpoint + steps), the RemoteExecutionContext JSON a step
-produces, and the asynchronous delivery that POSTs it with Dataverse's retry rules.
+"""Dataverse webhooks: registrations (service endpoint + steps, as derived from the registration rows by
+`sandbox/dataverse_registrations.py`), the RemoteExecutionContext JSON a step produces, and the asynchronous
+delivery that POSTs it with Dataverse's retry rules.
 
 Delivery runs on one background thread in commit order. Knobs (`pause`/`resume(order=...)`,
 `duplicates`) let tests reproduce the reordering and redelivery the integration must tolerate.
@@ -62,6 +63,7 @@ class WebhookStep(BaseModel):
     asynchronous: bool = True
     post_image: EntityImage | None = None
     pre_image: EntityImage | None = None
+    async_auto_delete: bool = False  # asyncautodelete: a succeeded system job is removed from asyncoperation
 
     @model_validator(mode="after")
     def _check(self) -> WebhookStep:
@@ -322,6 +324,7 @@ class SystemJob(BaseModel):
     deliveries: int = 0
     created_on: datetime
     completed_on: datetime | None = None
+    auto_delete: bool = False  # the step's asyncautodelete
 
 
 @dataclass
@@ -359,23 +362,11 @@ class WebhookDispatcher:
         self._payloads: list[dict[str, Any]] = []
         self._thread: threading.Thread | None = None
 
-    # -- registrations -------------------------------------------------------------------------
-    def register(self, url: str, *, steps: list[WebhookStep], key: str | None = None,
-                 name: str = "p2c-sync webhook", auth: Literal["WebhookKey", "HttpHeader", "HttpQueryString"]
-                 = "WebhookKey", headers: dict[str, str] | None = None,
-                 query: dict[str, str] | None = None) -> WebhookRegistration:
-        endpoint = WebhookEndpoint(name=name, url=url, auth=auth, auth_value=key, headers=headers or {},
-                                   query=query or {})
-        return self.add(WebhookRegistration(endpoint=endpoint, steps=steps))
-
-    def add(self, registration: WebhookRegistration) -> WebhookRegistration:
+    # -- registrations (derived from the registration rows by the store) -------------------------
+    def set_registrations(self, registrations: list[WebhookRegistration]) -> None:
+        """What to deliver from now on; the store calls this after every write to the registration tables."""
         with self._cond:
-            self._registrations[registration.endpoint.id] = registration
-        return registration
-
-    def unregister(self, endpoint_id: str) -> bool:
-        with self._cond:
-            return self._registrations.pop(endpoint_id, None) is not None
+            self._registrations = {r.endpoint.id: r for r in registrations}
 
     @property
     def registrations(self) -> list[WebhookRegistration]:
@@ -421,7 +412,7 @@ class WebhookDispatcher:
         job = SystemJob(id=operation_id, name=step.name or "", step_id=step.id, endpoint_id=endpoint.id,
                         entity=change.table.logical_name, record_id=change.record_id,
                         message_name=change.message, correlation_id=change.correlation_id,
-                        created_on=datetime.now(timezone.utc))
+                        created_on=datetime.now(timezone.utc), auto_delete=step.async_auto_delete)
         self._jobs[operation_id] = job
         self._queue.append(_Job(job=job, url=_endpoint_url(endpoint), headers=headers, body=body,
                                 context=context))
@@ -485,7 +476,8 @@ class WebhookDispatcher:
         with self._cond:
             return list(self._payloads)
 
-    def clear(self, *, registrations: bool = False) -> None:
+    def clear(self) -> None:
+        """Forget queued jobs, system jobs, attempts and payloads (registrations are the store's rows)."""
         with self._cond:
             self._queue.clear()
             self._jobs.clear()
@@ -493,8 +485,6 @@ class WebhookDispatcher:
             self._payloads.clear()
             self._paused = False
             self.duplicates = 1
-            if registrations:
-                self._registrations.clear()
             self._cond.notify_all()
 
     # -- worker -------------------------------------------------------------------------------------

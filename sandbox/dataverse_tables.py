@@ -45,6 +45,7 @@ class Column(BaseModel):
     targets: list[str] = Field(default_factory=list)
     options: dict[int, str] = Field(default_factory=dict)
     system: bool = False  # maintained by the platform; ignored when a client writes it
+    readable: bool = True  # False: write-only (serviceendpoint.authvalue), never returned or queryable
     navigation: dict[str, str] = Field(default_factory=dict)  # target table -> navigation property name
 
     def nav_names(self) -> dict[str, str]:
@@ -363,6 +364,8 @@ class DataverseUser(BaseModel):
     application_id: str | None = None  # set for application users (client-credentials callers)
     business_unit_id: str = ROOT_BUSINESS_UNIT_ID
     can_bypass_business_logic: bool = False  # prvBypassCustomBusinessLogic
+    #: The System Customizer privileges on serviceendpoint, sdkmessageprocessingstep(image): register webhooks.
+    can_register_steps: bool = False
 
     def systemuser_row(self) -> dict[str, Any]:
         first, _, last = self.fullname.partition(" ")
@@ -390,7 +393,8 @@ def default_users() -> list[DataverseUser]:
         DataverseUser(id=INTEGRATION_USER_ID, fullname="# p2c-sync integration", token=INTEGRATION_TOKEN,
                       domainname="p2csync-integration@sandbox.invalid",
                       aad_object_id="d4c3b2a1-0f9e-4d8c-b7a6-000000000001",
-                      application_id="e5d4c3b2-a1f0-4e9d-8c7b-000000000001", can_bypass_business_logic=True),
+                      application_id="e5d4c3b2-a1f0-4e9d-8c7b-000000000001", can_bypass_business_logic=True,
+                      can_register_steps=True),  # the sandbox's one app identity also deploys (`register`)
         DataverseUser(id=SALES_USER_ID, fullname="Sam Seller", token=SALES_TOKEN,
                       domainname="sam.seller@sandbox.invalid",
                       aad_object_id="d4c3b2a1-0f9e-4d8c-b7a6-000000000002"),

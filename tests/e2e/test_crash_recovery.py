@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from p2csync.devstack import webhook_steps
+from p2csync.connectors import DataverseClient, StaticTokenProvider
 from p2csync.ledger.sqlite import SqliteLedger
 from p2csync.queue.embedded import EmbeddedQueue
+from p2csync.registration import register
 from p2csync.settings import ROOT
 from mappings import load_mappings
 from sandbox.server import SandboxServer
@@ -97,8 +98,10 @@ async def test_killed_host_restarts_and_every_accepted_event_ends_applied_or_dea
     }
     port = _free_port()
     host = HostProcess(env, port, tmp_path / "host.log")
-    spec = load_mappings(ROOT / "mappings")["accounts"]
-    dataverse.register_webhook(f"http://127.0.0.1:{port}/api/dataverse/webhook", steps=webhook_steps(spec), key=KEY)
+    async with DataverseClient(sandbox.dataverse_url, StaticTokenProvider(dataverse.integration_user.token),
+                               tag=None) as dv:
+        await register(dv, load_mappings(ROOT / "mappings"), key=KEY, out=lambda line: None,
+                       url=f"http://127.0.0.1:{port}/api/dataverse/webhook")
     sandbox.fno.faults.latency(1.5, method="POST")  # slow F&O creates: the kill lands mid-write
     usd = next(r["transactioncurrencyid"] for r in dataverse.rows("transactioncurrency")
                if r["isocurrencycode"] == "USD")

@@ -27,12 +27,12 @@ from starlette.routing import Route
 
 from mappings import load_mappings
 from p2csync.connectors import DataverseClient, FnOClient, HttpOptions, RetryPolicy, StaticTokenProvider
-from p2csync.devstack import webhook_steps
 from p2csync.ingress import accept_dataverse_webhook
 from p2csync.ledger.sqlite import SqliteLedger
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped
 from p2csync.queue.base import OutboundMessage, ReceivedMessage
 from p2csync.queue.embedded import EmbeddedQueue, EmbeddedTransport
+from p2csync.registration import register
 from p2csync.runtime import DEFERRALS, ORIGINAL_MESSAGE_ID, InboundMessage, SyncRuntime
 from p2csync.settings import ROOT, Settings
 from sandbox import INTEGRATION_TOKEN, INTEGRATION_USER_ID, USD_CURRENCY_ID, SandboxServer, WebhookStep
@@ -142,10 +142,16 @@ def sandbox(_world: tuple[SandboxServer, Capture]) -> Iterator[SandboxServer]:
     server.fno.reset()
     capture.take()
     groups = set(server.fno.customer_groups)
-    # What `register` does against a real org: Create, and Update filtered on the mapped columns.
-    server.dataverse.register_webhook(capture.url, steps=webhook_steps(SPEC), key="function-key")
+    # The `register` command over the Web API: Create, and Update filtered on the mapped columns.
+    asyncio.run(_register(server, capture.url))
+    server.dataverse.request_log.clear()
     yield server
     server.fno.customer_groups = groups
+
+
+async def _register(server: SandboxServer, url: str) -> None:
+    async with DataverseClient(server.dataverse_url, StaticTokenProvider(INTEGRATION_TOKEN), tag=None) as dv:
+        await register(dv, {"accounts": SPEC}, url=url, key="function-key", out=lambda line: None)
 
 
 def settings_env(sandbox: SandboxServer, workdir: Path, **extra: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from p2csync.settings import Settings, SettingsError, load_local_settings
+from p2csync.settings import DataverseAccess, Settings, SettingsError, load_local_settings
 
 BASE = {"DATAVERSE_URL": "https://contoso.crm.dynamics.com/", "FNO_URL": "https://contoso.operations.dynamics.com"}
 
@@ -33,6 +33,17 @@ def test_defaults_and_normalisation() -> None:
 def test_errors_name_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env(env)
+
+
+def test_dataverse_access_needs_only_the_dataverse_variables() -> None:
+    access = DataverseAccess.from_env({"DATAVERSE_URL": "https://contoso.crm.dynamics.com/",
+                                       "P2C_AUTH_MODE": "static", "P2C_STATIC_TOKEN": "t", "AZURE_CLIENT_ID": "c"})
+    assert (access.dataverse_url, access.auth_mode, access.static_token, access.managed_identity_client_id) \
+        == ("https://contoso.crm.dynamics.com", "static", "t", "c")
+    with pytest.raises(SettingsError, match="DATAVERSE_URL: Field required"):
+        DataverseAccess.from_env({"FNO_URL": BASE["FNO_URL"]})
+    with pytest.raises(SettingsError, match="DATAVERSE_URL.*http.*P2C_AUTH_MODE"):
+        DataverseAccess.from_env({"DATAVERSE_URL": "contoso", "P2C_AUTH_MODE": "password"})
 
 
 def test_local_settings_fill_only_unset_variables(tmp_path: Path) -> None:
