@@ -14,7 +14,6 @@ import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from p2csync.devstack import LocalStack
 from p2csync.settings import ROOT

@@ -93,7 +93,6 @@ async def test_the_same_event_three_times_leaves_one_customer_and_two_recorded_s
     assert original == []
     payload = next(p for p in stack.sandbox.dataverse.webhooks.delivered_payloads
                    if p.get("PrimaryEntityId") == record_id)
-    import json
 
     for attempt in range(2):
         stack.queue.send("sales-events", OutboundMessage(body=json.dumps(payload).encode(),
