@@ -72,7 +72,7 @@ async def run_local_host(port: int, settings_file: Path | None, function_key: st
         raise SettingsError("no queue to read: set P2C_LOCAL_QUEUE_PATH or "
                             "ServiceBusConnection__fullyQualifiedNamespace")
     host = LocalHost(function_app.app, consumer, function_key=key, port=port,
-                     receive_wait=0.05 if runtime.settings.local_queue_path else 5.0)
+                     receive_wait=0.05 if runtime.settings.local_queue_path else 1.0)
     install_signal_handlers(host)
     serving = asyncio.create_task(host.serve())
     await host.started.wait()

@@ -22,6 +22,7 @@ from p2csync.localhost import LocalHost
 from p2csync.queue.embedded import EmbeddedQueue, EmbeddedTransport
 from p2csync.registration import Plan, register
 from p2csync.queue.base import QueueConsumer
+from p2csync.queue.servicebus import ServiceBusTransport
 from p2csync.runtime import SyncRuntime, close_runtimes, get_runtime, reset_runtimes
 from p2csync.settings import ROOT
 from sandbox.server import SandboxServer
@@ -86,6 +87,8 @@ class LocalStack:
             for key, value in self.settings_env().items():
                 self._saved_env[key] = os.environ.get(key)
                 os.environ[key] = value
+            if self.servicebus_namespace:  # a local queue file would win over the namespace
+                self._saved_env.setdefault("P2C_LOCAL_QUEUE_PATH", os.environ.pop("P2C_LOCAL_QUEUE_PATH", None))
             reset_runtimes()
             self.queue = EmbeddedQueue(self.queue_path, lock_duration=timedelta(seconds=self.lock_seconds))
             import function_app
@@ -93,11 +96,12 @@ class LocalStack:
             runtime = get_runtime()  # start-up validation (mappings, settings) before serving
             consumer: QueueConsumer = EmbeddedTransport(self.queue)
             if self.servicebus_namespace:
-                assert isinstance(runtime.transport, QueueConsumer)
+                if not isinstance(runtime.transport, ServiceBusTransport):
+                    raise RuntimeError(f"expected the Service Bus transport, got {type(runtime.transport).__name__}")
                 consumer = runtime.transport
             self.host = LocalHost(function_app.app, consumer, function_key=self.function_key, port=0,
                                   max_concurrent_calls=self.max_concurrent_calls,
-                                  receive_wait=5.0 if self.servicebus_namespace else None)
+                                  receive_wait=1.0 if self.servicebus_namespace else None)
             self._serving = asyncio.create_task(self.host.serve())
             await asyncio.wait_for(self.host.started.wait(), 10)
             await self.register_webhook()

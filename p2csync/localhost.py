@@ -279,6 +279,9 @@ class LocalHost:
                 locked_until = await self.consumer.renew_lock(message)
             except MessageLockLost:
                 return
+            except Exception as exc:  # the link or the connection: the settlement will tell
+                log.warning("renewing the lock of %s failed: %s: %s", message.message_id, type(exc).__name__, exc)
+                return
 
     @staticmethod
     async def _settle_quietly(action: Callable[[Any], Any], message: Any) -> None:
@@ -286,6 +289,9 @@ class LocalHost:
             await action(message)
         except MessageLockLost:
             log.warning("lock lost before settlement; the message will be delivered again")
+        except Exception as exc:
+            log.error("settling %s failed (%s: %s); it will be delivered again when its lock expires",
+                      message.message_id, type(exc).__name__, exc)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     async def serve(self) -> None:

@@ -255,6 +255,9 @@ def check_webhook_url(url: str) -> str:
                                 "or --key-stdin, it is stored write-only")
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise RegistrationError(f"--webhook-url must be an absolute https URL, got {url!r}")
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise RegistrationError(f"--webhook-url must be https: Dataverse sends the key in the query string, "
+                                f"so plain http would expose it (http is accepted on loopback only), got {url!r}")
     if parts.fragment:
         raise RegistrationError("--webhook-url must not have a #fragment")
     return url
@@ -476,6 +479,10 @@ def _endpoint_action(spec: EndpointSpec, row: dict[str, Any] | None, key_given: 
                             "it first, or leave out --existing-endpoint to create a webhook")
             return Action(op="unchanged", kind=ENDPOINT, name=spec.name, note="missing")
         contract = _show("contract", row.get("contract"))
+        if row.get("messageformat") != MESSAGEFORMAT_JSON:
+            blockers.append(f"the service endpoint {spec.name!r} sends message format "
+                            f"{row.get('messageformat')}, not 2 (Json): the runtime reads JSON only, so every "
+                            "message would be dead-lettered; set Message Format to JSON on it first")
         return Action(op="unchanged", kind=ENDPOINT, name=spec.name, record_id=_id(row, ENDPOINT),
                       note=f"contract {contract}; registered elsewhere, left as it is (--existing-endpoint)")
     if row is not None and row.get("contract") != CONTRACT_WEBHOOK:

@@ -9,6 +9,7 @@ knows whether it runs in Azure, in the local host or in a test.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
@@ -18,6 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus.amqp import AmqpMessageBodyType
 
 from handlers import FlowContext, FlowRegistry, build_registry
 from mappings import MappingError, MappingSpec, load_mappings
@@ -34,7 +38,7 @@ from p2csync.connectors.fno import FnOClient
 from p2csync.envelopes import ChangeEvent, EnvelopeError, parse_change_event
 from p2csync.ledger.base import JournalEntry, Ledger, LeaseBusy, LeaseLost
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped, describe
-from p2csync.queue.base import OutboundMessage, QueueTransport
+from p2csync.queue.base import OutboundMessage, PropertyValue, QueueTransport
 from p2csync.settings import Settings, SettingsError
 from p2csync.settlement import MessageActions, settle
 
@@ -56,6 +60,7 @@ class InboundMessage:
     content_type: str | None = None
     enqueued_time_utc: datetime | None = None
     lock_token: str | None = None
+    body_error: str | None = None  # why the body could not be read as bytes (the message is then rejected)
 
     @property
     def deferrals(self) -> int:
@@ -69,16 +74,21 @@ class InboundMessage:
         """From what a queue trigger hands over: the Service Bus SDK's ``ServiceBusReceivedMessage`` (the
         SDK-type binding in Azure, a receiver in the local host) or the embedded queue's ``ReceivedMessage``.
 
-        The SDK gives the body as a generator of byte chunks and AMQP strings as bytes (property keys and
-        values); both become what a publisher sent. A body that cannot be read becomes empty, which the
-        envelope parser rejects with a reason (dead-letter), instead of failing the invocation.
+        The SDK gives AMQP strings as bytes (property keys and values) and the raw AMQP delivery count, which
+        counts earlier attempts (0 on the first delivery; the embedded queue and .NET count from 1). A body
+        that is not binary data is not read at all: the message is rejected with the reason.
         """
         props = {_text(k): _text(v) for k, v in (getattr(msg, "application_properties", None) or {}).items()}
+        body, body_error = _body_bytes(msg)
+        delivery_count = getattr(msg, "delivery_count", None) or 0
+        if isinstance(msg, ServiceBusReceivedMessage):
+            delivery_count += 1
         return cls(
             queue=queue,
-            body=_body_bytes(msg),
+            body=body,
+            body_error=body_error,
             message_id=_text(getattr(msg, "message_id", None) or ""),
-            delivery_count=getattr(msg, "delivery_count", None) or 1,
+            delivery_count=max(delivery_count, 1),
             application_properties=props,
             content_type=_text(getattr(msg, "content_type", None)),
             enqueued_time_utc=getattr(msg, "enqueued_time_utc", None),
@@ -90,20 +100,49 @@ def _text(value: Any) -> Any:
     return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else value
 
 
-def _body_bytes(msg: Any) -> bytes:
+def _body_bytes(msg: Any) -> tuple[bytes, str | None]:
+    """The body as bytes, or an empty body and the reason it is not binary data.
+
+    Dataverse, F&O and our own sender all send AMQP data sections. A value or sequence body (another
+    publisher on the queue) is refused rather than guessed at: converting arbitrary values could allocate
+    without bound (``bytes(n)``) or turn a dict into its keys.
+    """
+    body_type = getattr(msg, "body_type", None)
+    if body_type is not None and body_type != AmqpMessageBodyType.DATA:
+        return b"", f"the message body is an AMQP {getattr(body_type, 'value', body_type)} section, not data"
     body = getattr(msg, "body", None)
     if body is None and callable(getattr(msg, "get_body", None)):
         body = msg.get_body()
     if isinstance(body, bytes | bytearray | memoryview):
-        return bytes(body)
-    if isinstance(body, str):
-        return body.encode("utf-8")
-    try:  # AMQP data body: an iterable of byte chunks
-        return b"".join(bytes(chunk) for chunk in body)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        log.warning("message %s has a body of type %s that is not bytes", getattr(msg, "message_id", "?"),
-                    type(body).__name__)
-        return b""
+        return bytes(body), None
+    try:  # the SDK's data body: a generator of byte chunks
+        chunks = list(body) if body is not None else []
+    except TypeError:
+        chunks = [body]
+    if all(isinstance(chunk, bytes | bytearray | memoryview) for chunk in chunks):
+        return b"".join(bytes(chunk) for chunk in chunks), None
+    return b"", f"the message body is {type(body).__name__}, not bytes"
+
+
+def retry_message_id(original: str, body: bytes, attempt: int) -> str:
+    """The MessageId of a deferral's scheduled copy: distinct per original and attempt (duplicate detection
+    must not drop it), and the same for the same attempt (scheduling twice after a crash stays one copy).
+    An id too long to extend, or none at all, is replaced by a digest of the id and the body."""
+    base = original
+    if not original or len(original) > 100:
+        base = "sha256:" + hashlib.sha256(original.encode() + b"\0" + body).hexdigest()[:48]
+    return f"{base}~{attempt}"
+
+
+def property_value(value: Any) -> PropertyValue | None:
+    """An application property as the copy can carry it: AMQP timestamps, UUIDs and the like become text."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
 
 
 def backoff(attempt: int, *, base: float = 5.0, cap: float = 300.0, floor: float = 1.0) -> float:
@@ -166,6 +205,8 @@ class SyncRuntime:
     # -- processing ---------------------------------------------------------------------------------
     async def process(self, message: InboundMessage) -> tuple[Outcome, ChangeEvent | None, str | None]:
         """Decide what becomes of one message. Returns the outcome, the parsed event and the record key."""
+        if message.body_error:
+            return Rejected(reason="MalformedMessage", description=message.body_error), None, None
         try:
             event = parse_change_event(
                 message.body, message.application_properties, content_type=message.content_type
@@ -243,16 +284,16 @@ class SyncRuntime:
     async def handle(self, message: InboundMessage, raw: Any, actions: MessageActions) -> Outcome:
         """Process one delivery and settle ``raw`` (the trigger's message) through ``actions``.
 
-        Never raises for a bad message. An unexpected error (a bug, the ledger unreachable) abandons the
-        message: it is delivered again, and dead-lettered by the queue after its last delivery.
+        Never raises for a bad message. An unexpected error (a bug, the ledger unreachable) is deferred like a
+        transient one, with backoff, so a short outage does not burn the queue's delivery count in seconds;
+        if it persists, the message is dead-lettered with the error as its reason (MaxDeferralsExceeded).
         """
         try:
             outcome, event, record_key = await self.process(message)
         except Exception as exc:
             log.exception("unexpected error on message %s (delivery %d)", message.message_id, message.delivery_count)
-            await self._journal(message, None, None, "abandoned", f"{type(exc).__name__}: {exc}")
-            await settle(actions.abandon, raw)
-            return Deferred(delay=0, reason=f"abandoned after {type(exc).__name__}")
+            outcome = Deferred(delay=backoff(message.deferrals), reason=f"unexpected {type(exc).__name__}: {exc}")
+            event = record_key = None
 
         if isinstance(outcome, Deferred) and message.deferrals >= self.settings.max_deferrals:
             outcome = Rejected(reason="MaxDeferralsExceeded",
@@ -277,8 +318,9 @@ class SyncRuntime:
                 else:
                     await settle(actions.complete, raw)
             case Rejected(reason=reason, description=description):
-                await settle(actions.deadletter, raw, deadletter_reason=reason,
-                             deadletter_error_description=description[:4000])
+                # Service Bus caps both at 4096 UTF-16 units; 2000 code points always fit (the journal has it all)
+                await settle(actions.deadletter, raw, deadletter_reason=reason[:2000],
+                             deadletter_error_description=description[:2000])
         return outcome
 
     async def _reschedule(self, message: InboundMessage, delay: float) -> None:
@@ -286,11 +328,13 @@ class SyncRuntime:
         differs so duplicate detection keeps it; the dedupe key inside the body is unchanged."""
         assert self.transport is not None
         attempt = message.deferrals + 1
-        original = str(message.application_properties.get(ORIGINAL_MESSAGE_ID) or message.message_id)
-        properties = {**message.application_properties, DEFERRALS: attempt, ORIGINAL_MESSAGE_ID: original}
+        props = message.application_properties
+        original = str(props[ORIGINAL_MESSAGE_ID]) if ORIGINAL_MESSAGE_ID in props else message.message_id
+        properties = {key: kept for key, value in props.items() if (kept := property_value(value)) is not None}
+        properties.update({DEFERRALS: attempt, ORIGINAL_MESSAGE_ID: original})
         copy = OutboundMessage(
             body=message.body,
-            message_id=f"{original}~{attempt}"[:128],
+            message_id=retry_message_id(original, message.body, attempt),
             content_type=message.content_type or "application/json",
             application_properties=properties,
         )

@@ -34,9 +34,10 @@ class MessageActions(Protocol):
 async def settle(action: Callable[..., Any], message: Any, **kwargs: Any) -> bool:
     """Run one settlement action; a blocking one (the binding's gRPC call) runs off the event loop.
 
-    A failed settlement (lock lost, host gone) is logged, not raised: the lock then expires and the message
-    is delivered again, which the ledger makes harmless (a final outcome is skipped as a duplicate, anything
-    else is processed again). Returns whether the action succeeded.
+    A failed settlement (lock lost, host gone) is logged as an error, not raised: the lock then expires and
+    the message is delivered again, which the ledger makes harmless (a final outcome is skipped as a
+    duplicate, a deferral's copy has a deterministic MessageId, anything else is processed again). Returns
+    whether the action succeeded.
     """
     try:
         if inspect.iscoroutinefunction(action):
@@ -47,6 +48,6 @@ async def settle(action: Callable[..., Any], message: Any, **kwargs: Any) -> boo
                 await result
         return True
     except Exception as exc:
-        log.warning("%s failed (%s: %s); the message will be delivered again",
+        log.error("settlement %s failed (%s: %s); the message will be delivered again",
                     getattr(action, "__name__", "settlement"), type(exc).__name__, exc)
         return False

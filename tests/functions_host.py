@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 import uamqp
+from uamqp.constants import MessageBodyType
 from azurefunctions.extensions.base import Datum
 from azurefunctions.extensions.bindings.protos import settlement_pb2_grpc
 from azurefunctions.extensions.bindings.servicebus import (
@@ -35,22 +36,27 @@ from google.protobuf.empty_pb2 import Empty
 
 
 def host_message(
-    body: bytes,
+    body: Any,
     *,
+    body_type: str = "data",
     message_id: str = "m-1",
     properties: dict[str, Any] | None = None,
     delivery_count: int = 1,
     content_type: str | None = "application/json",
     lock_token: uuid.UUID | None = None,
 ) -> Any:
-    """A delivery as the SDK-type binding gives it to the function (an azure-servicebus message)."""
+    """Delivery number ``delivery_count`` (1 = first) as the SDK-type binding gives it to the function (an
+    azure-servicebus message). On the wire, the AMQP header counts the earlier attempts: ``delivery_count - 1``.
+    ``body_type`` "value" or "sequence" builds what publishers other than ours may send."""
     amqp = uamqp.Message(
         body,
+        body_type={"data": MessageBodyType.Data, "value": MessageBodyType.Value,
+                   "sequence": MessageBodyType.Sequence}[body_type],
         properties=uamqp.message.MessageProperties(message_id=message_id, content_type=content_type),
         application_properties=properties or {},
     )
     amqp.header = uamqp.message.MessageHeader()
-    amqp.header.delivery_count = delivery_count
+    amqp.header.delivery_count = delivery_count - 1
     amqp.annotations = {b"x-opt-enqueued-time": int(datetime.now(UTC).timestamp() * 1000),
                         b"x-opt-sequence-number": 1}
     token = lock_token or uuid.uuid4()

@@ -41,13 +41,19 @@ class ServiceBusTransport:
 
     ``ServiceBusTransport.for_namespace("<ns>.servicebus.windows.net", credential)`` in Azure; tests pass a
     ``client_factory`` returning an object with the ``ServiceBusClient`` (aio) surface they need.
+
+    The SDK's senders and receivers are not coroutine-safe, so every operation on a link holds that link's
+    lock: concurrent invocations queue up for a send, and a settlement waits for a receive in progress
+    (keep the consumer's receive wait short).
     """
 
-    def __init__(self, client_factory: ClientFactory) -> None:
+    def __init__(self, client_factory: ClientFactory, credential: Any = None) -> None:
         self._client_factory = client_factory
+        self._credential = credential  # closed with the transport when it is ours
         self._client: Any = None
         self._senders: dict[str, Any] = {}
         self._receivers: dict[str, Any] = {}
+        self._link_locks: dict[int, asyncio.Lock] = {}
         self._held: dict[str, Any] = {}  # lock token -> the receiver whose link holds the lock
         self._lock = asyncio.Lock()
 
@@ -55,7 +61,10 @@ class ServiceBusTransport:
     def for_namespace(cls, fully_qualified_namespace: str, credential: Any) -> ServiceBusTransport:
         from azure.servicebus.aio import ServiceBusClient
 
-        return cls(lambda: ServiceBusClient(fully_qualified_namespace, credential))
+        return cls(lambda: ServiceBusClient(fully_qualified_namespace, credential), credential)
+
+    def _on(self, link: Any) -> asyncio.Lock:
+        return self._link_locks.setdefault(id(link), asyncio.Lock())
 
     def _connected(self) -> Any:
         if self._client is None:
@@ -78,21 +87,25 @@ class ServiceBusTransport:
             return receiver
 
     async def send(self, queue: str, message: OutboundMessage) -> None:
-        sender = await self._sender(queue)
         if message.scheduled_enqueue_time_utc is not None:
-            await sender.schedule_messages(to_sdk_message(message), message.scheduled_enqueue_time_utc)
-        else:
+            await self.schedule(queue, message, message.scheduled_enqueue_time_utc)
+            return
+        sender = await self._sender(queue)
+        async with self._on(sender):
             await sender.send_messages(to_sdk_message(message))
 
     async def schedule(self, queue: str, message: OutboundMessage, at: datetime) -> int:
         sender = await self._sender(queue)
-        numbers = await sender.schedule_messages(to_sdk_message(message), at)
+        async with self._on(sender):
+            numbers = await sender.schedule_messages(to_sdk_message(message), at)
         return int(numbers[0])
 
     # -- consumer (the local host) ----------------------------------------------------------------------
     async def receive_wait(self, queue: str, max_messages: int = 1, timeout: float = 5.0) -> list[Any]:
         receiver = await self._receiver(queue)
-        messages = await receiver.receive_messages(max_message_count=max_messages, max_wait_time=max(timeout, 0.1))
+        async with self._on(receiver):
+            messages = await receiver.receive_messages(max_message_count=max_messages,
+                                                       max_wait_time=max(timeout, 0.1))
         for message in messages:
             self._held[str(message.lock_token)] = receiver
         return list(messages)
@@ -106,7 +119,8 @@ class ServiceBusTransport:
     async def _settle(self, message: Any, operation: str, **kwargs: Any) -> None:
         receiver = self._holder(message)
         try:
-            await getattr(receiver, operation)(message, **kwargs)
+            async with self._on(receiver):
+                await getattr(receiver, operation)(message, **kwargs)
         except (MessageLockLostError, MessageAlreadySettled) as exc:
             raise MessageLockLost(str(message.lock_token)) from exc
         finally:
@@ -122,9 +136,12 @@ class ServiceBusTransport:
         await self._settle(message, "dead_letter_message", reason=reason, error_description=description)
 
     async def renew_lock(self, message: Any) -> datetime:
+        receiver = self._holder(message)
         try:
-            return await self._holder(message).renew_message_lock(message)
-        except MessageLockLostError as exc:
+            async with self._on(receiver):
+                return await receiver.renew_message_lock(message)
+        except (MessageLockLostError, MessageAlreadySettled) as exc:
+            self._held.pop(str(message.lock_token), None)
             raise MessageLockLost(str(message.lock_token)) from exc
 
     async def aclose(self) -> None:
@@ -134,6 +151,11 @@ class ServiceBusTransport:
             self._senders.clear()
             self._receivers.clear()
             self._held.clear()
+            self._link_locks.clear()
             if self._client is not None:
                 await self._client.close()
                 self._client = None
+            if (close := getattr(self._credential, "close", None)) is not None:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -90,3 +90,63 @@ async def test_a_lost_lock_does_not_fail_the_invocation(
         await function_app.sales_events(host_message(b"not json", lock_token=token), actions)
     assert host.calls == []  # refused by the host: Service Bus delivers the message again
     assert "deadletter failed" in caplog.text and "delivered again" in caplog.text
+
+
+def test_the_first_delivery_counts_one() -> None:
+    # the AMQP header counts earlier attempts (0 here); the runtime counts deliveries from 1, like .NET
+    assert InboundMessage.from_trigger("sales-events", host_message(b"{}", delivery_count=1)).delivery_count == 1
+
+
+@pytest.mark.parametrize("body,body_type", [([200000000], "value"), ({"a": 1}, "value"), ([[1, 2]], "sequence")])
+async def test_a_body_that_is_not_binary_data_is_dead_lettered_unread(
+    runtime_env: dict, host: SettlementServer, body: object, body_type: str
+) -> None:
+    with binding_actions(host) as actions:
+        await function_app.sales_events(host_message(body, body_type=body_type), actions)
+    [call] = host.calls
+    assert (call.action, call.reason) == ("deadletter", "MalformedMessage")
+    assert "section, not data" in (call.description or "")  # (uamqp decodes a sequence as a value)
+
+
+async def test_a_deferral_carries_properties_amqp_types_as_text(runtime_env: dict, host: SettlementServer) -> None:
+    """Publishers set AMQP types our outbound model does not take (a UUID here; a timestamp arrives as epoch
+    milliseconds). The scheduled copy must still be sendable, or the deferral would become a redelivery loop."""
+    runtime = get_runtime()
+    event = parse_change_event(FIXTURE.read_bytes(), {})
+    await runtime.ledger.acquire(runtime.registry.route(event).record_key(event), "another-worker",
+                                 timedelta(minutes=1))
+    marker, when = uuid.uuid4(), datetime(2026, 11, 22, 8, 30, tzinfo=UTC)
+    msg = host_message(FIXTURE.read_bytes(), message_id="m-8", properties={"Marker": marker, "EventTime": when})
+    with binding_actions(host) as actions:
+        await function_app.sales_events(msg, actions)
+    assert [c.action for c in host.calls] == ["complete"]
+    [retry] = EmbeddedQueue(runtime_env["P2C_LOCAL_QUEUE_PATH"]).peek("sales-events")
+    assert retry.application_properties["Marker"] == str(marker)
+    assert retry.application_properties["EventTime"] == int(when.timestamp() * 1000)
+
+
+async def test_an_unexpected_error_is_deferred_not_abandoned(
+    runtime_env: dict, host: SettlementServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger outage must not burn the queue's ten deliveries in seconds: it is retried with backoff, and
+    dead-lettered with the error as its reason only if it persists (MaxDeferralsExceeded)."""
+    runtime = get_runtime()
+
+    async def unavailable(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("ledger unreachable")
+
+    monkeypatch.setattr(runtime.ledger, "acquire", unavailable)
+    with binding_actions(host) as actions:
+        await function_app.sales_events(host_message(FIXTURE.read_bytes(), message_id="m-9"), actions)
+    assert [c.action for c in host.calls] == ["complete"]
+    [retry] = EmbeddedQueue(runtime_env["P2C_LOCAL_QUEUE_PATH"]).peek("sales-events")
+    assert retry.message_id == "m-9~1"
+
+    host.calls.clear()
+    last = host_message(FIXTURE.read_bytes(), message_id="m-9~20", properties={
+        DEFERRALS: runtime.settings.max_deferrals, "p2c-original-message-id": "m-9"})
+    with binding_actions(host) as actions:
+        await function_app.sales_events(last, actions)
+    [call] = host.calls
+    assert (call.action, call.reason) == ("deadletter", "MaxDeferralsExceeded")
+    assert "unexpected ConnectionError: ledger unreachable" in (call.description or "")

@@ -105,3 +105,29 @@ def test_queue_triggers_settle_explicitly_with_sdk_type_bindings() -> None:
         hints = typing.get_type_hints(user_functions[name])
         assert hints["msg"] is servicebus.ServiceBusReceivedMessage
         assert hints["message_actions"] is servicebus.ServiceBusMessageActions
+
+
+def test_a_retry_message_id_is_distinct_per_attempt_and_stable() -> None:
+    from p2csync.runtime import retry_message_id
+
+    assert retry_message_id("dataverse:account:1", b"{}", 1) == "dataverse:account:1~1"
+    for original in ("x" * 128, "x" * 126, ""):  # too long to extend, or no id at all
+        ids = [retry_message_id(original, b"{}", attempt) for attempt in range(1, 21)]
+        assert len(set(ids)) == 20 and original not in ids
+        assert all(0 < len(i) <= 128 for i in ids)
+        assert retry_message_id(original, b"{}", 3) == ids[2]  # the same attempt scheduled twice: one copy
+    # two id-less messages about different records never share a copy id
+    assert retry_message_id("", b'{"a":1}', 1) != retry_message_id("", b'{"a":2}', 1)
+
+
+def test_property_values_the_copy_cannot_carry_become_text() -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    from p2csync.runtime import property_value
+
+    marker = uuid.uuid4()
+    assert property_value(marker) == str(marker)
+    assert property_value(datetime(2026, 1, 2, tzinfo=UTC)) == "2026-01-02T00:00:00+00:00"
+    assert property_value(None) is None
+    assert [property_value(v) for v in ("a", 1, 2.5, True)] == ["a", 1, 2.5, True]

@@ -118,6 +118,7 @@ def test_a_step_description_stays_within_its_256_characters() -> None:
     ("/api/dataverse/webhook", "absolute"),
     ("ftp://host/hook", "absolute"),
     (f"{URL}#frag", "fragment"),
+    ("http://fn.example.net/api/dataverse/webhook", "must be https"),
 ])
 def test_webhook_url_is_checked(url: str, fragment: str) -> None:
     with pytest.raises(RegistrationError, match=fragment) as caught:
@@ -227,7 +228,7 @@ def test_steps_no_mapping_needs_are_stale_and_deleted_only_with_prune() -> None:
 
 def test_steps_on_an_endpoint_registered_elsewhere() -> None:
     queue = {"serviceendpointid": ENDPOINT_ID, "name": "p2c-sync sales-events", "contract": 2,
-             "authtype": 7, "url": None}
+             "authtype": 7, "url": None, "messageformat": 2}
     webhook = desired_registration([ACCOUNTS], endpoint_name="p2c-sync sales-events")
     with pytest.raises(RegistrationError, match=r"not a webhook \(contract 2 \(Queue\)\): pass --existing"):
         plan_registration(webhook, Existing(endpoint=queue, messages=dict(MESSAGES),
@@ -245,6 +246,11 @@ def test_steps_on_an_endpoint_registered_elsewhere() -> None:
     assert missing.actions[0].note == "missing" and "no service endpoint named" in missing.blockers[0]
     with pytest.raises(RegistrationError, match="--webhook-url does not go with --existing-endpoint"):
         desired_registration([ACCOUNTS], url=URL, existing_endpoint=True)
+    binary = plan_registration(desired, Existing(endpoint={**queue, "messageformat": 1}, messages=dict(MESSAGES),
+                                                 filters=filters_for(desired)), key_given=False)
+    assert "not 2 (Json)" in binary.blockers[0]  # .NETBinary: every message would be dead-lettered
+    loopback = desired_registration([ACCOUNTS], url="http://127.0.0.1:7071/api/dataverse/webhook")
+    assert loopback.endpoint.url == "http://127.0.0.1:7071/api/dataverse/webhook"  # the local host is plain http
 
 
 async def test_apply_refuses_a_blocked_plan_before_any_request() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -214,3 +215,38 @@ async def test_the_local_host_runs_function_app_against_service_bus(runtime_env:
     assert (queue, message_id, reason) == ("sales-events", "bad-1", "MalformedMessage")
     assert "MessageName" in description
     assert not [e for e in client.log if e[0] in ("complete", "abandon")]
+
+
+class OverlapSender(FakeSender):
+    """Records whether two coroutines were ever inside the (not coroutine-safe) sender at once."""
+
+    inside = 0
+    overlapped = False
+
+    async def send_messages(self, message: ServiceBusMessage) -> None:
+        OverlapSender.inside += 1
+        OverlapSender.overlapped |= OverlapSender.inside > 1
+        await asyncio.sleep(0.001)
+        OverlapSender.inside -= 1
+        self.log.append(("send", self.queue, message, None))
+
+
+async def test_concurrent_sends_take_turns_on_the_shared_sender() -> None:
+    client = FakeClient()
+    client.get_queue_sender = lambda queue_name: OverlapSender(queue_name, client.log)  # type: ignore[method-assign]
+    transport = ServiceBusTransport(lambda: client)
+    await asyncio.gather(*(transport.send("sales-events", _message()) for _ in range(20)))
+    assert len(client.log) == 20 and not OverlapSender.overlapped
+
+
+async def test_close_closes_the_transports_own_credential() -> None:
+    class Credential:
+        closed = False
+
+        async def close(self) -> None:
+            Credential.closed = True
+
+    transport = ServiceBusTransport(lambda: FakeClient(), Credential())
+    await transport.send("sales-events", _message())
+    await transport.aclose()
+    assert Credential.closed
