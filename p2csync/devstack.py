@@ -45,7 +45,15 @@ class LocalStack:
         self.function_key = secrets.token_urlsafe(18)
         self._saved_env: dict[str, str | None] = {}
         self._serving: asyncio.Task[None] | None = None
+        self._queue: EmbeddedQueue | None = None
         self.host: LocalHost | None = None
+
+    @property
+    def queue(self) -> EmbeddedQueue:
+        """The embedded queue (not with a namespace: the live tests wait on outcomes instead)."""
+        if self._queue is None:
+            raise RuntimeError("this stack runs its queues on a Service Bus namespace, not the embedded queue")
+        return self._queue
 
     @property
     def queue_path(self) -> Path:
@@ -90,15 +98,18 @@ class LocalStack:
             if self.servicebus_namespace:  # a local queue file would win over the namespace
                 self._saved_env.setdefault("P2C_LOCAL_QUEUE_PATH", os.environ.pop("P2C_LOCAL_QUEUE_PATH", None))
             reset_runtimes()
-            self.queue = EmbeddedQueue(self.queue_path, lock_duration=timedelta(seconds=self.lock_seconds))
+            if not self.servicebus_namespace:
+                self._queue = EmbeddedQueue(self.queue_path, lock_duration=timedelta(seconds=self.lock_seconds))
             import function_app
 
             runtime = get_runtime()  # start-up validation (mappings, settings) before serving
-            consumer: QueueConsumer = EmbeddedTransport(self.queue)
-            if self.servicebus_namespace:
-                if not isinstance(runtime.transport, ServiceBusTransport):
-                    raise RuntimeError(f"expected the Service Bus transport, got {type(runtime.transport).__name__}")
+            consumer: QueueConsumer
+            if self._queue is not None:
+                consumer = EmbeddedTransport(self._queue)
+            elif isinstance(runtime.transport, ServiceBusTransport):
                 consumer = runtime.transport
+            else:
+                raise RuntimeError(f"expected the Service Bus transport, got {type(runtime.transport).__name__}")
             self.host = LocalHost(function_app.app, consumer, function_key=self.function_key, port=0,
                                   max_concurrent_calls=self.max_concurrent_calls,
                                   receive_wait=1.0 if self.servicebus_namespace else None)

@@ -23,7 +23,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from sandbox.dataverse_events import EntityImage, WebhookEndpoint, WebhookRegistration, WebhookStep
-from sandbox.dataverse_tables import Column, ColumnType, LookupValue, Table, define_table
+from sandbox.dataverse_tables import Column, ColumnType, LookupValue, Table, choice, define_table
 
 ENDPOINT = "serviceendpoint"
 MESSAGE = "sdkmessage"
@@ -75,10 +75,6 @@ def filter_id(table: str, message: str) -> str:
     return str(uuid.uuid5(_IDS, f"sdkmessagefilter:{table}:{message}"))
 
 
-def _choice(options: dict[int, str]) -> tuple[ColumnType, dict[int, str]]:
-    return (ColumnType.OPTIONSET, options)
-
-
 def _lookup(target: str, navigation: str | None = None) -> Column:
     return Column(name="", type=ColumnType.LOOKUP, targets=[target],
                   navigation={target: navigation} if navigation else {})
@@ -94,14 +90,14 @@ def registration_tables() -> list[Table]:
 
     endpoint = table(ENDPOINT, "serviceendpoints", {
         "description": M, "url": S, "namespaceaddress": S, "path": S, "solutionnamespace": S, "saskeyname": S,
-        "contract": _choice({1: "OneWay", 2: "Queue", 3: "Rest", 4: "TwoWay", 5: "Topic",
+        "contract": choice({1: "OneWay", 2: "Queue", 3: "Rest", 4: "TwoWay", 5: "Topic",
                              6: "Queue (Persistent)", 7: "Event Hub", 8: "Webhook", 9: "Event Grid"}),
-        "authtype": _choice({1: "ACS", 2: "SAS Key", 3: "SAS Token", 4: "Webhook Key", 5: "Http Header",
+        "authtype": choice({1: "ACS", 2: "SAS Key", 3: "SAS Token", 4: "Webhook Key", 5: "Http Header",
                              6: "Http Query String", 7: "Connection String", 8: "Access Key"}),
         "authvalue": Column(name="authvalue", type=S, readable=False),
-        "messageformat": _choice({1: "Binary XML", 2: "Json", 3: "Text XML"}),
-        "userclaim": _choice({1: "None", 2: "UserId", 3: "UserInfo"}),
-        "connectionmode": _choice({1: "Normal", 2: "Federated"}),
+        "messageformat": choice({1: "Binary XML", 2: "Json", 3: "Text XML"}),
+        "userclaim": choice({1: "None", 2: "UserId", 3: "UserInfo"}),
+        "connectionmode": choice({1: "Normal", 2: "Federated"}),
     })
     message = table(MESSAGE, "sdkmessages", {"categoryname": S, "isprivate": B, "availability": I})
     message_filter = table(FILTER, "sdkmessagefilters", {
@@ -110,19 +106,19 @@ def registration_tables() -> list[Table]:
     })
     step = table(STEP, "sdkmessageprocessingsteps", {
         "description": M, "configuration": M, "filteringattributes": S, "rank": I, "asyncautodelete": B,
-        "mode": _choice({0: "Synchronous", 1: "Asynchronous"}),
-        "stage": _choice({10: "Pre-validation", 20: "Pre-operation", 30: "Main Operation",
+        "mode": choice({0: "Synchronous", 1: "Asynchronous"}),
+        "stage": choice({10: "Pre-validation", 20: "Pre-operation", 30: "Main Operation",
                           40: "Post-operation"}),
-        "supporteddeployment": _choice({0: "Server Only", 1: "Microsoft Dynamics 365 Client for Outlook Only",
+        "supporteddeployment": choice({0: "Server Only", 1: "Microsoft Dynamics 365 Client for Outlook Only",
                                         2: "Both"}),
         "sdkmessageid": _lookup(MESSAGE), "sdkmessagefilterid": _lookup(FILTER),
         "eventhandler": _lookup(ENDPOINT, "eventhandler_serviceendpoint"),
-        "statecode": _choice({0: "Enabled", 1: "Disabled"}),
-        "statuscode": _choice({1: "Enabled", 2: "Disabled"}),
+        "statecode": choice({0: "Enabled", 1: "Disabled"}),
+        "statuscode": choice({1: "Enabled", 2: "Disabled"}),
     })
     image = table(IMAGE, "sdkmessageprocessingstepimages", {
         "description": M, "entityalias": S, "messagepropertyname": S, "attributes": S,
-        "imagetype": _choice({0: "PreImage", 1: "PostImage", 2: "Both"}),
+        "imagetype": choice({0: "PreImage", 1: "PostImage", 2: "Both"}),
         "sdkmessageprocessingstepid": _lookup(STEP),
     })
     return [endpoint, message, message_filter, step, image]

@@ -153,7 +153,7 @@ def _lookup(*targets: str) -> tuple[ColumnType, tuple[str, ...]]:
     return (ColumnType.LOOKUP, targets)
 
 
-def _choice(options: dict[int, str]) -> tuple[ColumnType, dict[int, str]]:
+def choice(options: dict[int, str]) -> tuple[ColumnType, dict[int, str]]:
     return (ColumnType.OPTIONSET, options)
 
 
@@ -178,11 +178,11 @@ def default_tables() -> list[Table]:
             "accountnumber": S, "telephone1": S, "telephone2": S, "fax": S, "emailaddress1": S, "websiteurl": S,
             "description": M, **_address("address1"), **_address("address2"),
             "creditlimit": MONEY, "revenue": MONEY, "numberofemployees": I, "creditonhold": B,
-            "industrycode": _choice(INDUSTRY_OPTIONS),
-            "customertypecode": _choice({1: "Competitor", 2: "Consultant", 3: "Customer", 4: "Investor",
+            "industrycode": choice(INDUSTRY_OPTIONS),
+            "customertypecode": choice({1: "Competitor", 2: "Consultant", 3: "Customer", 4: "Investor",
                                          5: "Partner", 6: "Influencer", 7: "Press", 8: "Prospect",
                                          9: "Reseller", 10: "Supplier", 11: "Vendor", 12: "Other"}),
-            "paymenttermscode": _choice({1: "Net 30", 2: "2% 10, Net 30", 3: "Net 45", 4: "Net 60"}),
+            "paymenttermscode": choice({1: "Net 30", 2: "2% 10, Net 30", 3: "Net 45", 4: "Net 60"}),
             "primarycontactid": _lookup("contact"),
             "parentaccountid": _lookup("account"),
             "transactioncurrencyid": _lookup("transactioncurrency"),
@@ -196,8 +196,8 @@ def default_tables() -> list[Table]:
             "firstname": S, "middlename": S, "lastname": S, "msdynce_contactnumber": S,
             "emailaddress1": S, "telephone1": S, "mobilephone": S, "fax": S, "jobtitle": S, "department": S,
             "governmentid": S, "websiteurl": S, "description": M, **_address("address1"),
-            "gendercode": _choice({1: "Male", 2: "Female"}),
-            "familystatuscode": _choice({1: "Single", 2: "Married", 3: "Divorced", 4: "Widowed"}),
+            "gendercode": choice({1: "Male", 2: "Female"}),
+            "familystatuscode": choice({1: "Single", 2: "Married", 3: "Divorced", 4: "Widowed"}),
             "donotemail": B, "creditlimit": MONEY,
             # [Inferred] the P2C solution's "Is Active Customer" column; its logical name is not published.
             "msdynce_isactivecustomer": B,
@@ -215,7 +215,7 @@ def default_tables() -> list[Table]:
         columns={"firstname": S, "lastname": S, "domainname": S, "internalemailaddress": S,
                  "azureactivedirectoryobjectid": ColumnType.UNIQUEIDENTIFIER,
                  "applicationid": ColumnType.UNIQUEIDENTIFIER, "isdisabled": B,
-                 "accessmode": _choice({0: "Read-Write", 1: "Administrative", 2: "Read", 3: "Support User",
+                 "accessmode": choice({0: "Read-Write", 1: "Administrative", 2: "Read", 3: "Support User",
                                         4: "Non-interactive", 5: "Delegated Admin"}),
                  "businessunitid": _lookup("businessunit")},
     )
@@ -226,7 +226,7 @@ def default_tables() -> list[Table]:
     asyncoperation = define_table(
         "asyncoperation", "asyncoperations", primary_name="name", ownership="organization",
         columns={
-            "operationtype": _choice({1: "System Event"}),
+            "operationtype": choice({1: "System Event"}),
             "message": M, "friendlymessage": M, "messagename": S, "primaryentitytype": S,
             "correlationid": ColumnType.UNIQUEIDENTIFIER, "errorcode": I, "retrycount": I,
             "completedon": DT, "startedon": DT, "depth": I,
@@ -280,7 +280,7 @@ def sales_tables() -> list[Table]:
         "product", "products", primary_name="name", ownership="organization", alternate_keys=[["productnumber"]],
         columns={"productnumber": S, "description": M, "price": MONEY, "currentcost": MONEY, "standardcost": MONEY,
                  "isstockitem": B, "quantitydecimal": I, "msdynce_ismaintainedexternally": B,
-                 "producttypecode": _choice({1: "Sales Inventory", 2: "Miscellaneous Charges", 3: "Services",
+                 "producttypecode": choice({1: "Sales Inventory", 2: "Miscellaneous Charges", 3: "Services",
                                              4: "Flat Fees"}),
                  "defaultuomid": _lookup("uom"), "defaultuomscheduleid": _lookup("uomschedule"),
                  "pricelevelid": _lookup("pricelevel"), "transactioncurrencyid": _lookup("transactioncurrency"),
@@ -306,7 +306,7 @@ def sales_tables() -> list[Table]:
                  "customerid": customer, "pricelevelid": _lookup("pricelevel"), "quoteid": _lookup("quote"),
                  "transactioncurrencyid": _lookup("transactioncurrency"), "exchangerate": D,
                  "requestdeliveryby": DT, "datefulfilled": DT, "msdynce_ismaintainedexternally": B,
-                 "msdynce_processingstatus": _choice({i + 1: label for i, label in enumerate(
+                 "msdynce_processingstatus": choice({i + 1: label for i, label in enumerate(
                      ["Draft", "Active", "Confirmed", "Packing Slip", "Invoiced", "Picked", "Partially Picked",
                       "Partially Packed", "Shipped", "Partially Shipped", "Partially Invoiced", "Cancelled"])}),
                  "statecode": _state({0: "Active", 1: "Submitted", 2: "Canceled", 3: "Fulfilled", 4: "Invoiced"}),
