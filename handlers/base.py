@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mappings import MappingSpec, payload_hash
+from mappings.model import default_entity_set
+from mappings.values import is_entity_ref
 from p2csync.connectors.dataverse import DataverseClient
-from p2csync.connectors.fno import FnOClient
+from p2csync.connectors.fno import FnOClient, format_key
 from p2csync.envelopes import ChangeEvent
-from p2csync.ledger.base import RecordState
-from p2csync.outcomes import Applied, Outcome, Skipped
+from p2csync.envelopes.dataverse import EntityRef
+from p2csync.ledger.base import Ledger, RecordState
+from p2csync.outcomes import Applied, Outcome, Rejected, Skipped
 from p2csync.records import epoch_ms, record_from_webapi, webapi_select
 from p2csync.settings import Settings
 
@@ -31,10 +34,29 @@ class FlowContext:
     dataverse: DataverseClient
     fno: FnOClient
     mappings: dict[str, MappingSpec]
+    ledger: Ledger
     lookup_cache: dict[tuple[str, str, str], Any] = field(default_factory=dict)
 
     def mapping(self, flow: str) -> MappingSpec:
         return self.mappings[flow]
+
+
+#: The column holding the display name of the tables a company routing column can point at.
+PRIMARY_NAME_COLUMNS = {"businessunit": "name", "team": "name", "systemuser": "fullname"}
+
+
+def target_key(system: str, entity_set: str, key: dict[str, Any]) -> str:
+    """The ledger's name of one counterpart record: ``fno:CustomersV3:(dataAreaId='usmf',CustomerAccount='us-001')``.
+
+    Text values are case-folded because F&O compares keys without case: ``US-001`` and ``us-001`` are one
+    customer, so two source records carrying them are a conflict too."""
+    folded = {name: value.casefold() if isinstance(value, str) else value for name, value in key.items()}
+    return f"{system}:{entity_set}:{format_key(folded)}"
+
+
+def source_id(record_key: str) -> str:
+    """The source record's own id from a ledger record key (``accounts:account:<guid>`` -> ``<guid>``)."""
+    return record_key.rsplit(":", 1)[-1]
 
 
 class FlowHandler(Protocol):
@@ -88,16 +110,70 @@ class SalesToFnORecordSync:
             return Skipped(reason=f"filtered out: {reason}", version=version)
 
         resolved = await self._resolve_lookups(spec, record, ctx)
+        record = await self._resolve_company_name(spec, record, ctx)
         mapped = spec.apply(record, resolved=resolved, default_company=ctx.settings.fno_default_company)
+        target = target_key("fno", spec.target.entity_set, mapped.key)
+        if conflict := await self._claim(event, state, target, ctx):
+            return conflict
         digest = payload_hash(mapped.payload)
         if digest == state.payload_hash:
             return Skipped(reason="unchanged: the mapped payload equals the last one written", version=version,
-                           payload_hash=digest)
+                           payload_hash=digest, target_key=target)
 
         result = await ctx.fno.upsert(spec.target.entity_set, mapped.key, mapped.payload)
         key_text = ",".join(f"{k}={v}" for k, v in mapped.key.items())
         verb = "created" if result.created else ("updated" if result.changed else "already up to date")
-        return Applied(detail=f"{verb} {spec.target.entity_set}({key_text})", version=version, payload_hash=digest)
+        return Applied(detail=f"{verb} {spec.target.entity_set}({key_text})", version=version, payload_hash=digest,
+                       target_key=target)
+
+    async def _claim(self, event: ChangeEvent, state: RecordState, target: str, ctx: FlowContext) -> Outcome | None:
+        """Make this source record the owner of its counterpart, before anything is written.
+
+        Where Sales has no alternate key on the number (an optional install step of P2C), two Sales records
+        can carry the same number; writing both would merge them into one F&O record, the second silently
+        overwriting the first. The first keeps it; the second is dead-lettered naming both. Free when the
+        record already owns this target (the ledger state says so): no extra call on the common path."""
+        if target == state.target_key:
+            return None
+        record_key = self.record_key(event)
+        owner = await ctx.ledger.claim(target, record_key, previous=state.target_key)
+        if owner == record_key:
+            return None
+        described = target.split(":", 2)[2]
+        entity_set = target.split(":", 2)[1]
+        return Rejected(
+            reason="TargetConflict",
+            description=(
+                f"{event.entity} {source_id(record_key)} and {event.entity} {source_id(owner)} both map to "
+                f"{entity_set}{described}; it is already synced from {source_id(owner)}, so nothing was written "
+                f"for {source_id(record_key)}. Two {event.entity} records must not share one F&O key "
+                "(duplicate numbers are not supported, as in the Prospect to cash templates): give one of them "
+                "another number, then replay this message."
+            ),
+        )
+
+    async def _resolve_company_name(
+        self, spec: MappingSpec, record: dict[str, Any], ctx: FlowContext
+    ) -> dict[str, Any]:
+        """Fill in the name of the record's business unit when the mapping routes companies by name.
+
+        Webhook payloads carry EntityReference names as null (a Create's owningbusinessunit has only its id),
+        while a fetched row has the formatted name: without this, the Create would route by name to the
+        default company and the next Update to the named one, making two customers in two companies."""
+        column = spec.company_source_column
+        ref = record.get(column)
+        if not spec.company_routes_by_name or not is_entity_ref(ref) or ref.name:
+            return record
+        cache_key = (ref.logical_name, ref.id, "@name")
+        if cache_key not in ctx.lookup_cache:
+            name_column = PRIMARY_NAME_COLUMNS.get(ref.logical_name, "name")
+            entity_set = spec.source.lookup_entity_sets.get(ref.logical_name) or default_entity_set(ref.logical_name)
+            row = await ctx.dataverse.get(entity_set, ref.id, select=[name_column])
+            ctx.lookup_cache[cache_key] = None if row is None else row.get(name_column)
+        name = ctx.lookup_cache[cache_key]
+        if not name:
+            return record
+        return {**record, column: EntityRef(id=str(ref.id), logical_name=ref.logical_name, name=str(name))}
 
     async def _newest_state(
         self, event: ChangeEvent, state: RecordState, spec: MappingSpec, ctx: FlowContext

@@ -43,6 +43,7 @@ MapKey = bool | int | str
 
 OnEmpty = Literal["omit", "null", "blank"]
 
+_GUID_TEXT = re.compile(r"^\{?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}?$")
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _PLAIN = re.compile(rf"^{_NAME}$")
 _DOTTED = re.compile(rf"^({_NAME})\.({_NAME})$")
@@ -644,6 +645,12 @@ class MappingSpec(_Strict):
             if (why := cond.failure(record)) is not None:
                 return why
         return None
+
+    @property
+    def company_routes_by_name(self) -> bool:
+        """Whether some business_units entry names a business unit (rather than giving its GUID): then the
+        caller must know the record's business unit name, which webhook payloads leave out."""
+        return any(not _GUID_TEXT.match(unit.strip()) for unit in self.company.business_units)
 
     def route_company(self, record: Mapping[str, Any], default_company: str | None = None) -> str:
         """The company (dataAreaId, lower case) the record belongs to."""

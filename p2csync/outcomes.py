@@ -23,6 +23,8 @@ class Applied(_Outcome):
     detail: str
     version: int | None = None
     payload_hash: str | None = None
+    #: The counterpart record written (``Ledger.claim``), recorded with the state.
+    target_key: str | None = None
 
 
 class Skipped(_Outcome):
@@ -32,6 +34,7 @@ class Skipped(_Outcome):
     reason: str
     version: int | None = None
     payload_hash: str | None = None
+    target_key: str | None = None
 
 
 class Deferred(_Outcome):

@@ -35,7 +35,7 @@ from p2csync.connectors.auth import (
 from p2csync.connectors.dataverse import DataverseClient
 from p2csync.connectors.errors import ConnectorError, PermanentError, ThrottledError, TransientError
 from p2csync.connectors.fno import FnOClient
-from p2csync.envelopes import ChangeEvent, EnvelopeError, parse_change_event
+from p2csync.envelopes import ChangeEvent, EndpointTestMessage, EnvelopeError, parse_change_event
 from p2csync.ledger.base import JournalEntry, Ledger, LeaseBusy, LeaseLost
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped, describe
 from p2csync.queue.base import OutboundMessage, PropertyValue, QueueTransport
@@ -45,6 +45,8 @@ from p2csync.settlement import MessageActions, settle
 log = logging.getLogger("p2csync.runtime")
 
 DEFERRALS = "p2c-deferrals"
+#: Sources whose versions are times (modifiedon in epoch ms), so a version can be checked against the clock.
+TIME_VERSIONED_SOURCES = frozenset({"dataverse", "fno_data_event"})
 ORIGINAL_MESSAGE_ID = "p2c-original-message-id"
 
 
@@ -173,7 +175,7 @@ class SyncRuntime:
         self.mappings = mappings
         self.registry = registry or build_registry(mappings)
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.context = FlowContext(settings=settings, dataverse=dataverse, fno=fno, mappings=mappings)
+        self.context = FlowContext(settings=settings, dataverse=dataverse, fno=fno, mappings=mappings, ledger=ledger)
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -213,6 +215,8 @@ class SyncRuntime:
             )
         except EnvelopeError as exc:
             return Rejected(reason="MalformedMessage", description=str(exc)), None, None
+        except EndpointTestMessage as test:
+            return Skipped(reason=str(test)), None, None
 
         handler = self.registry.route(event)
         if handler is None:
@@ -220,15 +224,16 @@ class SyncRuntime:
         if echo := self._echo_reason(event):
             return Skipped(reason=echo), event, None
 
+        event = self._distrust_future(event)
         record_key = handler.record_key(event)
         owner = f"{self.instance_id}:{message.message_id}:{message.delivery_count}"
         lease = timedelta(seconds=self.settings.lease_seconds)
         try:
             state = await self.ledger.acquire(record_key, owner, lease)
-        except LeaseBusy:  # the holder usually finishes within a second: come back soon, then less often
-            return Deferred(delay=backoff(message.deferrals, base=0.5, cap=30.0, floor=0.2),
-                            reason=f"record {record_key} is being synced by another worker"), event, record_key
+        except LeaseBusy as busy:
+            return self._wait_for_lease(busy, message), event, record_key
 
+        keeper = LeaseKeeper(self.ledger, record_key, owner, lease)
         committed = False
         try:
             prior = await self.ledger.message_outcome(record_key, event.dedupe_key)
@@ -236,15 +241,27 @@ class SyncRuntime:
                 outcome: Outcome = Skipped(reason=f"duplicate: this change was already {prior.outcome} "
                                                   f"at {prior.recorded_at:%Y-%m-%dT%H:%M:%SZ}")
                 return outcome, event, record_key
+            untrusted_state = self._is_future_version(event, state.version)
+            if untrusted_state:
+                log.warning("%s: the applied version %s lies in the future; not trusting it", record_key,
+                            state.version)
+                state = state.model_copy(update={"version": None})
             if event.version is not None and state.version is not None and event.version < state.version:
                 outcome = Skipped(reason=f"stale: version {event.version} is older than applied {state.version}")
             else:
                 outcome = await self._sync(handler, event, state, message)
             if outcome.is_final:
+                version = getattr(outcome, "version", None)
+                if self._is_future_version(event, version):
+                    log.warning("%s: not recording version %s, which lies in the future", record_key, version)
+                    version = None
+                await keeper.stop()
                 await self.ledger.commit(
                     record_key, owner, message_key=event.dedupe_key, outcome=outcome.kind,
                     reason=getattr(outcome, "reason", None) or getattr(outcome, "detail", None),
-                    version=getattr(outcome, "version", None), payload_hash=getattr(outcome, "payload_hash", None),
+                    version=version, payload_hash=getattr(outcome, "payload_hash", None),
+                    target_key=getattr(outcome, "target_key", None),
+                    replace_version=untrusted_state and version is not None,
                 )
                 committed = True
             return outcome, event, record_key
@@ -252,8 +269,45 @@ class SyncRuntime:
             return Deferred(delay=1.0, reason=f"lease on {record_key} expired while syncing; will re-check"), \
                 event, record_key
         finally:
+            await keeper.stop()
             if not committed:
                 await _quietly(self.ledger.release(record_key, owner))
+
+    def _wait_for_lease(self, busy: LeaseBusy, message: InboundMessage) -> Deferred:
+        """Come back soon twice (a live holder usually finishes within a second), then when the holder's
+        lease ends: a crashed holder stops renewing, so its lease runs out within P2C_LEASE_SECONDS and the
+        record is free again, without the message using up its deferrals meanwhile."""
+        remaining = max(0.0, (busy.until - datetime.now(UTC)).total_seconds())
+        at_lease_end = remaining + random.uniform(0.1, 0.5)
+        if message.deferrals < 2:
+            delay = min(backoff(message.deferrals, base=0.5, cap=30.0, floor=0.2), at_lease_end)
+        else:
+            delay = at_lease_end
+        log.info("record %s is held by %s for %.1f s more; message %s comes back in %.1f s (deferral %d)",
+                 busy.record_key, busy.holder, remaining, message.message_id, delay, message.deferrals + 1)
+        return Deferred(delay=delay, reason=f"record {busy.record_key} is being synced by another worker "
+                                            f"(its lease ends in {remaining:.1f} s)")
+
+    def _future_horizon_ms(self) -> int:
+        return int((datetime.now(UTC).timestamp() + self.settings.max_future_seconds) * 1000)
+
+    def _is_future_version(self, event: ChangeEvent, version: int | None) -> bool:
+        """A time-based version (modifiedon in epoch ms) further ahead of our clock than allowed."""
+        return (version is not None and event.source in TIME_VERSIONED_SOURCES
+                and version > self._future_horizon_ms())
+
+    def _distrust_future(self, event: ChangeEvent) -> ChangeEvent:
+        """An event whose version or time lies too far in the future (forged, corrupt, or a skewed clock) is
+        only a notification: its version is dropped (so it neither skips real changes as stale nor gets
+        recorded) and the handler reads the record's current state from the source."""
+        horizon = self._future_horizon_ms()
+        future_time = event.event_time is not None and event.event_time.timestamp() * 1000 > horizon
+        if not (future_time or self._is_future_version(event, event.version)):
+            return event
+        log.warning("%s: version %s / time %s lies more than %.0f s ahead of this clock; re-reading the "
+                    "record instead of trusting the event", event.dedupe_key, event.version,
+                    event.event_time, self.settings.max_future_seconds)
+        return event.model_copy(update={"version": None, "is_complete": False})
 
     async def _sync(self, handler: Any, event: ChangeEvent, state: Any, message: InboundMessage) -> Outcome:
         """Run the flow handler and classify what it raises."""
@@ -355,6 +409,43 @@ class SyncRuntime:
             at=datetime.now(UTC),
         )
         await _quietly(self.ledger.journal(entry))
+
+
+class LeaseKeeper:
+    """Renews a record's lease every third of its length while a handler works on the record.
+
+    Why: the lease can then be short (seconds), so the records of a worker that crashed are free again
+    within one lease, while a slow sync (a throttled F&O, a large document) keeps its hold for as long as it
+    runs. A renewal never re-takes a lease (``Ledger.renew``), so one landing after the commit is harmless.
+    """
+
+    def __init__(self, ledger: Ledger, record_key: str, owner: str, lease: timedelta) -> None:
+        self.ledger, self.record_key, self.owner, self.lease = ledger, record_key, owner, lease
+        self.renewals = 0
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"lease:{record_key}")
+
+    async def _run(self) -> None:
+        interval = self.lease.total_seconds() / 3
+        while True:
+            try:
+                await asyncio.wait_for(self._stop.wait(), interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.ledger.renew(self.record_key, self.owner, self.lease)
+                self.renewals += 1
+            except LeaseLost:
+                log.warning("lost the lease on %s while syncing it; the commit will re-check", self.record_key)
+                return
+            except Exception:
+                log.exception("could not renew the lease on %s; trying again", self.record_key)
+
+    async def stop(self) -> None:
+        """Stop renewing; waits for a renewal in flight so none outlives the work."""
+        self._stop.set()
+        await self._task
 
 
 async def _quietly(awaitable: Any) -> None:

@@ -88,7 +88,14 @@ class Settings(BaseModel):
     ledger_path: Path | None = Field(None, description="SQLite file of the ledger (local default)")
     ledger_table_endpoint: str | None = Field(None, description="https://<account>.table.core.windows.net (Azure)")
     ledger_table_name: str = Field("ledger", description="Table of the ledger in that account")
-    lease_seconds: float = Field(120.0, gt=0, description="How long a worker owns a record while it syncs it")
+    lease_seconds: float = Field(
+        15.0, gt=0, description="How long a worker's hold on a record lasts without renewal; renewed every third "
+        "of it while the work runs, so a crashed worker's records are free again within this time"
+    )
+    max_future_seconds: float = Field(
+        300.0, ge=0, description="How far ahead of this clock a source version (modifiedon, event time) may be "
+        "and still be trusted; a version further ahead is re-read from the source instead"
+    )
     max_deferrals: int = Field(20, ge=1, description="Deferrals of one message before it is dead-lettered")
 
     _url = field_validator("dataverse_url", "fno_url")(_http_url)
@@ -111,6 +118,7 @@ class Settings(BaseModel):
             "ledger_table_endpoint": "LEDGER_TABLE_ENDPOINT",
             "ledger_table_name": "LEDGER_TABLE_NAME",
             "lease_seconds": "P2C_LEASE_SECONDS",
+            "max_future_seconds": "P2C_MAX_FUTURE_SECONDS",
             "max_deferrals": "P2C_MAX_DEFERRALS",
         }
         return _from_env(cls, env, names, {"integration_user_ids": _csv(env.get("INTEGRATION_USER_IDS"))})

@@ -50,7 +50,7 @@ param dataversePublisherRuleName string = 'dataverse-send'
 @description('Name of the Send-only SAS rule on the fno-events queue, for the F&O business-event endpoint.')
 param fnoPublisherRuleName string = 'fno-send'
 
-@description('Peek-lock duration. PT2M: a handler makes a few HTTP calls (read, then POST/PATCH, with retries) and normally ends in seconds; two minutes leaves room for a slow upstream call while a message whose worker died is redelivered quickly. The host renews the lock while the function runs (host.json maxAutoLockRenewalDuration), and it matches the ledger lease (P2C_LEASE_SECONDS, 120 s).')
+@description('Peek-lock duration. PT2M: a handler makes a few HTTP calls (read, then POST/PATCH, with retries) and normally ends in seconds; two minutes leaves room for a slow upstream call while a message whose worker died is redelivered quickly. The host renews the lock while the function runs (host.json maxAutoLockRenewalDuration), independent of the ledger lease (P2C_LEASE_SECONDS, 15 s, renewed while a sync runs).')
 param lockDuration string = 'PT2M'
 
 @description('Deliveries before Service Bus dead-letters a message (MaxDeliveryCountExceeded).')

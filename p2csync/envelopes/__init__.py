@@ -5,5 +5,7 @@ into a `ChangeEvent` (docs/architecture.md, "Change event")."""
 from ._common import EnvelopeError
 from .dataverse import EntityRef
 from .event import ChangeEvent, Source, dedupe_message_id, parse_change_event
+from .fno import EndpointTestMessage
 
-__all__ = ["ChangeEvent", "EntityRef", "EnvelopeError", "Source", "dedupe_message_id", "parse_change_event"]
+__all__ = ["ChangeEvent", "EndpointTestMessage", "EntityRef", "EnvelopeError", "Source", "dedupe_message_id",
+           "parse_change_event"]

@@ -21,7 +21,7 @@ from ._common import (
     normalise_guid,
 )
 from .dataverse import Entity, EntityReference, RemoteExecutionContext, to_python
-from .fno import BusinessEvent
+from .fno import BusinessEvent, EndpointTestMessage, is_endpoint_test_message
 
 __all__ = [
     "ChangeEvent",
@@ -157,6 +157,9 @@ def parse_change_event(
     raw = _as_bytes(body)
     data = _load_json(raw)
     if "BusinessEventId" in data:
+        if is_endpoint_test_message(data):
+            raise EndpointTestMessage(str(data.get("BusinessEventId") or ""),
+                                      _lower(data.get("BusinessEventLegalEntity")))
         return _from_business_event(data, props, raw_size=len(raw))
     if "MessageName" in data or "PrimaryEntityName" in data:
         return _from_context(data, props, lower_headers, raw=raw)

@@ -20,7 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from ._common import FNO_EMPTY_DATE_MS, EPOCH, excerpt, json_type_name, parse_wcf_date
 
-__all__ = ["BusinessEvent", "decode_fno_value", "parse_fno_date"]
+__all__ = ["BusinessEvent", "EndpointTestMessage", "decode_fno_value", "is_endpoint_test_message", "parse_fno_date"]
 
 _EMPTY_DATE = EPOCH + timedelta(milliseconds=FNO_EMPTY_DATE_MS)
 
@@ -29,6 +29,41 @@ def parse_fno_date(text: str) -> datetime | None:
     """`/Date(ms)/` -> aware UTC datetime, with the F&O empty date (1900-01-01) -> None. Raises ValueError."""
     value = parse_wcf_date(text)
     return None if value == _EMPTY_DATE else value
+
+
+class EndpointTestMessage(Exception):
+    """The body is F&O's endpoint test message, not an event: there is nothing to sync."""
+
+    def __init__(self, business_event_id: str, legal_entity: str | None) -> None:
+        self.business_event_id = business_event_id or "(none)"
+        self.legal_entity = legal_entity or None
+        super().__init__(
+            f"F&O endpoint test message for business event {self.business_event_id}: F&O sends one when the event "
+            "is activated on an endpoint (Business events > Business event catalog > Activate), to check the "
+            "endpoint. It carries no record; nothing to sync"
+        )
+
+
+_EMPTY_EVENT_IDS = {"", "00000000-0000-0000-0000-000000000000", "{00000000-0000-0000-0000-000000000000}"}
+_EMPTY_TIMES = {None, "", f"/Date({FNO_EMPTY_DATE_MS})/"}
+
+
+def is_endpoint_test_message(data: dict[str, Any]) -> bool:
+    """Whether a business-event body is the blank contract F&O sends when an event is activated on an
+    endpoint (wire-formats 3.3: "Activating an event on a Service Bus endpoint sends a test message").
+
+    [Inferred from observed test messages] It is the event's contract with nothing filled in: no EventId (empty
+    or the nil GUID), ControlNumber 0 and EventTime the empty date (1900-01-01). A real event always has an
+    EventId and a positive ControlNumber, so requiring all three never mistakes one for a test."""
+    event_id = data.get("EventId")
+    event_time = data.get("EventTime")
+    iso_time = data.get("EventTimeIso8601")
+    return (
+        (event_id is None or (isinstance(event_id, str) and event_id.strip().lower() in _EMPTY_EVENT_IDS))
+        and data.get("ControlNumber") in (0, None)
+        and event_time in _EMPTY_TIMES
+        and (iso_time in (None, "") or str(iso_time).startswith(("1900-01-01", "0001-01-01")))
+    )
 
 
 def decode_fno_value(value: Any, path: str = "") -> Any:

@@ -40,6 +40,8 @@ class RecordState(BaseModel):
     version: int | None = None
     payload_hash: str | None = None
     updated_at: AwareDatetime | None = None
+    #: The counterpart record this source record owns (see ``Ledger.claim``), as last committed.
+    target_key: str | None = None
 
 
 class MessageEntry(BaseModel):
@@ -111,9 +113,29 @@ class Ledger(Protocol):
         reason: str | None,
         version: int | None,
         payload_hash: str | None,
+        target_key: str | None = None,
+        replace_version: bool = False,
     ) -> None:
         """Record the message outcome and, when version/payload_hash are given, the new record state;
-        release the lease. Raises LeaseLost if `owner` no longer holds the lease."""
+        release the lease. Raises LeaseLost if `owner` no longer holds the lease.
+
+        Versions only move forward, unless `replace_version`: then `version` replaces the stored one even
+        if it is smaller (the caller judged the stored version untrustworthy, e.g. a time in the future).
+        `target_key`, when given, is recorded as the record's claimed counterpart."""
+        ...
+
+    async def renew(self, record_key: str, owner: str, lease: timedelta) -> None:
+        """Extend `owner`'s lease to now + `lease` while work is in progress. Raises LeaseLost if `owner`
+        no longer holds it (another owner took it, or it was committed or released): never re-takes it."""
+        ...
+
+    async def claim(self, target_key: str, record_key: str, *, previous: str | None = None) -> str:
+        """Make `record_key` the owner of the counterpart `target_key` unless another source record owns it.
+
+        Returns the owner after the call: `record_key` when granted (newly, or it already owned it), else
+        the other record's key (a conflict: two source records would write one target). When granted and
+        `previous` (the target this record owned before) differs, `previous` is released if this record
+        owns it, so a record whose key changed does not keep its old counterpart locked."""
         ...
 
     async def release(self, record_key: str, owner: str) -> None:
@@ -132,6 +154,10 @@ class LedgerQueries(Protocol):
 
     async def record_state(self, record_key: str) -> RecordState:
         """The record's current state (empty for an unknown record)."""
+        ...
+
+    async def claim_owner(self, target_key: str) -> str | None:
+        """The source record that owns `target_key`, if any."""
         ...
 
     async def journal_entries(

@@ -55,7 +55,14 @@ CREATE TABLE IF NOT EXISTS journal (
     at             INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS journal_by_message ON journal (message_key);
+CREATE TABLE IF NOT EXISTS claims (
+    target_key  TEXT PRIMARY KEY,
+    record_key  TEXT NOT NULL,
+    claimed_at  INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+#: Columns added after the first release: (table, column, type). Added to older files at open.
+MIGRATIONS = (("records", "target_key", "TEXT"),)
 
 
 def _system_clock() -> datetime:
@@ -70,6 +77,7 @@ def _state(row: sqlite3.Row | None) -> RecordState:
         version=row["version"],
         payload_hash=row["payload_hash"],
         updated_at=None if updated is None else from_micros(updated),
+        target_key=row["target_key"],
     )
 
 
@@ -81,6 +89,15 @@ class SqliteLedger:
     ) -> None:
         self._clock = clock or _system_clock
         self._db = SqliteDatabase(path, schema=SCHEMA, busy_timeout=busy_timeout)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns a file written by an older release lacks (idempotent; racing processes are fine)."""
+        with self._db.write() as conn:
+            for table, column, kind in MIGRATIONS:
+                present = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @property
     def path(self) -> Path:
@@ -155,6 +172,8 @@ class SqliteLedger:
         reason: str | None,
         version: int | None,
         payload_hash: str | None,
+        target_key: str | None = None,
+        replace_version: bool = False,
     ) -> None:
         """Record the outcome (replacing an earlier one for the same message), move the record state
         forward, release the lease; all or nothing, and only while `owner` is the lease holder.
@@ -162,7 +181,8 @@ class SqliteLedger:
         An expired lease that nobody else has taken still belongs to its owner: no one can have written
         the record in between, so committing is safe."""
         await asyncio.to_thread(
-            self._commit, record_key, owner, message_key, outcome, reason, version, payload_hash
+            self._commit, record_key, owner, message_key, outcome, reason, version, payload_hash, target_key,
+            replace_version,
         )
 
     def _commit(
@@ -174,6 +194,8 @@ class SqliteLedger:
         reason: str | None,
         version: int | None,
         payload_hash: str | None,
+        target_key: str | None = None,
+        replace_version: bool = False,
     ) -> None:
         now = to_micros(self._clock())
         with self._db.write() as conn:
@@ -187,7 +209,7 @@ class SqliteLedger:
                 (record_key, message_key, outcome, reason, now),
             )
             stored = row["version"]
-            if version is not None and (stored is None or version >= stored):
+            if version is not None and (stored is None or version >= stored or replace_version):
                 conn.execute(
                     "UPDATE records SET version = ?, payload_hash = ?, updated_at = ? WHERE record_key = ?",
                     (version, payload_hash, now, record_key),
@@ -198,10 +220,48 @@ class SqliteLedger:
                     (payload_hash, now, record_key),
                 )
             # else: nothing new, or an older version: the newer stored state stays.
+            if target_key is not None:
+                conn.execute("UPDATE records SET target_key = ? WHERE record_key = ?", (target_key, record_key))
             conn.execute(
                 "UPDATE records SET lease_owner = NULL, lease_until = NULL WHERE record_key = ?",
                 (record_key,),
             )
+
+    async def renew(self, record_key: str, owner: str, lease: timedelta) -> None:
+        """Extend the lease while `owner` still holds it (an expired lease nobody took counts); LeaseLost
+        otherwise."""
+        if lease <= timedelta(0):
+            raise ValueError("lease must be positive")
+        await asyncio.to_thread(self._renew, record_key, owner, lease)
+
+    def _renew(self, record_key: str, owner: str, lease: timedelta) -> None:
+        with self._db.write() as conn:
+            updated = conn.execute(
+                "UPDATE records SET lease_until = ? WHERE record_key = ? AND lease_owner = ?",
+                (to_micros(self._clock() + lease), record_key, owner),
+            ).rowcount
+        if not updated:
+            raise LeaseLost(record_key, owner)
+
+    async def claim(self, target_key: str, record_key: str, *, previous: str | None = None) -> str:
+        """See `Ledger.claim`: one transaction, so of two records racing for a target exactly one gets it."""
+        return await asyncio.to_thread(self._claim, target_key, record_key, previous)
+
+    def _claim(self, target_key: str, record_key: str, previous: str | None) -> str:
+        with self._db.write() as conn:
+            row = conn.execute("SELECT record_key FROM claims WHERE target_key = ?", (target_key,)).fetchone()
+            if row is not None and row["record_key"] != record_key:
+                return str(row["record_key"])
+            if row is None:
+                conn.execute(
+                    "INSERT INTO claims (target_key, record_key, claimed_at) VALUES (?, ?, ?)",
+                    (target_key, record_key, to_micros(self._clock())),
+                )
+            if previous is not None and previous != target_key:
+                conn.execute(
+                    "DELETE FROM claims WHERE target_key = ? AND record_key = ?", (previous, record_key)
+                )
+        return record_key
 
     async def release(self, record_key: str, owner: str) -> None:
         """Drop the lease if `owner` holds it; a no-op otherwise (it may have been taken over already)."""
@@ -244,11 +304,23 @@ class SqliteLedger:
         row = (
             self._db.connection()
             .execute(
-                "SELECT version, payload_hash, updated_at FROM records WHERE record_key = ?", (record_key,)
+                "SELECT version, payload_hash, updated_at, target_key FROM records WHERE record_key = ?",
+                (record_key,),
             )
             .fetchone()
         )
         return _state(row)
+
+    async def claim_owner(self, target_key: str) -> str | None:
+        return await asyncio.to_thread(self._claim_owner, target_key)
+
+    def _claim_owner(self, target_key: str) -> str | None:
+        row = (
+            self._db.connection()
+            .execute("SELECT record_key FROM claims WHERE target_key = ?", (target_key,))
+            .fetchone()
+        )
+        return None if row is None else str(row["record_key"])
 
     async def journal_entries(
         self,

@@ -6,6 +6,7 @@ Layout (one table, e.g. `ledger`):
 |---|---|---|
 | `rec|<encoded record_key>` | `state` | lease (`owner`, `lease_until`) and record state (`version`, `payload_hash`, `updated_at`) |
 | `rec|<encoded record_key>` | `msg|<encoded message_key>` | the final outcome of one message (`outcome`, `reason`, `recorded_at`) |
+| `tgt|<encoded target_key>` | `owner` | which source record owns that counterpart record (`record_key`, `target_key`, `claimed_at`) |
 | `jnl|<99999999 - YYYYMMDD>` | `<inverted µs timestamp>-<uuid>` | one journal entry (audit trail) |
 
 Why this shape: everything about one record lives in one partition, so the message row and the state row can
@@ -50,17 +51,21 @@ from p2csync.ledger.base import (
     Clock,
     JournalEntry,
     LeaseBusy,
+    LedgerError,
     LeaseLost,
     MessageEntry,
     RecordState,
 )
 
-__all__ = ["TableLedger", "decode_key", "encode_key", "journal_keys", "message_row", "record_partition"]
+__all__ = ["TableLedger", "decode_key", "encode_key", "claim_partition", "journal_keys", "message_row",
+           "record_partition"]
 
 STATE_ROW = "state"
 RECORD_PREFIX = "rec|"
 MESSAGE_PREFIX = "msg|"
 JOURNAL_PREFIX = "jnl|"
+CLAIM_PREFIX = "tgt|"
+CLAIM_ROW = "owner"
 # The first string after every "jnl|..." key: journal partitions are the range [jnl|, jnl}).
 JOURNAL_END = "jnl}"
 MAX_ENCODED = 400
@@ -115,6 +120,11 @@ def record_partition(record_key: str) -> str:
     return RECORD_PREFIX + encode_key(record_key)
 
 
+def claim_partition(target_key: str) -> str:
+    """The PartitionKey of the claim on a counterpart record."""
+    return CLAIM_PREFIX + encode_key(target_key)
+
+
 def message_row(message_key: str) -> str:
     """The RowKey of a message outcome within its record's partition."""
     return MESSAGE_PREFIX + encode_key(message_key)
@@ -163,6 +173,7 @@ def _state(entity: Mapping[str, Any] | None) -> RecordState:
         version=_int(entity.get("version")),
         payload_hash=entity.get("payload_hash"),
         updated_at=_plain(entity.get("updated_at")),
+        target_key=entity.get("target_key"),
     )
 
 
@@ -258,6 +269,7 @@ class TableLedger:
             "version": _int64(state.version),
             "payload_hash": state.payload_hash,
             "updated_at": state.updated_at,
+            "target_key": state.target_key,
         }
 
     # -- Ledger -------------------------------------------------------------------------------------
@@ -321,6 +333,8 @@ class TableLedger:
         reason: str | None,
         version: int | None,
         payload_hash: str | None,
+        target_key: str | None = None,
+        replace_version: bool = False,
     ) -> None:
         """Record the outcome (replacing an earlier one for the same message), move the record state
         forward and release the lease, in one entity-group transaction conditional on the state row's ETag.
@@ -337,12 +351,13 @@ class TableLedger:
             if entity is None or entity.get("owner") != owner:
                 raise LeaseLost(record_key, owner)
             stored = _state(entity)
-            if version is not None and (stored.version is None or version >= stored.version):
+            if version is not None and (stored.version is None or version >= stored.version or replace_version):
                 new = RecordState(version=version, payload_hash=payload_hash, updated_at=now)
             elif version is None and payload_hash is not None:
                 new = RecordState(version=stored.version, payload_hash=payload_hash, updated_at=now)
             else:  # nothing new, or an older version: the newer stored state stays
                 new = stored
+            new = new.model_copy(update={"target_key": target_key or stored.target_key})
             message = {
                 "PartitionKey": pk,
                 "RowKey": message_row(message_key),
@@ -372,6 +387,60 @@ class TableLedger:
                 raise
             return
         raise LeaseLost(record_key, owner)
+
+    async def renew(self, record_key: str, owner: str, lease: timedelta) -> None:
+        """Extend the lease while `owner` still holds it (an expired lease nobody took counts); LeaseLost
+        otherwise. Conditional on the ETag read, so it never re-takes a lease committed or taken meanwhile."""
+        if lease <= timedelta(0):
+            raise ValueError("lease must be positive")
+        await self._ready()
+        pk = record_partition(record_key)
+        for _ in range(MAX_ATTEMPTS):
+            entity = await self._get(pk, STATE_ROW)
+            if entity is None or entity.get("owner") != owner:
+                raise LeaseLost(record_key, owner)
+            try:
+                await self._replace_if_unchanged(
+                    self._state_entity(pk, record_key, _state(entity), owner, self._clock() + lease),
+                    _etag(entity),
+                )
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue
+            return
+        raise LeaseLost(record_key, owner)
+
+    async def claim(self, target_key: str, record_key: str, *, previous: str | None = None) -> str:
+        """See `Ledger.claim`. The claim row is inserted (an insert fails if the row exists), so of two
+        records racing for one target exactly one gets it; the previous claim is deleted on its ETag."""
+        await self._ready()
+        pk = claim_partition(target_key)
+        for _ in range(MAX_ATTEMPTS):
+            entity = await self._get(pk, CLAIM_ROW)
+            if entity is not None:
+                if entity.get("record_key") != record_key:
+                    return str(entity.get("record_key"))
+                break
+            try:
+                await self._table.create_entity({
+                    "PartitionKey": pk, "RowKey": CLAIM_ROW, "record_key": record_key,
+                    "target_key": target_key, "claimed_at": self._clock(),
+                })
+            except ResourceExistsError:
+                continue  # another record claimed it first: re-read
+            break
+        else:
+            raise LedgerError(f"the claim on {target_key} kept changing while being read; try again")
+        if previous is not None and previous != target_key:
+            old = await self._get(claim_partition(previous), CLAIM_ROW)
+            if old is not None and old.get("record_key") == record_key:
+                try:
+                    await self._table.delete_entity(
+                        claim_partition(previous), CLAIM_ROW, etag=_etag(old),
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    pass  # changed or gone meanwhile: no longer ours to release
+        return record_key
 
     async def release(self, record_key: str, owner: str) -> None:
         """Drop the lease if `owner` holds it; a no-op otherwise (it may have been taken over already)."""
@@ -416,6 +485,11 @@ class TableLedger:
     async def record_state(self, record_key: str) -> RecordState:
         await self._ready()
         return _state(await self._get(record_partition(record_key), STATE_ROW))
+
+    async def claim_owner(self, target_key: str) -> str | None:
+        await self._ready()
+        entity = await self._get(claim_partition(target_key), CLAIM_ROW)
+        return None if entity is None else str(entity.get("record_key"))
 
     async def journal_entries(
         self,

@@ -60,6 +60,8 @@ async def commit(
     reason: str | None = None,
     version: int | None = None,
     payload_hash: str | None = None,
+    target_key: str | None = None,
+    replace_version: bool = False,
 ) -> None:
     await ledger.commit(
         record_key,
@@ -69,6 +71,8 @@ async def commit(
         reason=reason,
         version=version,
         payload_hash=payload_hash,
+        target_key=target_key,
+        replace_version=replace_version,
     )
 
 
@@ -209,6 +213,97 @@ class LedgerContract:
         assert (same.version, same.payload_hash) == (5, "h5b")
         newer = await apply("d", 7, "h7")
         assert (newer.version, newer.payload_hash, newer.updated_at) == (7, "h7", clock.now)
+
+    async def test_replace_version_lowers_an_untrusted_version(
+        self, ledger: LedgerUnderTest, clock: FakeClock
+    ) -> None:
+        await ledger.acquire(RK, "a", LEASE)
+        await commit(ledger, "a", "m1", version=253402300799000, payload_hash="forged")  # year 9999
+        await ledger.acquire(RK, "b", LEASE)
+        await commit(ledger, "b", "m2", version=1700000000000, payload_hash="real")
+        assert (await ledger.record_state(RK)).version == 253402300799000  # forward only...
+        await ledger.acquire(RK, "c", LEASE)
+        await commit(ledger, "c", "m3", version=1700000000000, payload_hash="real", replace_version=True)
+        state = await ledger.record_state(RK)
+        assert (state.version, state.payload_hash) == (1700000000000, "real")  # ...unless told it is untrusted
+
+    # -- renew --------------------------------------------------------------------------------------
+    async def test_renew_extends_the_holders_lease(self, ledger: LedgerUnderTest, clock: FakeClock) -> None:
+        await ledger.acquire(RK, "w1", LEASE)
+        clock.advance(seconds=25)
+        await ledger.renew(RK, "w1", LEASE)
+        clock.advance(seconds=25)  # 50 s after the acquire: alive only thanks to the renewal
+        with pytest.raises(LeaseBusy) as busy:
+            await ledger.acquire(RK, "w2", LEASE)
+        assert busy.value.until == START + timedelta(seconds=55)
+
+    async def test_renew_never_retakes_a_lease(self, ledger: LedgerUnderTest, clock: FakeClock) -> None:
+        await ledger.acquire(RK, "w1", LEASE)
+        await commit(ledger, "w1")
+        with pytest.raises(LeaseLost):  # committed: a late renewal must not lock the record again
+            await ledger.renew(RK, "w1", LEASE)
+        await ledger.acquire(RK, "w2", LEASE)
+        with pytest.raises(LeaseLost):  # taken by another owner
+            await ledger.renew(RK, "w1", LEASE)
+        await ledger.release(RK, "w2")
+        with pytest.raises(LeaseLost):  # released
+            await ledger.renew(RK, "w2", LEASE)
+        with pytest.raises(LeaseLost):  # never held
+            await ledger.renew("accounts:account:unknown", "w1", LEASE)
+
+    async def test_renew_of_an_expired_lease_nobody_took_keeps_it(
+        self, ledger: LedgerUnderTest, clock: FakeClock
+    ) -> None:
+        await ledger.acquire(RK, "w1", LEASE)
+        clock.advance(minutes=2)
+        await ledger.renew(RK, "w1", LEASE)
+        with pytest.raises(LeaseBusy):
+            await ledger.acquire(RK, "w2", LEASE)
+
+    # -- claims -------------------------------------------------------------------------------------
+    async def test_first_record_claims_a_target_and_a_second_conflicts(self, ledger: LedgerUnderTest) -> None:
+        target = "fno:CustomersV3:usmf|us-001"
+        other = "accounts:account:0b0b0b0b-0000-0000-0000-000000000002"
+        assert await ledger.claim_owner(target) is None
+        assert await ledger.claim(target, RK) == RK
+        assert await ledger.claim(target, RK) == RK  # idempotent for its owner
+        assert await ledger.claim(target, other) == RK  # the conflict names the owner
+        assert await ledger.claim_owner(target) == RK
+
+    async def test_a_record_that_moves_to_another_target_releases_the_old_one(
+        self, ledger: LedgerUnderTest
+    ) -> None:
+        old, new = "fno:CustomersV3:usmf|us-001", "fno:CustomersV3:usmf|us-002"
+        other = "accounts:account:0b0b0b0b-0000-0000-0000-000000000002"
+        assert await ledger.claim(old, RK) == RK
+        assert await ledger.claim(new, RK, previous=old) == RK
+        assert await ledger.claim_owner(old) is None
+        assert await ledger.claim(old, other) == other  # the freed number can be used by another record
+        assert await ledger.claim(new, RK, previous=old) == RK  # never releases a claim it does not own
+        assert await ledger.claim_owner(old) == other
+
+    async def test_a_conflicting_claim_keeps_the_previous_one(self, ledger: LedgerUnderTest) -> None:
+        mine, theirs = "fno:CustomersV3:usmf|us-001", "fno:CustomersV3:usmf|us-002"
+        other = "accounts:account:0b0b0b0b-0000-0000-0000-000000000002"
+        await ledger.claim(theirs, other)
+        await ledger.claim(mine, RK)
+        assert await ledger.claim(theirs, RK, previous=mine) == other
+        assert await ledger.claim_owner(mine) == RK
+
+    async def test_commit_records_the_claimed_target(self, ledger: LedgerUnderTest, clock: FakeClock) -> None:
+        await ledger.acquire(RK, "a", LEASE)
+        await commit(ledger, "a", "m1", version=4, payload_hash="h4", target_key="fno:t1")
+        state = await ledger.acquire(RK, "b", LEASE)
+        assert state.target_key == "fno:t1"
+        await commit(ledger, "b", "m2", outcome="skipped", reason="echo")  # no target given: kept
+        assert (await ledger.record_state(RK)).target_key == "fno:t1"
+
+    async def test_concurrent_claims_have_one_winner(self, ledger_factory: LedgerFactory, clock: FakeClock) -> None:
+        clients = [ledger_factory(clock) for _ in range(4)]
+        target = "fno:CustomersV3:usmf|race"
+        records = [f"accounts:account:{i}" for i in range(4)]
+        owners = await asyncio.gather(*(c.claim(target, r) for c, r in zip(clients, records, strict=True)))
+        assert len(set(owners)) == 1 and owners[0] in records
 
     async def test_commit_without_state_leaves_state(self, ledger: LedgerUnderTest, clock: FakeClock) -> None:
         await ledger.acquire(RK, "a", LEASE)
