@@ -28,7 +28,8 @@ from p2csync.connectors import (
     TransientError,
 )
 from sandbox import INTEGRATION_TOKEN, FnoChange, SandboxServer
-from tests.integration.test_connectors_sandbox import (  # noqa: F401 - fixtures
+from tests.integration import test_connectors_sandbox as base
+from tests.integration.test_connectors_sandbox import (
     CUSTOMERS,
     ChangeRecorder,
     RaceTransport,
@@ -36,14 +37,16 @@ from tests.integration.test_connectors_sandbox import (  # noqa: F401 - fixtures
     _customer,
     _key,
     _log,
-    _server,
     assert_log,
-    changes,
-    fno,
-    receiver,
-    sandbox,
-    sleeps,
 )
+
+# The loopback sandbox fixtures of the connector tests (one sandbox for this module, reset per test).
+_server = base._server
+sandbox = base.sandbox
+changes = base.changes
+receiver = base.receiver
+sleeps = base.sleeps
+fno = base.fno
 
 ACCOUNTS = ["US/001", "A\\B", "A+B", "50% off", "O'Neil & Co", "Ünïcode", "X%2FY", "a#b?c&d=e", "T:1*<2>"]
 PLUS_MODES = ["route", "space"]
