@@ -36,7 +36,8 @@ from sandbox.odata import (
 DATA_ROOT = "/data/"
 ODATA_HEADERS = {"OData-Version": "4.0"}
 JSON_TYPE = "application/json; odata.metadata=minimal"
-#: http.sys's own answer to a URL it refuses (the request never reaches F&O).
+#: http.sys's own answer to a URL it refuses (the request never reaches F&O); [Inferred] page text as commonly
+#: seen from IIS, the sources only document the refusal (KB 820129).
 INVALID_URL_HTML = ('<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN""http://www.w3.org/TR/html4/strict.dtd">\r\n'
                     "<HTML><HEAD><TITLE>Bad Request</TITLE>\r\n"
                     '<META HTTP-EQUIV="Content-Type" Content="text/html; charset=us-ascii"></HEAD>\r\n'
