@@ -2,6 +2,9 @@
 `cross-company`, no upsert (POST on an existing key fails, PATCH on a missing key fails), infolog-style
 validation errors, and a change hook from which later flows can raise data/business events.
 
+Behaviours the public sources disagree on are settings (`FnoSettings`, also `POST /_sandbox/settings`):
+the status of X++ write errors (500 or 400) and what a once-encoded `+` in a key does (see `sandbox/fno_api.py`).
+
 `FnO` is the store plus a Python API; `FnO.app` is the ASGI app (see `sandbox/fno_api.py`).
 """
 
@@ -13,11 +16,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from sandbox.faults import FaultInjector
+from sandbox.front import ADMIN_PREFIX
 from sandbox.fno_entities import BadValue, FnoEntity, default_value, etag_for, key_part, load_entities, normalise
 from sandbox.limits import LimitRejection, ServiceProtection, ServiceProtectionLimits
 from sandbox.request_log import RequestLog
@@ -26,6 +31,8 @@ WRITE_EXCEPTION = "Microsoft.Dynamics.Platform.Integration.Services.OData.AxODat
 ODATA_EXCEPTION = "Microsoft.OData.ODataException"
 THROTTLED_MESSAGE = ("This request could not be processed at this time due to system experiencing high resource "
                      "utilization.")
+UPDATE_CONFLICT = ("An update conflict occurred due to another user process deleting the record or changing one or "
+                   "more fields in the record.")
 DEFAULT_COMPANIES = ("usmf", "usrt", "demf")
 DEFAULT_CUSTOMER_GROUPS = ("10", "20", "30", "80", "90")
 
@@ -50,6 +57,22 @@ class FnoError(Exception):
 
     def response(self) -> Response:
         return JSONResponse(self.body(), status_code=self.status, headers={"OData-Version": "4.0"})
+
+
+class FnoSettings(BaseModel):
+    """Where public F&O captures disagree, the sandbox can behave either way (tests run under both).
+
+    * `write_error_status`: X++ write failures (duplicate key, validation infolog, update conflict) come back
+      as `500` in most captures and as `400` in others, with the same AxODataWriteException body.
+    * `plus_in_key`: a `+` that reaches OData's key parser (sent percent-encoded once) is reported to fail
+      like `/` and `\\` ("route": 404 No HTTP resource was found, the published symptom); [Inferred]
+      "space": it is form-decoded to a space, so the key names another (missing) row.
+    * `update_conflicts`: the next N updates fail with X++'s update-conflict infolog (a transient state).
+    """
+
+    write_error_status: Literal[400, 500] = 500
+    plus_in_key: Literal["route", "space"] = "route"
+    update_conflicts: int = Field(default=0, ge=0)
 
 
 class FnoUser(BaseModel):
@@ -104,13 +127,18 @@ class FnO:
         customer_groups: valid CustomerGroupId values (checked by the CustomersV3 validator).
         page_size: server-driven page size (F&O pages at 10,000).
         limits: service protection limits (user-based limits are optional in F&O; off by default).
+        write_error_status, plus_in_key: see `FnoSettings`.
     """
 
     def __init__(self, *, entities: list[FnoEntity] | None = None, companies: Sequence[str] = DEFAULT_COMPANIES,
                  users: list[FnoUser] | None = None, customer_groups: Iterable[str] = DEFAULT_CUSTOMER_GROUPS,
                  page_size: int = 10000, limits: ServiceProtectionLimits | None = None,
-                 clock: Callable[[], datetime] | None = None, seed: int = 0) -> None:
+                 clock: Callable[[], datetime] | None = None, seed: int = 0,
+                 write_error_status: Literal[400, 500] = 500,
+                 plus_in_key: Literal["route", "space"] = "route") -> None:
         self.lock = threading.RLock()
+        self.settings = FnoSettings(write_error_status=write_error_status, plus_in_key=plus_in_key)
+        self._initial_settings = self.settings.model_copy()
         self.entities: dict[str, FnoEntity] = {e.entity_set: e for e in (entities or load_entities())}
         self.companies = [c.lower() for c in companies]
         self.users = list(users or default_users())
@@ -182,7 +210,8 @@ class FnO:
         return rows
 
     def reset(self) -> None:
-        """Empty every entity set; clear faults, limits and the request log (sinks and validators stay)."""
+        """Empty every entity set; clear faults, limits, settings and the request log (sinks and validators
+        stay)."""
         with self.lock:
             self._rows = {name: {} for name in self.entities}
             self._versions = {name: {} for name in self.entities}
@@ -190,6 +219,7 @@ class FnO:
         self.request_log.clear()
         self.protection.configure(self._initial_limits.model_copy())
         self.protection.reset()
+        self.settings = self._initial_settings.model_copy()
 
     # =====================================================================================
     # FrontedSimulator protocol
@@ -211,7 +241,27 @@ class FnO:
         return JSONResponse({"error": {"code": "", "message": "An error has occurred."}}, status_code=status)
 
     def admin_routes(self) -> list[BaseRoute]:
-        return []
+        async def settings(request: Request) -> Response:
+            """GET the settings; POST a partial `FnoSettings` to change them (until the next reset)."""
+            if request.method == "POST":
+                try:
+                    self.configure(**(await request.json()))
+                except (ValidationError, ValueError, TypeError) as exc:
+                    return JSONResponse({"error": str(exc)}, status_code=400)
+            return JSONResponse(self.settings.model_dump())
+
+        return [Route(f"{ADMIN_PREFIX}/settings", settings, methods=["GET", "POST"])]
+
+    def configure(self, **changes: Any) -> FnoSettings:
+        """Change some settings (validated); returns the new ones."""
+        with self.lock:
+            self.settings = FnoSettings.model_validate({**self.settings.model_dump(), **changes})
+            return self.settings
+
+    def write_failed(self, entity: FnoEntity, infolog: str) -> FnoError:
+        """An X++ write failure (AxODataWriteException) with the configured status (500, or 400)."""
+        return FnoError(self.settings.write_error_status,
+                        f"Write failed for table row of type '{entity.table_name}'. Infolog: {infolog}")
 
     # =====================================================================================
     # Core (shared by HTTP and Python)
@@ -283,8 +333,7 @@ class FnO:
         for validator in self.validators.get(entity.entity_set, []):
             warnings.extend(validator(entity, row, operation, self))
         if warnings:
-            infolog = "; ".join(f"Warning: {w}" for w in warnings)
-            raise FnoError(500, f"Write failed for table row of type '{entity.table_name}'. Infolog: {infolog}")
+            raise self.write_failed(entity, "; ".join(f"Warning: {w}" for w in warnings))
 
     def create_row(self, entity: FnoEntity, body: Mapping[str, Any], user: FnoUser) -> tuple[Row, FnoChange]:
         values = self._values(entity, body)
@@ -294,17 +343,15 @@ class FnO:
             raise FnoError(400, f"Company '{company}' does not exist or the user has no access to it.")
         for name in entity.key:
             if values.get(name) in (None, "") and entity.fields[name] == "Edm.String":
-                raise FnoError(500, f"Write failed for table row of type '{entity.table_name}'. Infolog: "
-                                    f"Error: Field '{name}' must be filled in.")
+                raise self.write_failed(entity, f"Error: Field '{name}' must be filled in.")
         row = {name: default_value(edm_type) for name, edm_type in entity.fields.items()}
         row.update(values)
         key = self._row_key(entity, row)
         with self.lock:
             if key in self._rows[entity.entity_set]:
                 described = ", ".join(str(row[k]) for k in entity.key if k != "dataAreaId")
-                raise FnoError(500, f"Write failed for table row of type '{entity.table_name}'. Infolog: Error: "
-                                    f"Cannot create a record in {entity.table_name} ({described}, {company}). "
-                                    "The record already exists.")
+                raise self.write_failed(entity, f"Error: Cannot create a record in {entity.table_name} "
+                                                f"({described}, {company}). The record already exists.")
             self._validate(entity, row, "Create")
             self._rows[entity.entity_set][key] = row
             self._versions[entity.entity_set][key] = next(self._rec_versions)
@@ -326,6 +373,10 @@ class FnO:
                 if name in values and key_part(values[name]) != key_part(current[name]):
                     raise FnoError(400, f"Key property '{name}' cannot be changed.")
             row = {**current, **values}
+            if self.settings.update_conflicts:
+                self.settings.update_conflicts -= 1
+                raise self.write_failed(entity, f"Error: Cannot edit a record in {entity.table_name}. "
+                                                f"{UPDATE_CONFLICT}")
             self._validate(entity, row, "Update")
             self._rows[entity.entity_set][key] = row
             self._versions[entity.entity_set][key] = next(self._rec_versions)

@@ -1,14 +1,29 @@
-"""The F&O OData surface of the simulator (`/data/...`): translation between HTTP and `FnO`."""
+"""The F&O OData surface of the simulator (`/data/...`): translation between HTTP and `FnO`.
+
+How a key in the URL path reaches the row, as F&O's IIS/ASP.NET/OData stack does it:
+
+1. The front decodes the path once (uvicorn does it for us: `scope["path"]`). A decoded control character
+   (U+0000-U+001F, U+007F-U+009F) is refused with http.sys's 400 "Bad Request - Invalid URL"
+   (`AllowRestrictedChars` is 0 by default, KB 820129).
+2. ASP.NET routes the decoded path: a `/` or `\\` inside the key segment makes it another path, so the
+   request answers 404 `{"Message": "No HTTP resource was found that matches the request URI '…'. No route
+   data was found for this request."}` (published captures for `ProductsV2(ProductNumber='105E11%2F74N')`).
+   The same captures report `+` failing; `FnoSettings.plus_in_key` chooses how.
+3. OData decodes the key segment a second time, so a double-encoded `%252F` names the key `/`.
+"""
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
+from urllib.parse import quote, unquote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox.front import SandboxFront, request_user
 from sandbox.fno import ODATA_EXCEPTION, FnO, FnoError
@@ -21,6 +36,15 @@ from sandbox.odata import (
 DATA_ROOT = "/data/"
 ODATA_HEADERS = {"OData-Version": "4.0"}
 JSON_TYPE = "application/json; odata.metadata=minimal"
+#: http.sys's own answer to a URL it refuses (the request never reaches F&O); [Inferred] page text as commonly
+#: seen from IIS, the sources only document the refusal (KB 820129).
+INVALID_URL_HTML = ('<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN""http://www.w3.org/TR/html4/strict.dtd">\r\n'
+                    "<HTML><HEAD><TITLE>Bad Request</TITLE>\r\n"
+                    '<META HTTP-EQUIV="Content-Type" Content="text/html; charset=us-ascii"></HEAD>\r\n'
+                    "<BODY><h2>Bad Request - Invalid URL</h2>\r\n<hr><p>HTTP Error 400. The request URL is invalid."
+                    "</p>\r\n</BODY></HTML>\r\n")
+#: Characters left as they are when the sandbox writes a key into a URL (the Location header).
+_LOCATION_SAFE = "'(),=:@!$;-._~"
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -49,9 +73,30 @@ def _int_param(request: Request, name: str) -> int | None:
     return value
 
 
+def _has_control_character(text: str) -> bool:
+    return any(unicodedata.category(char) == "Cc" for char in text)
+
+
+def _no_route(request: Request) -> Response:
+    """ASP.NET Web API's routing miss: not an OData error body, a bare `{"Message": ...}`."""
+    decoded = unquote(str(request.url))
+    return JSONResponse({"Message": f"No HTTP resource was found that matches the request URI '{decoded}'. "
+                                    "No route data was found for this request."}, status_code=404)
+
+
 class FnoApi:
     def __init__(self, fno: FnO) -> None:
         self.fno = fno
+
+    def routed_key(self, segment: str) -> str | None:
+        """The key text after routing and OData's second decode, or None when no route matches (step 2)."""
+        if "/" in segment or "\\" in segment:
+            return None
+        if "+" in segment:
+            if self.fno.settings.plus_in_key == "route":
+                return None
+            segment = segment.replace("+", " ")  # [Inferred] form-decoding, the other reading of the reports
+        return unquote(segment)
 
     def key(self, entity: FnoEntity, segment: str) -> dict[str, Any]:
         parsed = parse_key(segment)
@@ -95,6 +140,9 @@ class FnoApi:
                 return _json({"@odata.context": f"{_root(request)}$metadata",
                               "value": [{"name": n, "kind": "EntitySet", "url": n} for n in self.fno.entities]})
             resource = parse_resource_path(path)
+            routed = self.routed_key(resource.key) if resource.key is not None else None
+            if resource.key is not None and routed is None:
+                return _no_route(request)
             entity = self.fno.entity(resource.entity_set)
             user = self.fno.user(request_user(request))
             cross = _flag(request, "cross-company")
@@ -114,7 +162,7 @@ class FnoApi:
             if resource.rest:
                 raise FnoError(404, f"Resource not found for the segment '{resource.rest}'.",
                                inner_type=ODATA_EXCEPTION)
-            key = self.fno.key_tuple(entity, self.key(entity, resource.key))
+            key = self.fno.key_tuple(entity, self.key(entity, str(routed)))
             if method == "GET":
                 return self.get_one(request, entity, key, companies)
             if method in ("PATCH", "PUT"):
@@ -212,13 +260,28 @@ class FnoApi:
             etag = self.fno.etag(entity, row)
         key = ",".join(f"{k}='{str(row[k]).replace(chr(39), chr(39) * 2)}'"
                        if isinstance(row[k], str) else f"{k}={row[k]}" for k in entity.key)
-        location = f"{_root(request)}{entity.entity_set}({key})"
+        # [Inferred] percent-encoded once: a header cannot carry control characters, and F&O's own
+        # Location is a URL. (A key with `/` in it is then not addressable through it, as in F&O.)
+        location = f"{_root(request)}{entity.entity_set}({quote(key, safe=_LOCATION_SAFE)})"
         payload = {"@odata.context": self.context(request, entity, None, single=True), **self.shape(row, etag, None)}
         return _json(payload, 201, {"ETag": etag, "Location": location})
+
+
+class RestrictedCharacters:
+    """Step 1: http.sys refuses a URL whose decoded path holds a control character, before any routing."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _has_control_character(scope.get("path", "")):
+            await HTMLResponse(INVALID_URL_HTML, status_code=400)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def build_app(fno: FnO) -> SandboxFront:
     api = FnoApi(fno)
     routes = [Route("/data/{path:path}", api.handle, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
               Route("/data", api.handle, methods=["GET"])]
-    return SandboxFront(fno, Starlette(routes=routes))
+    return SandboxFront(fno, RestrictedCharacters(Starlette(routes=routes)))

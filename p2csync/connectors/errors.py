@@ -40,6 +40,7 @@ __all__ = [
     "NotFoundError",
     "PermanentError",
     "PreconditionFailedError",
+    "RouteNotFoundError",
     "ThrottledError",
     "TransientError",
     "error_from_response",
@@ -175,8 +176,16 @@ class NotFoundError(PermanentError):
     """The addressed record does not exist (404, or F&O "No resources were found when selecting for update")."""
 
 
+class RouteNotFoundError(PermanentError):
+    """404 "No HTTP resource was found that matches the request URI": the URL names no resource at all.
+
+    Says nothing about whether a row exists: F&O answers it when its router split a key value (a ``/``,
+    ``\\`` or ``+`` percent-encoded only once) or when the entity set does not exist. Never read it as "no row".
+    """
+
+
 class AlreadyExistsError(PermanentError):
-    """A create hit an existing key (Dataverse 412 on ``If-None-Match: *`` / key violation, F&O POST 500)."""
+    """A create hit an existing key (Dataverse 412 on ``If-None-Match: *`` / key violation, F&O POST 400/500)."""
 
 
 class PreconditionFailedError(PermanentError):
@@ -200,9 +209,19 @@ _ALREADY_EXISTS_CODES = frozenset({"0x80060892", "0x80040237", "0x80040333"})
 _NOT_FOUND_FOR_UPDATE = "no resources were found when selecting for update"
 #: 404 bodies that mean "this URL names no resource type" (a bad request), not "no such row".
 _BAD_ROUTE = ("resource not found for the segment", "no http resource was found", "0x80060888")
+#: ASP.NET Web API's routing miss ({"Message": "No HTTP resource was found that matches the request URI '…'.
+#: No route data was found for this request."}), published for F&O keys holding ``/``, ``\`` or ``+``.
+_NO_ROUTE = ("no http resource was found", "no route data was found")
 #: Infolog texts that describe a transient state of F&O, not invalid data.
 _TRANSIENT_INFOLOG = ("deadlock", "update conflict", "another user", "timed out", "timeout", "try again",
                       "could not obtain a lock", "database is not available")
+#: F&O's X++ duplicate-key infolog ("Cannot create a record in Customers (CustTable). … The record already
+#: exists."). Narrower than ``_ALREADY_EXISTS`` so that an OData syntax complaint never reads as a duplicate.
+_FNO_ALREADY_EXISTS = ("the record already exists", "record already exists")
+#: Markers of an F&O write error (the X++ side failed, the request itself was well formed).
+_FNO_WRITE_MARKERS = ("write failed", "infolog", "cannot create a record", "cannot edit a record",
+                      "cannot delete a record", "validat")
+_FNO_WRITE_TYPE = "axodatawriteexception"
 
 
 def parse_error_body(content: bytes | str | None) -> tuple[str | None, str, str | None, str | None]:
@@ -223,6 +242,11 @@ def parse_error_body(content: bytes | str | None) -> tuple[str | None, str, str 
         # OAuth-style bodies ({"error": "invalid_token", "error_description": ...}) and odd shapes.
         if isinstance(data, Mapping) and isinstance(data.get("error"), str):
             return data["error"], str(data.get("error_description") or data["error"]), None, None
+        # ASP.NET Web API's HttpError ({"Message": ..., "MessageDetail": ...}): F&O's routing misses.
+        if isinstance(data, Mapping) and isinstance(data.get("Message"), str):
+            detail = data.get("MessageDetail")
+            text = " ".join(part for part in (data["Message"], detail if isinstance(detail, str) else "") if part)
+            return None, text[:_MAX_TEXT], None, None
         return None, "", None, None
     code = error.get("code")
     message = error.get("message")
@@ -261,6 +285,30 @@ def _retry_after(response: httpx.Response) -> float | None:
     return parse_retry_after(response.headers.get("Retry-After"))
 
 
+def _fno_write_error(
+    status: int, infolog: str | None, inner_type: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> ConnectorError | None:
+    """Classify an F&O write error by its body; the status is 500 or 400 for the same X++ failure.
+
+    Public captures show both codes for duplicate keys, update conflicts and validation infologs, so the
+    infolog decides: "The record already exists" -> ``AlreadyExistsError`` (the create race), a transient
+    state of the database (update conflict, deadlock, lock timeout) -> ``TransientError``, any other infolog
+    -> ``PermanentError``. Anything else (a 400 bad property name or literal, a 500 without a recognisable
+    infolog) is left to the status rules: 400 permanent, 500 transient.
+    """
+    lowered = (infolog or "").lower()
+    infolog_says_write = any(marker in lowered for marker in _FNO_WRITE_MARKERS)
+    if status == 400 and not (infolog_says_write or _FNO_WRITE_TYPE in (inner_type or "").lower()):
+        return None
+    if any(marker in lowered for marker in _FNO_ALREADY_EXISTS):
+        return AlreadyExistsError(*args, **kwargs)
+    if any(marker in lowered for marker in _TRANSIENT_INFOLOG):
+        return TransientError(*args, **kwargs)
+    if infolog_says_write:
+        return PermanentError(*args, **kwargs)
+    return None  # unrecognised: the status decides (400 permanent, 500 transient)
+
+
 def error_from_response(system: str, response: httpx.Response, *, method: str | None = None) -> ConnectorError:
     """Classify a non-2xx response into the hierarchy (without raising it)."""
     status = response.status_code
@@ -278,6 +326,8 @@ def error_from_response(system: str, response: httpx.Response, *, method: str | 
     if _NOT_FOUND_FOR_UPDATE in text and status in (400, 404, 500):
         return NotFoundError(*args, **kwargs)
     if status == 404:
+        if any(marker in text for marker in _NO_ROUTE):
+            return RouteNotFoundError(*args, **kwargs)
         if any(marker in text for marker in _BAD_ROUTE):
             return PermanentError(*args, **kwargs)
         return NotFoundError(*args, **kwargs)
@@ -285,8 +335,12 @@ def error_from_response(system: str, response: httpx.Response, *, method: str | 
         if code in _ALREADY_EXISTS_CODES or any(marker in text for marker in _ALREADY_EXISTS):
             return AlreadyExistsError(*args, **kwargs)
         return PreconditionFailedError(*args, **kwargs)
-    if status == 500 and (infolog or inner_type):
-        # F&O reports validation failures and duplicate keys as 500 AxODataWriteException.
+    if system == "fno" and status in (400, 500) and (infolog or inner_type):
+        write_error = _fno_write_error(status, infolog, inner_type, args, kwargs)
+        if write_error is not None:
+            return write_error
+    elif status == 500 and (infolog or inner_type):
+        # Dataverse (unchanged): a 500 that carries an inner error is read the way F&O's used to be.
         if any(marker in text for marker in _ALREADY_EXISTS):
             return AlreadyExistsError(*args, **kwargs)
         lowered = (infolog or "").lower()

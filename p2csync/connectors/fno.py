@@ -10,7 +10,16 @@ F&O has no upsert, so ``upsert`` reads the row by its full key and then
 
 Both races are handled: a POST answered "already exists" (someone created the row since the read) re-reads
 and PATCHes; a PATCH answered "No resources were found when selecting for update" (the row went away)
-POSTs.
+POSTs. F&O answers those write errors with 500 or 400; ``error_from_response`` reads the infolog, not the
+status.
+
+Key values travel in the URL path, which F&O decodes twice: IIS/ASP.NET decode it once to route the request
+(a ``/``, ``\\`` or ``+`` that was percent-encoded once is then a path separator or a plus, and F&O answers
+404 "No HTTP resource was found"), then OData decodes the key segment again. So every character of a string
+key value outside ``A-Z a-z 0-9 - . _ ~`` is percent-encoded twice (``US/001`` -> ``US%252F001``), the
+published workaround, applied to every such character so that no value depends on which characters the
+routing layer happens to tolerate. Plain keys (``US-001``) are sent as they are, and every read and write
+stays one request. Values with control characters are refused before any request (``InvalidKeyError``).
 
 ```python
 async with FnOClient("https://contoso.operations.dynamics.com", tokens) as fno:
@@ -24,10 +33,12 @@ from __future__ import annotations
 import enum
 import logging
 import re
+import unicodedata
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import date, datetime, time, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -37,6 +48,7 @@ from p2csync.connectors.errors import (
     InvalidKeyError,
     NotFoundError,
     PermanentError,
+    RouteNotFoundError,
     TransientError,
 )
 from p2csync.connectors.http import ApiClient, HttpOptions, json_body
@@ -49,7 +61,8 @@ from p2csync.connectors.odata import (
 )
 from p2csync.connectors.results import UpsertResult
 
-__all__ = ["ENTITY_KEYS", "FnOClient", "ODataEnum", "format_key", "odata_literal", "same_value", "service_root"]
+__all__ = ["ENTITY_KEYS", "FnOClient", "ODataEnum", "format_key", "key_path", "odata_literal", "same_value",
+           "service_root"]
 
 log = logging.getLogger("p2csync.connectors.fno")
 
@@ -92,15 +105,65 @@ _ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
+def _control_character(text: str) -> tuple[int, str] | None:
+    """The first control character (C0, DEL or C1: Unicode category Cc) in ``text`` and its position."""
+    for position, char in enumerate(text):
+        if unicodedata.category(char) == "Cc":
+            return position, char
+    return None
+
+
 def format_key(key: Mapping[str, Any]) -> str:
-    """``(dataAreaId='usmf',CustomerAccount='US-001')`` with every value an OData literal."""
+    """``(dataAreaId='usmf',CustomerAccount='US-001')`` with every value an OData literal (not URL-encoded).
+
+    Raises ``InvalidKeyError`` naming the field for a missing value or a control character: F&O's front
+    (http.sys, ``AllowRestrictedChars`` off by default) refuses URLs that decode to U+0000-U+001F or
+    U+007F-U+009F, so such a row could be created (the key travels in the POST body) but never read,
+    updated or deleted by key again.
+    """
     if not isinstance(key, Mapping) or not key:
         raise InvalidKeyError("fno", "an F&O key is a non-empty mapping of all the entity's key fields")
     for name, value in key.items():
         if value is None or (isinstance(value, str) and not value):
             raise InvalidKeyError("fno", f"key field {name!r} has no value")
+        found = _control_character(value) if isinstance(value, str) else None
+        if found is not None:
+            position, char = found
+            raise InvalidKeyError(
+                "fno", f"key field {name!r} contains the control character U+{ord(char):04X} at position "
+                f"{position}: F&O cannot address such a row by key, so nothing is written"
+            )
     try:
         return key_predicate(key)
+    except (TypeError, ValueError) as exc:
+        raise InvalidKeyError("fno", str(exc)) from exc
+
+
+#: Inside a quoted key value, only the doubled quote stays as it is; everything else but the unreserved
+#: characters (always safe for ``quote``) is percent-encoded, then the ``%`` of each escape encoded again.
+_KEY_VALUE_SAFE = "'"
+
+
+def _path_literal(name: str, value: Any) -> str:
+    """One key value as it goes into the URL path: string contents double-encoded, other literals once."""
+    if isinstance(value, str) and not isinstance(value, ODataEnum):
+        once = quote(value.replace("'", "''"), safe=_KEY_VALUE_SAFE)
+        return "'" + once.replace("%", "%25") + "'"
+    return encode_path_segment(odata_literal(value))
+
+
+def key_path(key: Mapping[str, Any]) -> str:
+    """The key segment for the URL path: ``(dataAreaId='usmf',CustomerAccount='US%252F001')``.
+
+    Double encoding is F&O's published workaround for ``/``, ``\\`` and ``+`` (a single ``%2F`` is decoded
+    before routing and the request answers 404 "No HTTP resource was found"). [Inferred] It is applied to
+    every encoded character of a string value, because OData decodes the segment a second time anyway: a
+    ``%`` sent once-encoded would be decoded twice (``50%2541`` -> ``50A``), and the routing layer then only
+    ever sees unreserved characters and ``%XX``. Values without such characters are unchanged.
+    """
+    format_key(key)  # refuses what has no literal or cannot be addressed
+    try:
+        return key_predicate(key, _path_literal)
     except (TypeError, ValueError) as exc:
         raise InvalidKeyError("fno", str(exc)) from exc
 
@@ -213,7 +276,7 @@ class FnOClient(ApiClient):
         if key is None:
             return entity_set
         self.check_key(entity_set, key)
-        return entity_set + encode_path_segment(format_key(key))
+        return entity_set + key_path(key)
 
     @staticmethod
     def _params(**options: str | None) -> dict[str, str]:
@@ -233,6 +296,8 @@ class FnOClient(ApiClient):
             response = await self.request("GET", path, params=self._params(**{"$select": columns}))
         except NotFoundError:
             return None
+        except RouteNotFoundError:
+            raise  # the URL reached no resource at all: reading it as "no row" would POST a duplicate
         except PermanentError as exc:
             if exc.status == 404:  # F&O words a missing row in more than one way; all are "no row" here
                 return None

@@ -18,6 +18,7 @@ from p2csync.connectors.errors import (
     AuthenticationError,
     InvalidKeyError,
     PermanentError,
+    RouteNotFoundError,
     ThrottledError,
     TransientError,
 )
@@ -338,7 +339,8 @@ async def test_unknown_entities_accept_any_complete_key_and_custom_keys_are_chec
     options = HttpOptions(transport=httpx.MockTransport(fake), sleep=sleep)
     async with FnOClient("https://contoso.operations.dynamics.com", StaticTokenProvider(TOKEN), http=options,
                          entity_keys={"MyEntities": ["dataAreaId", "MyId"]}) as client:
-        assert await client.get("SomethingElse", {"Id": 7}) is None
+        with pytest.raises(RouteNotFoundError):  # a URL that reaches no resource is not "no row"
+            await client.get("SomethingElse", {"Id": 7})
         assert fake.requests[-1].url.path == "/data/SomethingElse(Id=7)"
         with pytest.raises(InvalidKeyError):
             await client.get("MyEntities", {"MyId": "1"})
