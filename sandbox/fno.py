@@ -18,7 +18,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from sandbox.faults import FaultInjector
-from sandbox.fno_entities import BadValue, FnoEntity, default_value, etag_for, key_part, load_entities, normalise
+from sandbox.fno_entities import (
+    BadValue,
+    FnoEntity,
+    default_value,
+    etag_for,
+    key_part,
+    load_entities,
+    normalise,
+    overflows_real,
+    utf16_length,
+    utf16_truncate,
+)
 from sandbox.limits import LimitRejection, ServiceProtection, ServiceProtectionLimits
 from sandbox.request_log import RequestLog
 
@@ -31,6 +42,7 @@ DEFAULT_CUSTOMER_GROUPS = ("10", "20", "30", "80", "90")
 
 Row = dict[str, Any]
 KeyTuple = tuple[Any, ...]
+StringOverflow = Literal["error", "truncate"]
 
 
 class FnoError(Exception):
@@ -104,13 +116,19 @@ class FnO:
         customer_groups: valid CustomerGroupId values (checked by the CustomersV3 validator).
         page_size: server-driven page size (F&O pages at 10,000).
         limits: service protection limits (user-based limits are optional in F&O; off by default).
+        string_overflow: what a text longer than its field's EDT does. Sources disagree: X++ truncates on
+            assignment to a sized string (AX7 "String truncation" blog), while a value that reaches SQL
+            unchanged fails ("String or binary data would be truncated"). 'error' (default, the stricter)
+            answers with an infolog write error [Inferred wording]; 'truncate' stores the first characters.
     """
 
     def __init__(self, *, entities: list[FnoEntity] | None = None, companies: Sequence[str] = DEFAULT_COMPANIES,
                  users: list[FnoUser] | None = None, customer_groups: Iterable[str] = DEFAULT_CUSTOMER_GROUPS,
                  page_size: int = 10000, limits: ServiceProtectionLimits | None = None,
-                 clock: Callable[[], datetime] | None = None, seed: int = 0) -> None:
+                 clock: Callable[[], datetime] | None = None, seed: int = 0,
+                 string_overflow: StringOverflow = "error") -> None:
         self.lock = threading.RLock()
+        self.string_overflow: StringOverflow = string_overflow
         self.entities: dict[str, FnoEntity] = {e.entity_set: e for e in (entities or load_entities())}
         self.companies = [c.lower() for c in companies]
         self.users = list(users or default_users())
@@ -276,6 +294,28 @@ class FnO:
                 values[name] = normalise(name, edm_type, value)
             except BadValue as exc:
                 raise FnoError(400, str(exc), inner_type=ODATA_EXCEPTION) from exc
+        return self._fit_storage(entity, values)
+
+    def _fit_storage(self, entity: FnoEntity, values: Row) -> Row:
+        """What the table columns cannot hold: a text longer than its EDT (an error or cut, per
+        `string_overflow`) and a decimal beyond F&O's real (numeric(32,16)), which ODataLib reads but SQL cannot
+        store. The infolog wording of both is [Inferred]."""
+        errors: list[str] = []
+        for name, value in values.items():
+            if name == "dataAreaId":
+                continue  # answered by the company check ("does not exist"), as F&O resolves the company first
+            limit = entity.max_lengths.get(name)
+            if isinstance(value, str) and limit is not None and utf16_length(value) > limit:
+                if self.string_overflow == "truncate":
+                    values[name] = utf16_truncate(value, limit)
+                else:
+                    errors.append(f"String or binary data would be truncated in field '{entity.table_name}.{name}' "
+                                  f"({utf16_length(value)} characters, the field holds {limit}).")
+            elif overflows_real(entity.fields[name], value):
+                errors.append(f"Arithmetic overflow converting {value} for field '{entity.table_name}.{name}'.")
+        if errors:
+            infolog = "; ".join(f"Error: {e}" for e in errors)
+            raise FnoError(500, f"Write failed for table row of type '{entity.table_name}'. Infolog: {infolog}")
         return values
 
     def _validate(self, entity: FnoEntity, row: Row, operation: str) -> None:
