@@ -517,7 +517,8 @@ class MappingSpec(_Strict):
         """Every company the routing can produce must fit the company field (dataAreaId: 4 characters)."""
         problems: list[tuple[tuple[Any, ...], str]] = []
         named = [(("company", "default"), self.company.default)]
-        named += [(("company", "business_units", unit), company) for unit, company in self.company.business_units.items()]
+        units = self.company.business_units.items()
+        named += [(("company", "business_units", unit), company) for unit, company in units]
         for loc, company in named:
             if company is None:
                 continue

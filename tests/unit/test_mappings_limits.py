@@ -129,7 +129,8 @@ def test_values_at_the_limits_fit() -> None:
     payload = ACCOUNTS.apply(account(accountnumber="A" * 20, name="N" * 100, address1_city="C" * 60,
                                      creditlimit=Decimal("9999999999999999.9999999999999999"),
                                      numberofemployees=2**31 - 1)).payload
-    assert payload["CustomerAccount"] == "A" * 20 and payload["CreditLimit"] == Decimal("9999999999999999.9999999999999999")
+    assert payload["CustomerAccount"] == "A" * 20
+    assert payload["CreditLimit"] == Decimal("9999999999999999.9999999999999999")
 
 
 def test_too_long_truncate_cuts_to_the_limit_only_where_the_field_says_so() -> None:
@@ -152,7 +153,8 @@ def test_key_fields_are_checked_and_never_truncated() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("  - {target: CurrencyCode, value: EURO}\n", "fields[1].value: 'EURO' does not fit CurrencyCode: 4 characters"),
+        ("  - {target: CurrencyCode, value: EURO}\n",
+         "fields[1].value: 'EURO' does not fit CurrencyCode: 4 characters"),
         ("  - {target: DeliveryAddressCountryRegionISOCode, source: c, default: USA}\n",
          "fields[1].default: 'USA' does not fit DeliveryAddressCountryRegionISOCode: 3 characters, the limit is 2"),
     ],
