@@ -29,6 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from .catalog import field_problem
 from .errors import MappedValueError
+from .fno_values import DoesNotFit, TooLong, fit
 from .transforms import TransformError, TransformStep, parse_transforms, transform_json_schema
 from .values import compare_key, is_empty, is_entity_ref, iso_datetime, payload_hash
 
@@ -379,6 +380,12 @@ class FieldMap(_Strict):
         description="Empty source and no default: 'omit' the field, send 'null', or send 'blank' (\"\"). "
         "Default: the file's on_empty.",
     )
+    too_long: TooLong = Field(
+        "reject",
+        description="A text longer than the F&O field allows (its EDT length, see catalog/fno_limits.txt): "
+        "'reject' the record with a reason naming the field, its limit and the value's length (default), or "
+        "'truncate' it to the limit. Never 'truncate' on a key field.",
+    )
 
     @model_validator(mode="after")
     def _one_origin(self) -> FieldMap:
@@ -389,7 +396,9 @@ class FieldMap(_Strict):
             raise ValueError("give 'source' (a column) or 'value' (a constant)")
         if has_value:
             extra = [
-                n for n in ("default", "value_map", "transform", "required", "on_empty") if n in self.model_fields_set
+                n
+                for n in ("default", "value_map", "transform", "required", "on_empty", "too_long")
+                if n in self.model_fields_set
             ]
             if extra:
                 raise ValueError(f"a constant 'value' takes no {', '.join(extra)}")
@@ -501,6 +510,23 @@ class MappingSpec(_Strict):
             )
         if company_field and self.target.system == "dataverse":
             problems.append((("company", "target_field"), "a Dataverse target has no company field"))
+        if company_field and self.target.system == "fno":
+            problems += self._company_problems(company_field)
+        return problems
+
+    def _company_problems(self, company_field: str) -> list[tuple[tuple[Any, ...], str]]:
+        """Every company the routing can produce must fit the company field (dataAreaId: 4 characters)."""
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        named = [(("company", "default"), self.company.default)]
+        units = self.company.business_units.items()
+        named += [(("company", "business_units", unit), company) for unit, company in units]
+        for loc, company in named:
+            if company is None:
+                continue
+            try:
+                fit(self.target.entity_set, company_field, company.strip().lower())
+            except DoesNotFit as exc:
+                problems.append((loc, f"company {company!r} does not fit {company_field}: {exc}"))
         return problems
 
     def _check_fields(
@@ -529,6 +555,10 @@ class MappingSpec(_Strict):
                     problems.append(((*at, "target"), f"'{f.target}' is not an F&O field name"))
                 elif msg := field_problem(target_set, f.target):
                     problems.append(((*at, "target"), msg))
+                problems += _constant_problems(at, f, target_set)
+                if f.too_long == "truncate" and f.target in key:
+                    problems.append(((*at, "too_long"), f"'{f.target}' is a key field: a cut key could name "
+                                     "another record; remove 'too_long: truncate'"))
             if f.value_map is not None and f.value_map not in self.value_maps:
                 hint = difflib.get_close_matches(f.value_map, list(self.value_maps), n=1)
                 known = f"; did you mean '{hint[0]}'?" if hint else ""
@@ -688,7 +718,7 @@ class MappingSpec(_Strict):
         ``default_company`` is the FNO_DEFAULT_COMPANY setting. Raises MappedValueError naming the flow, the
         target field and the source column when the record cannot be mapped."""
         company = self.route_company(record, default_company)
-        return self._map(self.flow, self.fields, self.target.key, record, resolved, company)
+        return self._map(self.flow, self.fields, self.target.key, self.target.entity_set, record, resolved, company)
 
     def apply_line(
         self,
@@ -700,24 +730,28 @@ class MappingSpec(_Strict):
     ) -> MappedRecord:
         """Map one line of the line set ``line``; ``company`` is the company of its document."""
         spec = self.line(line)
-        return self._map(f"{self.flow}.{line}", spec.fields, spec.target.key, record, resolved, company.lower())
+        return self._map(
+            f"{self.flow}.{line}", spec.fields, spec.target.key, spec.target.entity_set, record, resolved,
+            company.lower(),
+        )
 
     def _map(
         self,
         flow: str,
         fields: list[FieldMap],
         key_fields: list[str],
+        target_set: str,
         record: Mapping[str, Any],
         resolved: Mapping[str, Any],
         company: str,
     ) -> MappedRecord:
         payload: dict[str, Any] = {}
         if (company_field := self.company_target_field) is not None:
-            payload[company_field] = company
+            payload[company_field] = self._fit(flow, company_field, self.company_source_column, target_set, company)
         for f in fields:
             value = self._field_value(flow, f, record, resolved)
             if value is not _OMIT:
-                payload[f.target] = value
+                payload[f.target] = self._fit(flow, f.target, f.source_label, target_set, value, f.too_long)
         key: dict[str, Any] = {}
         for name in key_fields:
             value = payload.get(name)
@@ -726,6 +760,18 @@ class MappingSpec(_Strict):
                 raise MappedValueError(flow, name, origin, "key field is empty")
             key[name] = value
         return MappedRecord(key=key, payload=payload, company=company)
+
+    def _fit(
+        self, flow: str, target: str, source: str | None, target_set: str, value: Any, too_long: TooLong = "reject"
+    ) -> Any:
+        """The value as the target accepts it; F&O values are checked against the field's type and limits
+        before anything is written (MappedValueError naming the field, the limit and the value)."""
+        if self.target.system != "fno":
+            return _plain(value)
+        try:
+            return fit(target_set, target, value, too_long=too_long)
+        except DoesNotFit as exc:
+            raise MappedValueError(flow, target, source, str(exc)) from None
 
     def _field_value(self, flow: str, f: FieldMap, record: Mapping[str, Any], resolved: Mapping[str, Any]) -> Any:
         if f.is_constant:
@@ -830,13 +876,32 @@ def _read(flow: str, f: FieldMap, path: SourcePath, record: Mapping[str, Any], r
 
 
 def _finish(value: Any) -> Any:
-    """Make a mapped value JSON-ready (Decimal stays Decimal)."""
+    """Make a mapped value JSON-ready (Decimal stays Decimal; dates stay dates until the target's type renders
+    them, see MappingSpec._fit)."""
     if isinstance(value, float):
         return Decimal(repr(value))
+    if value is None or isinstance(value, (str, bool, int, Decimal, date)):
+        return value
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """A Dataverse value: ISO date (Edm.Date) or UTC date-time."""
     if isinstance(value, datetime):
         return iso_datetime(value)
     if isinstance(value, date):
         return value.isoformat()
-    if value is None or isinstance(value, (str, bool, int, Decimal)):
-        return value
-    return str(value)
+    return value
+
+
+def _constant_problems(at: tuple[Any, ...], f: FieldMap, target_set: str) -> list[tuple[tuple[Any, ...], str]]:
+    """A constant 'value' or a 'default' that the F&O field cannot hold is an error in the file."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    for name in ("value", "default"):
+        if name not in f.model_fields_set:
+            continue
+        try:
+            fit(target_set, f.target, _finish(getattr(f, name)), too_long=f.too_long)
+        except DoesNotFit as exc:
+            problems.append(((*at, name), f"{getattr(f, name)!r} does not fit {f.target}: {exc}"))
+    return problems

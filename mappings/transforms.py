@@ -111,10 +111,12 @@ def _as_datetime(value: Any) -> datetime:
     raise TransformError(f"{value!r} is not a date")
 
 
-def _date(value: Any) -> str:
+def _date(value: Any) -> date:
+    """The calendar date (of a date-time: its UTC date). The target decides how it is written: Dataverse
+    Edm.Date as 2024-05-31, F&O (which has only Edm.DateTimeOffset) as midnight UTC, 2024-05-31T00:00:00Z."""
     if isinstance(value, date) and not isinstance(value, datetime):
-        return value.isoformat()
-    return _as_datetime(value).astimezone(UTC).date().isoformat()
+        return value
+    return _as_datetime(value).astimezone(UTC).date()
 
 
 def _truncate(value: Any, length: int) -> str:
@@ -139,7 +141,11 @@ TRANSFORMS: dict[str, TransformInfo] = {
     "boolean": TransformInfo(_boolean, "true/false from true/false, Yes/No, 1/0"),
     "invert": TransformInfo(lambda v: not _boolean(v), "the opposite yes/no value (true <-> false)"),
     "noyes": TransformInfo(lambda v: "Yes" if _boolean(v) else "No", 'F&O NoYes enum: "Yes" or "No"'),
-    "date": TransformInfo(_date, "ISO date YYYY-MM-DD (date-times are taken in UTC)"),
+    "date": TransformInfo(
+        _date,
+        "a date (date-times are taken in UTC); written as 2024-05-31 to Dataverse and as midnight UTC, "
+        "2024-05-31T00:00:00Z, to F&O date fields (Edm.DateTimeOffset needs a time zone)",
+    ),
     "datetime": TransformInfo(lambda v: iso_datetime(_as_datetime(v)), "ISO date-time in UTC: 2024-05-31T10:00:00Z"),
 }
 

@@ -23,7 +23,18 @@ from starlette.routing import BaseRoute, Route
 
 from sandbox.faults import FaultInjector
 from sandbox.front import ADMIN_PREFIX
-from sandbox.fno_entities import BadValue, FnoEntity, default_value, etag_for, key_part, load_entities, normalise
+from sandbox.fno_entities import (
+    BadValue,
+    FnoEntity,
+    default_value,
+    etag_for,
+    key_part,
+    load_entities,
+    normalise,
+    overflows_real,
+    utf16_length,
+    utf16_truncate,
+)
 from sandbox.limits import LimitRejection, ServiceProtection, ServiceProtectionLimits
 from sandbox.request_log import RequestLog
 
@@ -38,6 +49,7 @@ DEFAULT_CUSTOMER_GROUPS = ("10", "20", "30", "80", "90")
 
 Row = dict[str, Any]
 KeyTuple = tuple[Any, ...]
+StringOverflow = Literal["error", "truncate"]
 
 
 class FnoError(Exception):
@@ -68,11 +80,16 @@ class FnoSettings(BaseModel):
       like `/` and `\\` ("route": 404 No HTTP resource was found, the published symptom); [Inferred]
       "space": it is form-decoded to a space, so the key names another (missing) row.
     * `update_conflicts`: the next N updates fail with X++'s update-conflict infolog (a transient state).
+    * `string_overflow`: what a text longer than its field's EDT does. Sources disagree: X++ truncates on
+      assignment to a sized string (AX7 "String truncation" blog), while a value that reaches SQL unchanged
+      fails ("String or binary data would be truncated"). 'error' (default, the stricter) answers with an
+      infolog write error [Inferred wording]; 'truncate' stores the first characters.
     """
 
     write_error_status: Literal[400, 500] = 500
     plus_in_key: Literal["route", "space"] = "route"
     update_conflicts: int = Field(default=0, ge=0)
+    string_overflow: Literal["error", "truncate"] = "error"
 
 
 class FnoUser(BaseModel):
@@ -127,7 +144,7 @@ class FnO:
         customer_groups: valid CustomerGroupId values (checked by the CustomersV3 validator).
         page_size: server-driven page size (F&O pages at 10,000).
         limits: service protection limits (user-based limits are optional in F&O; off by default).
-        write_error_status, plus_in_key: see `FnoSettings`.
+        write_error_status, plus_in_key, string_overflow: see `FnoSettings`.
     """
 
     def __init__(self, *, entities: list[FnoEntity] | None = None, companies: Sequence[str] = DEFAULT_COMPANIES,
@@ -135,9 +152,11 @@ class FnO:
                  page_size: int = 10000, limits: ServiceProtectionLimits | None = None,
                  clock: Callable[[], datetime] | None = None, seed: int = 0,
                  write_error_status: Literal[400, 500] = 500,
-                 plus_in_key: Literal["route", "space"] = "route") -> None:
+                 plus_in_key: Literal["route", "space"] = "route",
+                 string_overflow: StringOverflow = "error") -> None:
         self.lock = threading.RLock()
-        self.settings = FnoSettings(write_error_status=write_error_status, plus_in_key=plus_in_key)
+        self.settings = FnoSettings(write_error_status=write_error_status, plus_in_key=plus_in_key,
+                                    string_overflow=string_overflow)
         self._initial_settings = self.settings.model_copy()
         self.entities: dict[str, FnoEntity] = {e.entity_set: e for e in (entities or load_entities())}
         self.companies = [c.lower() for c in companies]
@@ -252,6 +271,14 @@ class FnO:
 
         return [Route(f"{ADMIN_PREFIX}/settings", settings, methods=["GET", "POST"])]
 
+    @property
+    def string_overflow(self) -> StringOverflow:
+        return self.settings.string_overflow
+
+    @string_overflow.setter
+    def string_overflow(self, value: StringOverflow) -> None:
+        self.configure(string_overflow=value)
+
     def configure(self, **changes: Any) -> FnoSettings:
         """Change some settings (validated); returns the new ones."""
         with self.lock:
@@ -326,6 +353,28 @@ class FnO:
                 values[name] = normalise(name, edm_type, value)
             except BadValue as exc:
                 raise FnoError(400, str(exc), inner_type=ODATA_EXCEPTION) from exc
+        return self._fit_storage(entity, values)
+
+    def _fit_storage(self, entity: FnoEntity, values: Row) -> Row:
+        """What the table columns cannot hold: a text longer than its EDT (an error or cut, per
+        `string_overflow`) and a decimal beyond F&O's real (numeric(32,16)), which ODataLib reads but SQL cannot
+        store. The infolog wording of both is [Inferred]."""
+        errors: list[str] = []
+        for name, value in values.items():
+            if name == "dataAreaId":
+                continue  # answered by the company check ("does not exist"), as F&O resolves the company first
+            limit = entity.max_lengths.get(name)
+            if isinstance(value, str) and limit is not None and utf16_length(value) > limit:
+                if self.settings.string_overflow == "truncate":
+                    values[name] = utf16_truncate(value, limit)
+                else:
+                    errors.append(f"String or binary data would be truncated in field '{entity.table_name}.{name}' "
+                                  f"({utf16_length(value)} characters, the field holds {limit}).")
+            elif overflows_real(entity.fields[name], value):
+                errors.append(f"Arithmetic overflow converting {value} for field '{entity.table_name}.{name}'.")
+        if errors:
+            infolog = "; ".join(f"Error: {e}" for e in errors)
+            raise self.write_failed(entity, infolog)
         return values
 
     def _validate(self, entity: FnoEntity, row: Row, operation: str) -> None:

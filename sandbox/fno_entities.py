@@ -1,19 +1,30 @@
 """F&O data entity definitions (entity set, key, properties with EDM/enum types), loaded from the data
 file `fno_fields.txt` beside this module, and the value rules that follow from the types.
+
+Value limits (string lengths per EDT, numeric ranges) come from `mappings/catalog/fno_limits.txt`, the one file
+of F&O limits that the mapping engine reads too (the sources of each figure are in its header). The sandbox
+parses it itself: it is its own package and imports nothing of the product.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import re
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from sandbox.odata import GUID_RE, format_datetime, parse_datetime
 
 FIELDS_FILE = Path(__file__).with_name("fno_fields.txt")
+LIMITS_FILE = Path(__file__).resolve().parents[1] / "mappings" / "catalog" / "fno_limits.txt"
+# An Edm.DateTimeOffset literal: ODataLib refuses one without a zone ("2026-01-31", "2026-01-31T00:00:00").
+DATETIME_OFFSET_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,7})?)?(Z|[+-]\d{2}:\d{2})$")
+# What ODataLib can read into an Edm.Decimal (a .NET decimal); beyond it the literal cannot be converted.
+DOTNET_DECIMAL_MAX = Decimal("79228162514264337593543950335")
 EMPTY_DATE = "1900-01-01T00:00:00Z"  # F&O's "no date"
 ZERO_GUID = "00000000-0000-0000-0000-000000000000"
 
@@ -29,6 +40,7 @@ class FnoEntity(BaseModel):
     type_name: str  # OData entity type, e.g. CustomerV3
     table_name: str  # AOT data entity named in infolog messages, e.g. CustCustomerV3Entity
     fields: dict[str, str]  # property -> Edm.* or enum name
+    max_lengths: dict[str, int] = Field(default_factory=dict)  # Edm.String property -> UTF-16 code units
 
     @property
     def qualified_type(self) -> str:
@@ -49,10 +61,53 @@ def load_entities(path: Path = FIELDS_FILE) -> list[FnoEntity]:
         if header is None:
             raise ValueError(f"{path}: properties before an entity header")
         fields = dict(item.strip().split(":", 1) for item in line.split(";") if item.strip())
+        lengths = {name: size for name, edm in fields.items()
+                   if edm == "Edm.String" and (size := string_limit(header["entity_set"], name)) is not None}
         entities.append(FnoEntity(entity_set=header["entity_set"], key=header["key"].split(","),
-                                  type_name=header["type"], table_name=header["table"], fields=fields))
+                                  type_name=header["type"], table_name=header["table"], fields=fields,
+                                  max_lengths=lengths))
         header = None
     return entities
+
+
+def _limits(path: Path = LIMITS_FILE) -> tuple[dict[str, tuple[Decimal, Decimal]], dict[str, int], dict[str, str]]:
+    """(type -> (min, max), EDT -> length, field rule -> EDT) from the shared limits file."""
+    sections: dict[str, dict[str, list[str]]] = {"types": {}, "edts": {}, "fields": {}}
+    current: dict[str, list[str]] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("=="):
+            current = sections[line[2:].strip()]
+        elif line:
+            name, *values = line.split()
+            current[name] = values
+    return ({name: (Decimal(low), Decimal(high)) for name, (low, high) in sections["types"].items()},
+            {name: int(size) for name, (size,) in sections["edts"].items()},
+            {name: edt for name, (edt,) in sections["fields"].items()})
+
+
+RANGES, EDT_LENGTHS, FIELD_EDTS = _limits()
+
+
+def string_limit(entity_set: str, field: str) -> int | None:
+    """The length limit of a string field: 'EntitySet.Field', then 'Field', then the longest '*Suffix' rule."""
+    for name in (f"{entity_set}.{field}".casefold(), field.casefold()):
+        for rule, edt in FIELD_EDTS.items():
+            if rule.casefold() == name:
+                return EDT_LENGTHS[edt]
+    suffixes = [(len(rule), edt) for rule, edt in FIELD_EDTS.items()
+                if rule.startswith("*") and field.endswith(rule[1:])]
+    return EDT_LENGTHS[max(suffixes)[1]] if suffixes else None
+
+
+def utf16_length(text: str) -> int:
+    """Length as F&O counts it (nvarchar): UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def utf16_truncate(text: str, length: int) -> str:
+    """At most ``length`` UTF-16 code units (a surrogate pair cut in half is dropped)."""
+    return text.encode("utf-16-le")[:2 * length].decode("utf-16-le", errors="ignore")
 
 
 def default_value(edm_type: str) -> Any:
@@ -90,13 +145,20 @@ def normalise(name: str, edm_type: str, value: Any) -> Any:
     if edm_type in ("Edm.Int32", "Edm.Int64"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise BadValue(name, edm_type, value)
+        low, high = RANGES[edm_type]
+        if not low <= value <= high:
+            raise BadValue(name, edm_type, value)
         return value
     if edm_type in ("Edm.Decimal", "Edm.Double"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadValue(name, edm_type, value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadValue(name, edm_type, value)
+        if edm_type == "Edm.Decimal" and abs(_decimal(value)) > DOTNET_DECIMAL_MAX:
+            raise BadValue(name, edm_type, value)
         return value
     if edm_type == "Edm.DateTimeOffset":
-        if not isinstance(value, str):
+        if not isinstance(value, str) or not DATETIME_OFFSET_RE.match(value):
             raise BadValue(name, edm_type, value)
         try:
             return format_datetime(parse_datetime(value))
@@ -116,6 +178,21 @@ def normalise(name: str, edm_type: str, value: Any) -> Any:
     if edm_type == "NoYes" and value not in NOYES:
         raise BadValue(name, edm_type, value)
     return value
+
+
+def _decimal(value: int | float) -> Decimal:
+    try:
+        return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    except InvalidOperation:  # pragma: no cover - finite ints and floats always convert
+        return Decimal(0)
+
+
+def overflows_real(edm_type: str, value: Any) -> bool:
+    """An Edm.Decimal that ODataLib reads but F&O's real column (numeric(32,16)) cannot hold."""
+    if edm_type != "Edm.Decimal" or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    low, high = RANGES["Edm.Decimal"]
+    return not low <= _decimal(value) <= high
 
 
 def key_part(value: Any) -> Any:

@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
+from functools import partial
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
@@ -74,6 +75,10 @@ DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0, pool=30.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=30.0)
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
+
+DATETIME_ONLY_SYSTEMS = frozenset({"fno"})
+"""Systems whose OData has no Edm.Date: F&O exposes every date as Edm.DateTimeOffset, and ODataLib refuses
+one without a zone ("2026-01-31"), so a ``date`` in their request bodies is sent as midnight UTC."""
 
 #: Transport errors raised before the request left this process: always safe to send again.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -245,7 +250,7 @@ def create_http_client(
     )
 
 
-def _json_default(value: Any) -> Any:
+def _json_default(value: Any, *, dates_as_datetimes: bool = False) -> Any:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"cannot send {value} as JSON")
@@ -255,7 +260,7 @@ def _json_default(value: Any) -> Any:
             value = value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
-        return value.isoformat()
+        return f"{value.isoformat()}T00:00:00Z" if dates_as_datetimes else value.isoformat()
     if isinstance(value, UUID):
         return str(value)
     if isinstance(value, enum.Enum):
@@ -273,10 +278,12 @@ def json_body(response: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"value": data}
 
 
-def dumps_json(value: Any) -> bytes:
-    """JSON for a request body: Decimal as a number, datetimes as ISO-8601 UTC (``Z``), UUIDs and enums."""
-    return jsonlib.dumps(value, default=_json_default, ensure_ascii=False, allow_nan=False,
-                         separators=(",", ":")).encode("utf-8")
+def dumps_json(value: Any, *, dates_as_datetimes: bool = False) -> bytes:
+    """JSON for a request body: Decimal as a number, datetimes as ISO-8601 UTC (``Z``; naive taken as UTC),
+    UUIDs and enums. A ``date`` is ``2024-05-31`` (Dataverse Edm.Date), or with ``dates_as_datetimes``
+    midnight UTC ``2024-05-31T00:00:00Z`` (F&O: only Edm.DateTimeOffset, which needs a zone)."""
+    return jsonlib.dumps(value, default=partial(_json_default, dates_as_datetimes=dates_as_datetimes),
+                         ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 def _target(url: httpx.URL) -> str:
@@ -335,7 +342,8 @@ class ApiClient:
         method = method.upper()
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
-        body = dumps_json(json) if json is not None else content
+        dates_as_datetimes = self.system in DATETIME_ONLY_SYSTEMS
+        body = dumps_json(json, dates_as_datetimes=dates_as_datetimes) if json is not None else content
         request_headers = dict(headers or {})
         if json is not None:
             request_headers.setdefault("Content-Type", "application/json")

@@ -112,9 +112,10 @@ def test_a_map_value_of_null_counts_as_empty():
         ("[invert, noyes]", True, "No"),
         ("noyes", True, "Yes"),
         ("noyes", "false", "No"),
-        ("date", datetime(2024, 5, 31, 23, 30, tzinfo=timezone(timedelta(hours=-2))), "2024-06-01"),
-        ("date", date(2024, 5, 31), "2024-05-31"),
-        ("date", "2024-05-31T10:00:00Z", "2024-05-31"),
+        # An F&O target: F&O has only Edm.DateTimeOffset, so a date is written as midnight UTC.
+        ("date", datetime(2024, 5, 31, 23, 30, tzinfo=timezone(timedelta(hours=-2))), "2024-06-01T00:00:00Z"),
+        ("date", date(2024, 5, 31), "2024-05-31T00:00:00Z"),
+        ("date", "2024-05-31T10:00:00Z", "2024-05-31T00:00:00Z"),
         ("datetime", datetime(2024, 5, 31, 12, 0, 5, 999, tzinfo=timezone(timedelta(hours=2))), "2024-05-31T10:00:05Z"),
         ("datetime", datetime(2024, 5, 31, 10, 0), "2024-05-31T10:00:00Z"),
         ("datetime", date(2024, 5, 31), "2024-05-31T00:00:00Z"),
