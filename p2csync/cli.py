@@ -64,7 +64,8 @@ async def run_local_host(port: int, settings_file: Path | None, function_key: st
     consumer: QueueConsumer
     if runtime.settings.local_queue_path is not None:
         lock = timedelta(seconds=float(os.environ.get("P2C_LOCAL_LOCK_SECONDS", "60")))
-        consumer = EmbeddedTransport(EmbeddedQueue(runtime.settings.local_queue_path, lock_duration=lock))
+        consumer = EmbeddedTransport(EmbeddedQueue(runtime.settings.local_queue_path, lock_duration=lock,
+                                                   max_message_bytes=runtime.settings.servicebus_max_message_bytes))
         source = f"embedded queue {runtime.settings.local_queue_path}"
     elif isinstance(runtime.transport, QueueConsumer):
         consumer, source = runtime.transport, f"Service Bus namespace {namespace}"

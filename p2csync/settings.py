@@ -90,6 +90,11 @@ class Settings(BaseModel):
     ledger_table_name: str = Field("ledger", description="Table of the ledger in that account")
     lease_seconds: float = Field(120.0, gt=0, description="How long a worker owns a record while it syncs it")
     max_deferrals: int = Field(20, ge=1, description="Deferrals of one message before it is dead-lettered")
+    servicebus_max_message_bytes: int = Field(
+        256 * 1024, ge=64 * 1024, le=100 * 1024 * 1024,
+        description="Maximum message size of the queues, properties included: 262144 (256 KB) on the Standard "
+        "tier; on Premium the queue's maxMessageSizeInKilobytes (1 MB by default, up to 100 MB)",
+    )
 
     _url = field_validator("dataverse_url", "fno_url")(_http_url)
 
@@ -112,6 +117,7 @@ class Settings(BaseModel):
             "ledger_table_name": "LEDGER_TABLE_NAME",
             "lease_seconds": "P2C_LEASE_SECONDS",
             "max_deferrals": "P2C_MAX_DEFERRALS",
+            "servicebus_max_message_bytes": "P2C_SERVICEBUS_MAX_MESSAGE_BYTES",
         }
         return _from_env(cls, env, names, {"integration_user_ids": _csv(env.get("INTEGRATION_USER_IDS"))})
 

@@ -4,6 +4,7 @@ into a `ChangeEvent` (docs/architecture.md, "Change event")."""
 
 from ._common import EnvelopeError
 from .dataverse import EntityRef
-from .event import ChangeEvent, Source, dedupe_message_id, parse_change_event
+from .event import ChangeEvent, Source, dedupe_message_id, parse_change_event, trim_context_body
 
-__all__ = ["ChangeEvent", "EntityRef", "EnvelopeError", "Source", "dedupe_message_id", "parse_change_event"]
+__all__ = ["ChangeEvent", "EntityRef", "EnvelopeError", "Source", "dedupe_message_id", "parse_change_event",
+           "trim_context_body"]
