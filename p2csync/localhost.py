@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,14 @@ def request_body_limit(env: typing.Mapping[str, str] | None = None) -> int:
     if limit < 1:
         raise ValueError(f"{BODY_LIMIT_SETTING}: must be positive, got {limit}")
     return limit
+
+
+class PortInUse(OSError):
+    """The local host cannot listen on its address (the port is taken, or the address is not local)."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        super().__init__(cause.errno, f"cannot listen on {host}:{port}: {cause.strerror or cause} (another "
+                         f"process uses the port? pick another with --port)")
 
 
 class BodyTooLarge(Exception):
@@ -348,18 +357,17 @@ class LocalHost:
         """Run until ``stop()``: the HTTP server and one pump per queue trigger."""
         import uvicorn
 
+        sock = self.bind()
         config = uvicorn.Config(self.asgi_app(), host=self.host, port=self.port, log_level="warning",
                                 lifespan="off")
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        server_task = asyncio.create_task(self._server.serve())
+        server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if server_task.done():
                 await server_task  # raises the bind error
                 return
             await asyncio.sleep(0.01)
-        if self.port == 0:
-            self.port = self._server.servers[0].sockets[0].getsockname()[1]
         pumps = [asyncio.create_task(self._pump(fn)) for fn in self.queue_functions]
         self.started.set()
         log.info("local host on http://%s:%d/api (%d HTTP, %d queue functions)", self.host, self.port,
@@ -368,6 +376,20 @@ class LocalHost:
         await asyncio.gather(*pumps, return_exceptions=True)
         self._server.should_exit = True
         await server_task
+
+    def bind(self) -> socket.socket:
+        """The listening socket, bound before anything starts: a busy port is one ``PortInUse`` error, not
+        a server that fails half-started."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise PortInUse(self.host, self.port, exc) from None
+        self.port = sock.getsockname()[1]
+        return sock
 
     def stop(self) -> None:
         self._stopping.set()
