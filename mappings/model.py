@@ -31,7 +31,7 @@ from .catalog import field_problem
 from .errors import MappedValueError
 from .fno_values import DoesNotFit, TooLong, fit
 from .transforms import TransformError, TransformStep, parse_transforms, transform_json_schema
-from .values import compare_key, is_empty, is_entity_ref, iso_datetime, payload_hash
+from .values import compare_key, is_empty, is_entity_ref, iso_datetime, payload_hash, unwritable_reason
 
 # ----------------------------------------------------------------------------------------------------------------
 # Small value types
@@ -787,6 +787,8 @@ class MappingSpec(_Strict):
                 raise MappedValueError(
                     flow, f.target, label, f"is a lookup ({_show(raw)}); map one of its columns, e.g. {label}.name"
                 )
+            if (unwritable := unwritable_reason(raw)) is not None:
+                raise MappedValueError(flow, f.target, label, unwritable)
             value: Any = raw
             if f.value_map is not None:
                 try:

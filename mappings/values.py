@@ -27,6 +27,26 @@ def is_entity_ref(value: Any) -> bool:
     return isinstance(value, EntityRef) and not isinstance(value, (str, bytes, Mapping))
 
 
+@runtime_checkable
+class Unparsed(Protocol):
+    """A source value the event parser kept raw because it does not know its kind (an unknown Dataverse
+    `__type`, ...): the envelopes package defines the concrete class. A mapping cannot write it."""
+
+    unparsed_kind: str
+
+
+def unwritable_reason(value: Any) -> str | None:
+    """Why a source value cannot be written to a target field as it is (None when it can): a value the
+    parser kept raw, or a structured one (bytes of an image column, a multi-select list, an object)."""
+    if isinstance(value, Unparsed) and not isinstance(value, (str, bytes, Mapping)):
+        return f"holds a value the event parser does not know ({value.unparsed_kind}); map another column"
+    if isinstance(value, (bytes, bytearray)):
+        return f"holds binary data ({len(value)} bytes, e.g. an image column); no field takes it as is"
+    if isinstance(value, (list, tuple, Mapping)):
+        return f"holds a {'list' if not isinstance(value, Mapping) else 'structured value'}; no field takes it as is"
+    return None
+
+
 def is_empty(value: Any) -> bool:
     """None, an empty or whitespace-only string count as empty; 0 and False do not."""
     return value is None or (isinstance(value, str) and not value.strip())

@@ -20,9 +20,12 @@ import logging
 import os
 import secrets
 import sys
+import textwrap
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+from p2csync.localhost import PortInUse
 from p2csync.settings import ROOT, SettingsError, load_local_settings
 
 log = logging.getLogger("p2csync.cli")
@@ -64,7 +67,8 @@ async def run_local_host(port: int, settings_file: Path | None, function_key: st
     consumer: QueueConsumer
     if runtime.settings.local_queue_path is not None:
         lock = timedelta(seconds=float(os.environ.get("P2C_LOCAL_LOCK_SECONDS", "60")))
-        consumer = EmbeddedTransport(EmbeddedQueue(runtime.settings.local_queue_path, lock_duration=lock))
+        consumer = EmbeddedTransport(EmbeddedQueue(runtime.settings.local_queue_path, lock_duration=lock,
+                                                   max_message_bytes=runtime.settings.servicebus_max_message_bytes))
         source = f"embedded queue {runtime.settings.local_queue_path}"
     elif isinstance(runtime.transport, QueueConsumer):
         consumer, source = runtime.transport, f"Service Bus namespace {namespace}"
@@ -75,8 +79,15 @@ async def run_local_host(port: int, settings_file: Path | None, function_key: st
                      receive_wait=0.05 if runtime.settings.local_queue_path else 1.0)
     install_signal_handlers(host)
     serving = asyncio.create_task(host.serve())
-    await host.started.wait()
+    started = asyncio.create_task(host.started.wait())
+    await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
+    if not host.started.is_set():
+        started.cancel()
+        await serving  # raises why it could not start (PortInUse, ...)
+        return
     print(f"local host ready on {host.base_url}", flush=True)
+    print(f"  function key: {key}  (callers send it as ?code= or the x-functions-key header; a local "
+          "key, not your Azure one)", flush=True)
     for fn in host.http_functions:
         print(f"  {sorted(fn.methods)} {host.base_url}/{fn.route}  (auth {fn.auth_level.lower()})", flush=True)
     for q in host.queue_functions:
@@ -139,28 +150,68 @@ async def register_webhook(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Help that keeps the description's line breaks and shows every option's default (unless the help
+    already says what it is)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is None:
+            return text
+        if isinstance(action.default, Path):  # repository paths read better relative to the root
+            shown = action.default.relative_to(ROOT) if action.default.is_relative_to(ROOT) else action.default
+            return f"{text} (default: {str(shown).replace('%', '%%')} in the repository)"
+        return super()._get_help_string(action)
+
+
+def _command(commands: Any, name: str, help: str, description: str, example: str, **kwargs: Any
+             ) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=help, description=textwrap.fill(description, 100),
+                               formatter_class=HelpFormatter, epilog=f"example:\n  {example}", **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per job; every option has a sentence of help and shows its
+    default."""
     from p2csync.registration import DEFAULT_ENDPOINT_NAME
 
-    parser = argparse.ArgumentParser(prog="python -m p2csync", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="start the local host")
-    run.add_argument("--port", type=int, default=7071)
-    run.add_argument("--settings", type=Path, default=ROOT / "local.settings.json")
-    run.add_argument("--function-key", default=None, help="the key callers must send as ?code=")
-    commands.add_parser("sandbox", help="start the Dataverse and F&O simulators", add_help=False)
-    demo = commands.add_parser("demo", help="play the prospect-to-cash story against the sandbox")
+    parser = argparse.ArgumentParser(prog="python -m p2csync", description=__doc__, formatter_class=HelpFormatter,
+                                     epilog="example:\n  python -m p2csync run --help")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    run = _command(
+        commands, "run", "start the local host",
+        "Run function_app.py on 127.0.0.1 as the Functions host does: the webhook on /api/dataverse/webhook "
+        "(function key as ?code=), the queue triggers fed by the embedded queue (or a Service Bus namespace when "
+        "ServiceBusConnection__fullyQualifiedNamespace is set and P2C_LOCAL_QUEUE_PATH is not). Prints the URLs "
+        "and the function key.",
+        "python -m p2csync run --port 7071 --function-key dev-key")
+    run.add_argument("--port", type=int, default=7071, help="TCP port on 127.0.0.1 (0 picks a free one)")
+    run.add_argument("--settings", type=Path, default=ROOT / "local.settings.json",
+                     help="local.settings.json whose Values fill in unset environment variables (skipped when "
+                     "missing)")
+    run.add_argument("--function-key", default=None,
+                     help="the key callers must send as ?code= (default: $P2C_LOCAL_FUNCTION_KEY, else a new "
+                     "random key, printed at start)")
+    _command(commands, "sandbox", "start the Dataverse and F&O simulators",
+             "Run the sandbox standalone; see `python -m p2csync sandbox --help` for its options.",
+             "python -m p2csync sandbox --dataverse-port 7081 --fno-port 7082", add_help=False)
+    demo = _command(commands, "demo", "play the prospect-to-cash story against the sandbox",
+                    "Start the sandbox and the local host, register the webhook, create and update accounts as a "
+                    "Sales user and print what reached F&O. Exits non-zero if anything did not sync.",
+                    "python -m p2csync demo --accounts 3")
     demo.add_argument("--accounts", type=int, default=8, help="how many accounts to create")
-    register = commands.add_parser(
-        "register", help="register the Dataverse webhook and its steps from the mappings (idempotent)",
-        description="Create or update, in Dataverse, the webhook service endpoint, one step per table and "
-        "message the Sales -> F&O mappings are triggered by, and a post image per Create/Update step. Prints "
-        "the plan (create / update / unchanged / stale) before applying it. DATAVERSE_URL and the auth "
-        "settings come from the environment or --settings. The function key is read from $P2C_WEBHOOK_KEY "
-        "or, with --key-stdin, from standard input; it is write-only in Dataverse, so it is written when the "
-        "endpoint is created and afterwards whenever a key is given, and never printed.")
+    register = _command(
+        commands, "register", "register the Dataverse webhook and its steps from the mappings (idempotent)",
+        "Create or update, in Dataverse, the webhook service endpoint, one step per table and message the Sales "
+        "-> F&O mappings are triggered by, and a post image per Create/Update step. Prints the plan (create / "
+        "update / unchanged / stale) before applying it. DATAVERSE_URL and the auth settings come from the "
+        "environment or --settings. The function key is read from $P2C_WEBHOOK_KEY or, with --key-stdin, from "
+        "standard input; it is write-only in Dataverse, so it is written when the endpoint is created and "
+        "afterwards whenever a key is given, and never printed. Dataverse webhooks accept only https on port "
+        "443 (http on loopback, any port, for the sandbox).",
+        "P2C_WEBHOOK_KEY=... python -m p2csync register --webhook-url https://<app>.azurewebsites.net/api/"
+        "dataverse/webhook --dry-run")
     register.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     register.add_argument("--webhook-url", default=None,
                           help="URL of the dataverse_webhook function, without the key (azd output "
@@ -168,21 +219,29 @@ def main(argv: list[str] | None = None) -> int:
     register.add_argument("--key-stdin", action="store_true",
                           help="read the function key from the first line of standard input")
     register.add_argument("--endpoint-name", default=DEFAULT_ENDPOINT_NAME,
-                          help="name of the service endpoint, how it is found again (default: %(default)s)")
+                          help="name of the service endpoint, how it is found again")
     register.add_argument("--existing-endpoint", action="store_true",
                           help="put the steps on an endpoint registered elsewhere (a Service Bus queue "
                           "endpoint with its SAS connection string), found by --endpoint-name, left as it is")
     register.add_argument("--prune", action="store_true",
                           help="delete our steps on the endpoint that no mapping needs any more")
     register.add_argument("--settings", type=Path, default=ROOT / "local.settings.json",
-                          help="local.settings.json whose Values fill in unset variables "
-                          "(default: %(default)s)")
+                          help="local.settings.json whose Values fill in unset variables")
     register.add_argument("--mappings", type=Path, default=None,
-                          help="directory of the mapping files (default: $P2C_MAPPINGS_DIR or mappings/)")
-    commands.add_parser("schema", help="print the JSON Schema of the mapping files")
-    validate = commands.add_parser("validate", help="validate the mapping files")
-    validate.add_argument("directory", nargs="?", type=Path, default=ROOT / "mappings")
+                          help="directory of the mapping files (default: $P2C_MAPPINGS_DIR, else mappings/)")
+    _command(commands, "schema", "print the JSON Schema of the mapping files",
+             "Print the JSON Schema that editors use to validate mapping files (mappings/mapping.schema.json).",
+             "python -m p2csync schema > mappings/mapping.schema.json")
+    validate = _command(commands, "validate", "validate the mapping files",
+                        "Load and validate every mapping file; exit 1 naming the file and the field at fault.",
+                        "python -m p2csync validate mappings/")
+    validate.add_argument("directory", nargs="?", type=Path, default=ROOT / "mappings",
+                          help="directory of the mapping files")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command != "sandbox" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -221,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PortInUse as exc:
+        print(f"error: {exc.strerror}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -16,7 +16,8 @@ from p2csync.settlement import MessageActions
 async def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
     runtime = get_runtime()
     result = await accept_dataverse_webhook(
-        req.get_body(), dict(req.headers), runtime.transport, runtime.settings.sales_events_queue
+        req.get_body(), dict(req.headers), runtime.transport, runtime.settings.sales_events_queue,
+        max_message_bytes=runtime.settings.servicebus_max_message_bytes,
     )
     return func.HttpResponse(result.json_bytes(), status_code=result.status, mimetype="application/json")
 

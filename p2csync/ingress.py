@@ -4,6 +4,12 @@ Dataverse counts only the status code, waits at most 60 s and retries only 502/5
 webhook does the least that makes the event durable (one queue send) and answers; the work happens behind
 the queue. A body that can never be processed gets a 4xx with a reason (Dataverse records the failed
 system job), a transient queue failure a 503 (Dataverse tries once more).
+
+Sizes. Dataverse trims a webhook payload above 256 KB, so a larger body is not from Dataverse (413). A
+Service Bus message counts its properties as well as its body against the maximum message size (256 KB on
+Standard), so a body just under 256 KB does not fit once its properties are added; the webhook then does
+what Dataverse itself does for a Service Bus endpoint: it enqueues the context without ParentContext,
+InputParameters and the images, flagged `MessageMaxSizeExceeded`, and the handler fetches the record.
 """
 
 from __future__ import annotations
@@ -16,14 +22,19 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from p2csync.envelopes import EnvelopeError, dedupe_message_id, parse_change_event
+from p2csync.envelopes import EnvelopeError, dedupe_message_id, parse_change_event, trim_context_body
+from p2csync.envelopes.event import PROPERTY_MESSAGE_MAX_SIZE_EXCEEDED
 from p2csync.queue.base import OutboundMessage, QueueTransport
+from p2csync.queue.sizing import MAX_MESSAGE_BYTES_STANDARD, MessageSizeExceeded, serialized_size
 
 log = logging.getLogger("p2csync.ingress")
 
 MAX_BODY_BYTES = 256 * 1024  # Dataverse trims payloads above 256 KB, so a larger body is not from Dataverse
 CLAIMS = "http://schemas.microsoft.com/xrm/2011/Claims/"
 SIZE_EXCEEDED_HEADER = "x-ms-dynamics-msg-size-exceeded"
+#: [Inferred] Room left for the properties a deferral adds to a copy of the message (p2c-deferrals and the
+#: original MessageId), so a message that fits can always be rescheduled.
+DEFERRAL_HEADROOM = 512
 
 
 class IngressResult(BaseModel):
@@ -39,9 +50,12 @@ def _error(status: int, code: str, message: str, **extra: Any) -> IngressResult:
 
 
 async def accept_dataverse_webhook(
-    body: bytes, headers: Mapping[str, str], transport: QueueTransport | None, queue: str
+    body: bytes, headers: Mapping[str, str], transport: QueueTransport | None, queue: str, *,
+    max_message_bytes: int = MAX_MESSAGE_BYTES_STANDARD,
 ) -> IngressResult:
-    """Validate one webhook POST and put it on ``queue``. Never raises for bad input."""
+    """Validate one webhook POST and put it on ``queue``. Never raises for bad input.
+
+    ``max_message_bytes``: the queue's maximum message size (the setting P2C_SERVICEBUS_MAX_MESSAGE_BYTES)."""
     if len(body) > MAX_BODY_BYTES:
         return _error(413, "PayloadTooLarge", f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
     lowered = {k.lower(): v for k, v in headers.items()}
@@ -65,7 +79,7 @@ async def accept_dataverse_webhook(
     if correlation := lowered.get("x-ms-correlation-request-id"):
         properties["x-ms-correlation-request-id"] = correlation
     if SIZE_EXCEEDED_HEADER in lowered:
-        properties["MessageMaxSizeExceeded"] = True
+        properties[PROPERTY_MESSAGE_MAX_SIZE_EXCEEDED] = True
     message_id = dedupe_message_id(event)
     message = OutboundMessage(
         body=body,
@@ -74,10 +88,31 @@ async def accept_dataverse_webhook(
         correlation_id=event.correlation_id,
         application_properties=properties,
     )
+    trimmed = serialized_size(message) + DEFERRAL_HEADROOM > max_message_bytes
+    if trimmed:
+        message = _trimmed(message)
     try:
-        await transport.send(queue, message)
+        try:
+            await transport.send(queue, message)
+        except MessageSizeExceeded:
+            if trimmed:
+                raise
+            trimmed, message = True, _trimmed(message)  # the queue counts differently: trim as Dataverse does
+            await transport.send(queue, message)
+    except MessageSizeExceeded as exc:
+        return _error(413, "PayloadTooLarge", f"the event does not fit on the queue even without its images and "
+                      f"input parameters: {exc}")
     except Exception as exc:  # the queue is down: 503 makes Dataverse try once more
         log.warning("enqueue failed for %s: %s", message_id, type(exc).__name__)
         return _error(503, "QueueUnavailable", f"could not enqueue the event ({type(exc).__name__}); retry later")
+    if trimmed:
+        log.info("enqueued %s trimmed (%d byte body): the handler fetches the record", message_id, len(body))
     return IngressResult(status=202, body={"messageId": message_id, "queue": queue, "entity": event.entity,
-                                           "message": event.message_name})
+                                           "message": event.message_name, "trimmed": trimmed})
+
+
+def _trimmed(message: OutboundMessage) -> OutboundMessage:
+    """The message as Dataverse sends one that is too large for the queue: the context without its bulky
+    members, flagged MessageMaxSizeExceeded."""
+    properties = {**message.application_properties, PROPERTY_MESSAGE_MAX_SIZE_EXCEEDED: True}
+    return message.model_copy(update={"body": trim_context_body(message.body), "application_properties": properties})

@@ -17,8 +17,10 @@ import hmac
 import inspect
 import json
 import logging
+import os
 import re
 import signal
+import socket
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +36,37 @@ from starlette.routing import Route
 from p2csync.queue.base import MessageLockLost, QueueConsumer
 
 log = logging.getLogger("p2csync.localhost")
+
+#: The Functions host's request body limit (app setting FUNCTIONS_REQUEST_BODY_SIZE_LIMIT, bytes; the host
+#: answers 413 above it). Its default is 100 MB (104857600 bytes).
+BODY_LIMIT_SETTING = "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"
+DEFAULT_BODY_LIMIT = 100 * 1024 * 1024
+
+
+def request_body_limit(env: typing.Mapping[str, str] | None = None) -> int:
+    """The host's request body limit from FUNCTIONS_REQUEST_BODY_SIZE_LIMIT (default 100 MB)."""
+    value = (os.environ if env is None else env).get(BODY_LIMIT_SETTING, "").strip()
+    if not value:
+        return DEFAULT_BODY_LIMIT
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ValueError(f"{BODY_LIMIT_SETTING}: expected a number of bytes, got {value!r}") from None
+    if limit < 1:
+        raise ValueError(f"{BODY_LIMIT_SETTING}: must be positive, got {limit}")
+    return limit
+
+
+class PortInUse(OSError):
+    """The local host cannot listen on its address (the port is taken, or the address is not local)."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        super().__init__(cause.errno, f"cannot listen on {host}:{port}: {cause.strerror or cause} (another "
+                         f"process uses the port? pick another with --port)")
+
+
+class BodyTooLarge(Exception):
+    """The request body is over the host's limit (answered 413 without reading the rest)."""
 
 
 @dataclass
@@ -162,9 +195,12 @@ class LocalHost:
         lock_renewal: timedelta = timedelta(minutes=5),
         poll_interval: float = 0.05,
         receive_wait: float | None = None,
+        max_request_body_bytes: int | None = None,
     ) -> None:
         """``receive_wait``: how long one receive call may wait for a message (default ``poll_interval``;
-        longer for Service Bus, where each empty receive is a network round trip)."""
+        longer for Service Bus, where each empty receive is a network round trip).
+        ``max_request_body_bytes``: the host's request body limit (default: FUNCTIONS_REQUEST_BODY_SIZE_LIMIT,
+        else 100 MB, as the Functions host); bodies are read as a stream and refused with 413 at the limit."""
         if not function_key:
             raise ValueError("a function key is required")
         self.http_functions, self.queue_functions = discover(app)
@@ -176,6 +212,8 @@ class LocalHost:
         self.lock_renewal = lock_renewal
         self.poll_interval = poll_interval
         self.receive_wait = poll_interval if receive_wait is None else receive_wait
+        self.max_request_body_bytes = (request_body_limit() if max_request_body_bytes is None
+                                       else max_request_body_bytes)
         self._stopping = asyncio.Event()
         self._server: Any = None
         self.started = asyncio.Event()
@@ -202,13 +240,17 @@ class LocalHost:
             if not self._authorised(request, fn.auth_level):
                 return JSONResponse({"error": "a valid function key is required (code or x-functions-key)"},
                                     status_code=401)
+            try:
+                body = await self._read_body(request)
+            except BodyTooLarge as exc:
+                return JSONResponse({"error": str(exc)}, status_code=413, headers={"Connection": "close"})
             req = func.HttpRequest(
                 method=request.method,
                 url=str(request.url),
                 headers=dict(request.headers),
                 params=dict(request.query_params),
                 route_params={k: v for k, v in match.groupdict().items() if v is not None},
-                body=await request.body(),
+                body=body,
             )
             try:
                 resp: func.HttpResponse = await _call(fn.call, req)
@@ -218,6 +260,23 @@ class LocalHost:
             headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-length"}
             return Response(resp.get_body(), status_code=resp.status_code, headers=headers, media_type=resp.mimetype)
         return JSONResponse({"error": f"no function at /api{path}"}, status_code=404)
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, read as a stream: refused as soon as it passes the limit (a declared Content-Length
+        over it is refused before reading), so an oversize upload never sits in memory whole."""
+        limit = self.max_request_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge(f"request body of {declared} bytes is over the host's limit of {limit} bytes "
+                               f"({BODY_LIMIT_SETTING})")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"request body is over the host's limit of {limit} bytes ({BODY_LIMIT_SETTING})")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     # -- queue triggers -------------------------------------------------------------------------------
     async def _pump(self, fn: QueueFunction) -> None:
@@ -298,18 +357,17 @@ class LocalHost:
         """Run until ``stop()``: the HTTP server and one pump per queue trigger."""
         import uvicorn
 
+        sock = self.bind()
         config = uvicorn.Config(self.asgi_app(), host=self.host, port=self.port, log_level="warning",
                                 lifespan="off")
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        server_task = asyncio.create_task(self._server.serve())
+        server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if server_task.done():
                 await server_task  # raises the bind error
                 return
             await asyncio.sleep(0.01)
-        if self.port == 0:
-            self.port = self._server.servers[0].sockets[0].getsockname()[1]
         pumps = [asyncio.create_task(self._pump(fn)) for fn in self.queue_functions]
         self.started.set()
         log.info("local host on http://%s:%d/api (%d HTTP, %d queue functions)", self.host, self.port,
@@ -318,6 +376,20 @@ class LocalHost:
         await asyncio.gather(*pumps, return_exceptions=True)
         self._server.should_exit = True
         await server_task
+
+    def bind(self) -> socket.socket:
+        """The listening socket, bound before anything starts: a busy port is one ``PortInUse`` error, not
+        a server that fails half-started."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise PortInUse(self.host, self.port, exc) from None
+        self.port = sock.getsockname()[1]
+        return sock
 
     def stop(self) -> None:
         self._stopping.set()

@@ -245,6 +245,11 @@ def _merge(first: StepSpec, second: StepSpec) -> StepSpec:
     })
 
 
+#: Loopback hosts: the sandbox's local host, where http and any port are accepted (nothing leaves the
+#: machine; the real Dataverse cannot reach loopback anyway).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def check_webhook_url(url: str) -> str:
     """An absolute http(s) URL without the key: the key is write-only, a URL is readable by anyone who can
     read the endpoint."""
@@ -255,9 +260,17 @@ def check_webhook_url(url: str) -> str:
                                 "or --key-stdin, it is stored write-only")
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise RegistrationError(f"--webhook-url must be an absolute https URL, got {url!r}")
-    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+    loopback = parts.hostname in LOOPBACK_HOSTS
+    if parts.scheme == "http" and not loopback:
         raise RegistrationError(f"--webhook-url must be https: Dataverse sends the key in the query string, "
                                 f"so plain http would expose it (http is accepted on loopback only), got {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise RegistrationError(f"--webhook-url has an invalid port, got {url!r}") from None
+    if port is not None and port != 443 and not loopback:
+        raise RegistrationError(f"--webhook-url uses port {port}: Dataverse webhooks support only port 443 for "
+                                f"HTTPS (and 80 for HTTP); use the default https port, got {url!r}")
     if parts.fragment:
         raise RegistrationError("--webhook-url must not have a #fragment")
     return url

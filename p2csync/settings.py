@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -97,6 +98,11 @@ class Settings(BaseModel):
         "and still be trusted; a version further ahead is re-read from the source instead"
     )
     max_deferrals: int = Field(20, ge=1, description="Deferrals of one message before it is dead-lettered")
+    servicebus_max_message_bytes: int = Field(
+        256 * 1024, ge=64 * 1024, le=100 * 1024 * 1024,
+        description="Maximum message size of the queues, properties included: 262144 (256 KB) on the Standard "
+        "tier; on Premium the queue's maxMessageSizeInKilobytes (1 MB by default, up to 100 MB)",
+    )
 
     _url = field_validator("dataverse_url", "fno_url")(_http_url)
 
@@ -120,6 +126,7 @@ class Settings(BaseModel):
             "lease_seconds": "P2C_LEASE_SECONDS",
             "max_future_seconds": "P2C_MAX_FUTURE_SECONDS",
             "max_deferrals": "P2C_MAX_DEFERRALS",
+            "servicebus_max_message_bytes": "P2C_SERVICEBUS_MAX_MESSAGE_BYTES",
         }
         return _from_env(cls, env, names, {"integration_user_ids": _csv(env.get("INTEGRATION_USER_IDS"))})
 
@@ -142,9 +149,22 @@ class DataverseAccess(BaseModel):
         return _from_env(cls, env, _DATAVERSE_NAMES)
 
 
+#: A value still holding a template placeholder, e.g. "https://<your-org>.crm.dynamics.com".
+_PLACEHOLDER = re.compile(r"<[^<>]+>")
+
+
+def placeholders(values: Mapping[str, object]) -> dict[str, str]:
+    """The settings among ``values`` whose value still holds a ``<...>`` placeholder of the example file."""
+    return {key: str(value) for key, value in values.items() if _PLACEHOLDER.search(str(value))}
+
+
 def load_local_settings(path: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     """Load ``Values`` of a local.settings.json into ``env`` (os.environ by default) without overriding
-    variables that are already set, as Core Tools does. Returns the values read."""
+    variables that are already set, as Core Tools does. Returns the values read.
+
+    Refuses (SettingsError naming each setting) a file whose applied values still hold the ``<...>``
+    placeholders of local.settings.example.json: a copied example would otherwise send the run to
+    ``https://<your-org>.crm.dynamics.com`` or a namespace that does not exist."""
     env = os.environ if env is None else env  # type: ignore[assignment]
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -153,6 +173,11 @@ def load_local_settings(path: Path, env: dict[str, str] | None = None) -> dict[s
     values = document.get("Values", {})
     if not isinstance(values, dict):
         raise SettingsError(f"{path}: 'Values' must be an object")
+    applied = {key: value for key, value in values.items() if key not in env}
+    if unfilled := placeholders(applied):
+        listed = "; ".join(f"{key} = {value!r}" for key, value in unfilled.items())
+        raise SettingsError(f"{path}: fill in or remove the settings that still hold a <placeholder> of the "
+                            f"example file: {listed}")
     for key, value in values.items():
         env.setdefault(key, str(value))
     return {k: str(v) for k, v in values.items()}

@@ -26,6 +26,9 @@ from sandbox.odata import (
     parse_resource_path, parse_select, sort_rows,
 )
 
+#: The largest page the Web API returns (and the largest odata.maxpagesize it honours).
+MAX_PAGE_SIZE = 5000
+
 
 API_ROOT = "/api/data/v9.2/"
 ODATA_HEADERS = {"OData-Version": "4.0"}
@@ -240,10 +243,14 @@ class DataverseApi:
         headers: dict[str, str] = {}
         if "odata.maxpagesize" in prefs:
             try:
-                page_size = max(1, int(prefs["odata.maxpagesize"]))
+                requested = max(1, int(prefs["odata.maxpagesize"]))
             except ValueError:
-                pass
-            headers["Preference-Applied"] = f"odata.maxpagesize={page_size}"
+                requested = None
+            # "Max page size requests larger than 5,000 are ignored" (Web API, Page results): the default
+            # page size applies and no preference is reported as applied.
+            if requested is not None and requested <= MAX_PAGE_SIZE:
+                page_size = requested
+                headers["Preference-Applied"] = f"odata.maxpagesize={page_size}"
         offset = 0
         if params.get("$skiptoken"):
             try:
@@ -254,7 +261,7 @@ class DataverseApi:
         annotations = _wants_annotations(prefs)
         body: dict[str, Any] = {"@odata.context": self.context_url(request, table, select, entity=False)}
         if params.get("$count", "").lower() == "true":
-            body["@odata.count"] = min(total, 5000)
+            body["@odata.count"] = min(total, MAX_PAGE_SIZE)
         body["value"] = [self.dv.web_row(table, row, select, annotations=annotations) for row in page]
         if offset + page_size < total:
             token = base64.urlsafe_b64encode(json.dumps({"offset": offset + page_size}).encode()).decode()

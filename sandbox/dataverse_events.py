@@ -284,12 +284,14 @@ def serialise_context(context: dict[str, Any]) -> bytes:
     return json.dumps(context, ensure_ascii=False, separators=(",", ":")).replace("/", "\\/").encode("utf-8")
 
 
+#: Removed from a context whose payload is over 256 KB (Dataverse: "removes ParentContext,
+#: InputParameters, PreEntityImages and PostEntityImages").
+TRIMMED_MEMBERS = ("ParentContext", "InputParameters", "PreEntityImages", "PostEntityImages")
+
+
 def trim_context(context: dict[str, Any]) -> dict[str, Any]:
-    """What Dataverse sends when the payload is over 256 KB: the four bulky members emptied."""
-    trimmed = dict(context)
-    trimmed.update({"ParentContext": None, "InputParameters": [], "PreEntityImages": [],
-                    "PostEntityImages": []})
-    return trimmed
+    """What Dataverse sends when the payload is over 256 KB: the four bulky members removed (not emptied)."""
+    return {member: value for member, value in context.items() if member not in TRIMMED_MEMBERS}
 
 
 # ---------------------------------------------------------------------------------------------------

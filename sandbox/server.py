@@ -156,10 +156,14 @@ class SandboxServer:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sandbox on fixed ports until interrupted; prints URLs and tokens."""
-    parser = argparse.ArgumentParser(prog="p2csync sandbox", description="Dataverse and F&O simulators")
-    parser.add_argument("--host", default=LOOPBACK)
-    parser.add_argument("--dataverse-port", type=int, default=7081)
-    parser.add_argument("--fno-port", type=int, default=7082)
+    parser = argparse.ArgumentParser(
+        prog="python -m p2csync sandbox", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run the Dataverse Web API and F&O OData simulators until Ctrl+C; prints their URLs and the "
+        "bearer tokens of their users.",
+        epilog="example: python -m p2csync sandbox --dataverse-port 7081 --fno-port 7082")
+    parser.add_argument("--host", default=LOOPBACK, help="address to listen on")
+    parser.add_argument("--dataverse-port", type=int, default=7081, help="port of the Dataverse Web API simulator")
+    parser.add_argument("--fno-port", type=int, default=7082, help="port of the F&O OData simulator")
     args = parser.parse_args(list(argv) if argv is not None else None)
     sandbox = SandboxServer(host=args.host, dataverse_port=args.dataverse_port, fno_port=args.fno_port)
     try:

@@ -4,8 +4,8 @@ into a `ChangeEvent` (docs/architecture.md, "Change event")."""
 
 from ._common import EnvelopeError
 from .dataverse import EntityRef
-from .event import ChangeEvent, Source, dedupe_message_id, parse_change_event
+from .event import ChangeEvent, Source, dedupe_message_id, parse_change_event, trim_context_body
 from .fno import EndpointTestMessage
 
 __all__ = ["ChangeEvent", "EndpointTestMessage", "EntityRef", "EnvelopeError", "Source", "dedupe_message_id",
-           "parse_change_event"]
+           "parse_change_event", "trim_context_body"]

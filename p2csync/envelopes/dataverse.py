@@ -9,11 +9,16 @@ Shape facts (docs/wire-formats, section 1.4):
   image entities and `OwningExtension` come without `__type`;
 * dates are `/Date(ms)/` or `/Date(ms+hhmm)/` (ms since the epoch in UTC; the offset is informational).
 
-Unknown members are ignored everywhere (newer platform versions add members). Attribute values are strict:
-an unknown `__type` inside an entity's `Attributes`/`KeyAttributes` is an error, because a handler would
-otherwise silently lose a column. Parameter values (`InputParameters`, `OutputParameters`,
-`SharedVariables`) other than known types are kept as the raw JSON (messages such as Associate or Retrieve
-carry `Relationship`, `ColumnSet`, ... which no handler reads).
+Unknown members are ignored everywhere (newer platform versions add members). Attribute values of the
+documented types are modelled (byte[] columns such as `entityimage` arrive as a JSON array of numbers, the
+serializer's form of a byte array; `BooleanManagedProperty`, `EntityReferenceCollection`, multi-select
+`OptionSetValueCollection`, ...) and a malformed value of a known type is an error. A value of a kind the
+parser does not know (a `__type` never seen, an object without `__type`, an array of something else) is
+kept as an `UnparsedValue`: it must not turn the whole event into a 400, because Dataverse does not retry a
+400 and the change would be lost; a mapping that reads such a column fails with a reason naming it
+(mappings.values.is_unparsed). Parameter values (`InputParameters`, `OutputParameters`, `SharedVariables`)
+other than known types are kept as the raw JSON (messages such as Associate or Retrieve carry
+`Relationship`, `ColumnSet`, ... which no handler reads).
 
 Numbers: a JSON number without a fraction is an `int`. Money values become `Decimal` (parsed from the JSON
 text when the caller used `json.loads(..., parse_float=Decimal)`, as `parse_change_event` does, so no binary
@@ -45,6 +50,7 @@ from ._common import Guid, WcfDate, excerpt, json_type_name
 
 __all__ = [
     "AliasedValue",
+    "BooleanManagedProperty",
     "Entity",
     "EntityCollection",
     "EntityRef",
@@ -53,6 +59,7 @@ __all__ = [
     "Money",
     "OptionSetValue",
     "RemoteExecutionContext",
+    "UnparsedValue",
     "to_python",
 ]
 
@@ -135,6 +142,70 @@ class EntityCollection(_Contract):
     more_records: StrictBool | None = None
 
 
+class BooleanManagedProperty(_Contract):
+    """A managed property (`iscustomizable`, ...): the value and whether it can be changed."""
+
+    value: StrictBool
+    can_be_changed: StrictBool | None = None
+    managed_property_logical_name: str | None = None
+
+
+class EntityReferenceList(_Contract):
+    """`EntityReferenceCollection` written as an object with a `__type`. [GAP] No capture shows the
+    member that holds the items: they are taken from its first array member, whatever its name (the bare
+    array form is handled as `~EntityReferenceArray`)."""
+
+    items: list[EntityReference] = []
+
+
+class UnparsedValue(_Contract):
+    """An attribute value of a kind the parser does not model, kept as the raw JSON.
+
+    `kind` names it for a reason (`__type` name, "object without __type", "array of string", ...). A
+    mapping that reads the column fails with that reason; nothing else looks at it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=None)
+
+    kind: str
+    raw: Any = None
+
+    @property
+    def unparsed_kind(self) -> str:
+        return self.kind
+
+    def __str__(self) -> str:
+        return f"<unparsed {self.kind}>"
+
+
+def _unparsed_before(data: Any) -> Any:
+    if isinstance(data, UnparsedValue):
+        return data
+    return {"kind": _unparsed_kind(data), "raw": data}
+
+
+def _unparsed_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        marker = value.get("__type")
+        return f"__type {excerpt(marker)}" if marker is not None else "object without __type"
+    if isinstance(value, list):
+        kinds = sorted({json_type_name(item) for item in value})
+        return f"array of {'/'.join(kinds)}"
+    return json_type_name(value)
+
+
+def _first_array_before(data: Any) -> Any:
+    if isinstance(data, dict):
+        for key, member in data.items():
+            if key != "__type" and isinstance(member, list):
+                return {"Items": member}
+        return {"Items": []}
+    return data
+
+
+def _bytes_before(data: Any) -> Any:
+    return bytes(data) if isinstance(data, list) else data
+
+
 class AliasedValue(_Contract):
     attribute_logical_name: str | None = None
     entity_logical_name: str | None = None
@@ -150,13 +221,7 @@ class OptionSetValueList(_Contract):
     items: list[OptionSetValue] = []
 
 
-def _option_set_list_before(data: Any) -> Any:
-    if isinstance(data, dict):
-        for key, member in data.items():
-            if key != "__type" and isinstance(member, list):
-                return {"Items": member}
-        return {"Items": []}
-    return data
+_option_set_list_before = _first_array_before
 
 
 _TYPE_TAGS = {
@@ -167,6 +232,8 @@ _TYPE_TAGS = {
     "OptionSetValueCollection": "~OptionSetValueList",
     "EntityCollection": "~EntityCollection",
     "AliasedValue": "~AliasedValue",
+    "BooleanManagedProperty": "~BooleanManagedProperty",
+    "EntityReferenceCollection": "~EntityReferenceList",
 }
 _MODEL_TAGS = {
     Entity: "~Entity",
@@ -176,6 +243,9 @@ _MODEL_TAGS = {
     OptionSetValueList: "~OptionSetValueList",
     EntityCollection: "~EntityCollection",
     AliasedValue: "~AliasedValue",
+    BooleanManagedProperty: "~BooleanManagedProperty",
+    EntityReferenceList: "~EntityReferenceList",
+    UnparsedValue: "~unparsed",
 }
 
 
@@ -202,20 +272,33 @@ def _type_name(value: dict[str, Any]) -> str | None:
     return None
 
 
+def _list_tag(value: list[Any]) -> str:
+    """Arrays in an attribute: multi-select (OptionSetValue objects; an empty array is an empty selection),
+    a byte[] column (numbers 0-255, e.g. `entityimage`), EntityReferences, else unparsed."""
+    if not value or all(isinstance(item, dict) and _type_name(item) == "OptionSetValue" for item in value):
+        return "~OptionSetValueArray"
+    if all(isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= 255 for item in value):
+        return "~bytes"
+    if all(isinstance(item, dict) and _type_name(item) == "EntityReference" for item in value):
+        return "~EntityReferenceArray"
+    return "~unparsed"
+
+
 def _attribute_tag(value: Any) -> str:
-    """Discriminator of an attribute value. Unknown kinds return a tag that matches no choice, which
-    pydantic reports as `union_tag_invalid` (-> "unknown __type ..." / "object without __type")."""
+    """Discriminator of an attribute value. Kinds the parser does not model are `~unparsed` (kept raw)."""
     tag = _scalar_tag(value)
     if tag is not None:
         return tag
     if isinstance(value, list):
-        return "~OptionSetValueArray"
+        return _list_tag(value)
     if isinstance(value, dict):
         name = _type_name(value)
-        return _TYPE_TAGS.get(name, "~unknown") if name else "~untyped"
+        return _TYPE_TAGS.get(name, "~unparsed") if name else "~unparsed"
+    if isinstance(value, bytes):
+        return "~bytes"
     if isinstance(value, BaseModel):
-        return _MODEL_TAGS.get(type(value), "~unknown")
-    return "~unknown"
+        return _MODEL_TAGS.get(type(value), "~unparsed")
+    return "~unparsed"
 
 
 def _parameter_tag(value: Any) -> str:
@@ -235,7 +318,8 @@ def _parameter_tag(value: Any) -> str:
             return "~EntityReference"
         return "~raw"
     if isinstance(value, BaseModel):
-        return _MODEL_TAGS.get(type(value), "~raw")
+        tag = _MODEL_TAGS.get(type(value), "~raw")
+        return "~raw" if tag == "~unparsed" else tag
     return "~raw"
 
 
@@ -259,6 +343,11 @@ AttributeValue = Annotated[
         Annotated[Entity, Tag("~Entity")],
         Annotated[EntityCollection, Tag("~EntityCollection")],
         Annotated[AliasedValue, Tag("~AliasedValue")],
+        Annotated[BooleanManagedProperty, Tag("~BooleanManagedProperty")],
+        Annotated[EntityReferenceList, BeforeValidator(_first_array_before), Tag("~EntityReferenceList")],
+        Annotated[list[EntityReference], Tag("~EntityReferenceArray")],
+        Annotated[bytes, BeforeValidator(_bytes_before), Tag("~bytes")],
+        Annotated[UnparsedValue, BeforeValidator(_unparsed_before), Tag("~unparsed")],
     ],
     Discriminator(_attribute_tag),
 ]
@@ -280,6 +369,8 @@ ParameterValue = Annotated[
         Annotated[Entity, Tag("~Entity")],
         Annotated[EntityCollection, Tag("~EntityCollection")],
         Annotated[AliasedValue, Tag("~AliasedValue")],
+        Annotated[BooleanManagedProperty, Tag("~BooleanManagedProperty")],
+        Annotated[EntityReferenceList, BeforeValidator(_first_array_before), Tag("~EntityReferenceList")],
         Annotated[list[Any], Tag("~list")],  # kept raw: no handler reads list parameters
         Annotated[Any, Tag("~raw")],
     ],
@@ -420,8 +511,10 @@ def _lookup(pairs: list[Any], key: str, default: Any) -> Any:
 
 def to_python(value: Any) -> Any:
     """A decoded wire value as a plain Python value: Money -> Decimal, OptionSetValue -> int,
-    multi-select -> list[int], EntityReference -> EntityRef, Entity -> dict of its attributes,
-    EntityCollection -> list of such dicts, AliasedValue -> its value; scalars and datetimes unchanged."""
+    multi-select -> list[int], EntityReference -> EntityRef, EntityReferenceCollection -> list[EntityRef],
+    Entity -> dict of its attributes, EntityCollection -> list of such dicts, AliasedValue and
+    BooleanManagedProperty -> their value; byte[] -> bytes; scalars, datetimes and `UnparsedValue`
+    unchanged."""
     if isinstance(value, Money):
         return value.value
     if isinstance(value, OptionSetValue):
@@ -436,11 +529,15 @@ def to_python(value: Any) -> Any:
         return [entity.values() for entity in value.entities]
     if isinstance(value, AliasedValue):
         return to_python(value.value)
+    if isinstance(value, BooleanManagedProperty):
+        return value.value
+    if isinstance(value, EntityReferenceList):
+        return [item.to_ref() for item in value.items]
     if isinstance(value, list):
         return [to_python(item) for item in value]
     return value
 
 
-for _model in (EntityReference, Entity, AliasedValue, EntityCollection, ExecutionContext,
+for _model in (EntityReference, EntityReferenceList, Entity, AliasedValue, EntityCollection, ExecutionContext,
                RemoteExecutionContext):
     _model.model_rebuild()

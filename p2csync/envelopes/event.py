@@ -37,6 +37,8 @@ __all__ = [
     "Source",
     "dedupe_message_id",
     "parse_change_event",
+    "TRIMMED_MEMBERS",
+    "trim_context_body",
 ]
 
 Source = Literal["dataverse", "fno_data_event", "fno_business_event"]
@@ -71,6 +73,8 @@ _UNSUPPORTED_CONTENT_TYPES = {
     "text/xml": "Text XML (messageformat 3)",
 }
 _NIL_GUID = "00000000-0000-0000-0000-000000000000"
+#: What Dataverse removes from a RemoteExecutionContext that does not fit (wire-formats 1.1) [DOC].
+TRIMMED_MEMBERS = ("ParentContext", "InputParameters", "PreEntityImages", "PostEntityImages")
 _FALSE_FLAGS = {"false", "0", "no"}
 
 
@@ -169,6 +173,22 @@ def parse_change_event(
         "neither a RemoteExecutionContext (MessageName, PrimaryEntityName) nor a business event "
         f"(BusinessEventId, EventId); members: {excerpt(members, 60) if members else 'none'}",
     )
+
+
+def trim_context_body(body: bytes | str) -> bytes:
+    """The body Dataverse sends when a context is too large: the same JSON without the members in
+    `TRIMMED_MEMBERS` (removed, not emptied). The other members keep their values, so the event keeps its
+    dedupe key and the handler fetches the record (`is_complete` False). Raises `EnvelopeError`."""
+    data = _load_json(_as_bytes(body))
+    for member in TRIMMED_MEMBERS:
+        data.pop(member, None)
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=_json_number).encode("utf-8")
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _check_content_type(content_type: str | None) -> None:

@@ -3,7 +3,8 @@
 Why SQLite: every state change (send, lock, settle, dead-letter) is one committed transaction in one file,
 so a process killed at any point loses nothing, and several processes can compete for the same queues.
 Semantics follow Service Bus: peek-lock with lock expiry and renewal, delivery count, max delivery count ->
-dead-letter queue, explicit dead-lettering, scheduled messages, duplicate detection on MessageId, TTL.
+dead-letter queue, explicit dead-lettering, scheduled messages, duplicate detection on MessageId, TTL, and
+the maximum message size (body and properties; `MessageSizeExceeded` as Service Bus refuses it).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from p2csync.queue.base import (
     QueueCounts,
     ReceivedMessage,
 )
+from p2csync.queue.sizing import MAX_MESSAGE_BYTES_STANDARD, MessageSizeExceeded, serialized_size
 from p2csync.queue.sqlitedb import SqliteDatabase, from_micros, to_micros, utc
 
 __all__ = ["Clock", "EmbeddedQueue", "EmbeddedTransport"]
@@ -58,7 +60,11 @@ class EmbeddedQueue:
         dead_letter_on_expiration: bool = True,
         clock: Clock | None = None,
         busy_timeout: timedelta = timedelta(seconds=30),
+        max_message_bytes: int = MAX_MESSAGE_BYTES_STANDARD,
     ) -> None:
+        """``max_message_bytes``: the entity's maximum message size (Standard tier 256 KB by default); a
+        larger message (body and properties, see p2csync.queue.sizing) is refused before anything is
+        written."""
         if lock_duration <= timedelta(0):
             raise ValueError("lock_duration must be positive")
         if max_delivery_count < 1:
@@ -70,6 +76,7 @@ class EmbeddedQueue:
         self.duplicate_detection_window = duplicate_detection_window or None
         self.default_time_to_live = default_time_to_live
         self.dead_letter_on_expiration = dead_letter_on_expiration
+        self.max_message_bytes = max_message_bytes
         self._clock = clock or _system_clock
         self._db = SqliteDatabase(path, schema=SCHEMA, busy_timeout=busy_timeout)
 
@@ -118,6 +125,9 @@ class EmbeddedQueue:
         """Insert messages in one transaction; (sequence number, accepted) per message. A dropped duplicate
         reports the sequence number of the message first accepted with that MessageId."""
         _check_queue(queue)
+        for message in messages:
+            if (size := serialized_size(message)) > self.max_message_bytes:
+                raise MessageSizeExceeded(size, self.max_message_bytes)
         now = self._now()
         window = self.duplicate_detection_window
         results: list[tuple[int, bool]] = []

@@ -15,9 +15,10 @@ from datetime import datetime
 from typing import Any
 
 from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode
-from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError
+from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError, MessageSizeExceededError
 
 from p2csync.queue.base import MessageLockLost, OutboundMessage
+from p2csync.queue.sizing import MessageSizeExceeded, serialized_size
 
 ClientFactory = Callable[[], Any]
 
@@ -34,6 +35,12 @@ def to_sdk_message(message: OutboundMessage) -> ServiceBusMessage:
         application_properties=dict(message.application_properties) or None,
         time_to_live=message.time_to_live,
     )
+
+
+def _size_exceeded(message: OutboundMessage, sender: Any) -> MessageSizeExceeded:
+    """The SDK's refusal as the queue-neutral error the webhook handles (it then sends a trimmed copy)."""
+    limit = getattr(sender, "_max_message_size_on_link", None) or 0
+    return MessageSizeExceeded(serialized_size(message), int(limit))
 
 
 class ServiceBusTransport:
@@ -92,12 +99,18 @@ class ServiceBusTransport:
             return
         sender = await self._sender(queue)
         async with self._on(sender):
-            await sender.send_messages(to_sdk_message(message))
+            try:
+                await sender.send_messages(to_sdk_message(message))
+            except MessageSizeExceededError as exc:
+                raise _size_exceeded(message, sender) from exc
 
     async def schedule(self, queue: str, message: OutboundMessage, at: datetime) -> int:
         sender = await self._sender(queue)
         async with self._on(sender):
-            numbers = await sender.schedule_messages(to_sdk_message(message), at)
+            try:
+                numbers = await sender.schedule_messages(to_sdk_message(message), at)
+            except MessageSizeExceededError as exc:
+                raise _size_exceeded(message, sender) from exc
         return int(numbers[0])
 
     # -- consumer (the local host) ----------------------------------------------------------------------

@@ -209,6 +209,23 @@ def test_filter_select_top_orderby(dv: httpx.Client) -> None:
     assert body["@odata.context"].endswith("$metadata#accounts(name)")
 
 
+def test_a_maxpagesize_over_5000_is_ignored(sandbox, dv: httpx.Client) -> None:
+    """Web API "Page results": max page size requests larger than 5,000 are ignored."""
+    for i in range(5):
+        dv.post("accounts", json={"name": f"acc {i}"})
+    default = sandbox.dataverse.default_page_size
+    sandbox.dataverse.default_page_size = 3  # stands in for the default 5,000 rows
+    try:
+        honoured = dv.get("accounts?$select=name", headers={"Prefer": "odata.maxpagesize=4"})
+        ignored = dv.get("accounts?$select=name", headers={"Prefer": "odata.maxpagesize=5001"})
+    finally:
+        sandbox.dataverse.default_page_size = default
+    assert len(honoured.json()["value"]) == 4
+    assert honoured.headers["Preference-Applied"] == "odata.maxpagesize=4"
+    assert len(ignored.json()["value"]) == 3 and "@odata.nextLink" in ignored.json()
+    assert "Preference-Applied" not in ignored.headers
+
+
 def test_paging_with_maxpagesize(dv: httpx.Client) -> None:
     for i in range(5):
         dv.post("accounts", json={"name": f"acc {i}"})

@@ -113,12 +113,24 @@ def test_endpoint_create_read_and_write_only_authvalue(sandbox: SandboxServer, d
 @pytest.mark.parametrize("body,fragment", [
     ({"contract": 8, "authtype": 4, "url": "not-a-url"}, "absolute http(s) url"),
     ({"contract": 8, "authtype": 2, "url": "https://x.invalid/"}, "authtype"),
+    ({"contract": 8, "authtype": 4, "url": "https://x.invalid:8443/hook"},
+     "support only port 80 for HTTP and port 443 for HTTPS"),
+    ({"contract": 8, "authtype": 4, "url": "http://x.invalid:8080/hook"}, "got port 8080"),
+    ({"contract": 8, "authtype": 4, "url": "https://x.invalid:80/hook"}, "got port 80"),
 ])
 def test_endpoint_rules(dv: httpx.Client, body: dict[str, Any], fragment: str) -> None:
     response = dv.post("serviceendpoints", json={"name": "bad", **body})
     assert response.status_code == 400
     assert fragment in response.json()["error"]["message"]
     assert dv.get("serviceendpoints").json()["value"] == []
+
+
+@pytest.mark.parametrize("url", ["https://x.invalid:443/hook", "http://x.invalid:80/hook", "https://x.invalid/hook",
+                                 "http://127.0.0.1:7071/api/dataverse/webhook"])
+def test_endpoint_ports_dataverse_accepts(dv: httpx.Client, url: str) -> None:
+    response = dv.post("serviceendpoints", json={"name": "ok", "contract": 8, "authtype": 4, "url": url,
+                                                 "authvalue": "k"})
+    assert response.status_code == 204, response.text
 
 
 def test_step_binds_and_rules(dv: httpx.Client, receiver: Receiver) -> None:

@@ -11,8 +11,8 @@ import pytest
 from mappings import MappingSpec, load_mappings
 from p2csync.connectors import AuthenticationError, PermanentError
 from p2csync.registration import (
-    MASK, Desired, Existing, RegistrationError, apply_plan, desired_registration, describe_error, mask,
-    plan_registration, steps_for,
+    MASK, Desired, Existing, RegistrationError, apply_plan, check_webhook_url, desired_registration,
+    describe_error, mask, plan_registration, steps_for,
 )
 from p2csync.settings import ROOT
 
@@ -119,11 +119,23 @@ def test_a_step_description_stays_within_its_256_characters() -> None:
     ("ftp://host/hook", "absolute"),
     (f"{URL}#frag", "fragment"),
     ("http://fn.example.net/api/dataverse/webhook", "must be https"),
+    ("https://fn.example.net:8443/api/dataverse/webhook", "port 8443: Dataverse webhooks support only port 443"),
+    ("https://fn.example.net:80/api/dataverse/webhook", "port 80"),
+    ("https://fn.example.net:99999/api/dataverse/webhook", "invalid port"),
 ])
 def test_webhook_url_is_checked(url: str, fragment: str) -> None:
     with pytest.raises(RegistrationError, match=fragment) as caught:
         desired_registration([ACCOUNTS], url=url)
     assert "secret" not in str(caught.value)  # a key in the URL is not repeated in the message
+
+
+@pytest.mark.parametrize("url", [
+    "https://fn.example.net:443/api/dataverse/webhook",
+    "http://127.0.0.1:7071/api/dataverse/webhook",  # the sandbox's local host: loopback, any port
+    "http://localhost:54321/api/dataverse/webhook",
+])
+def test_default_https_port_and_loopback_ports_are_accepted(url: str) -> None:
+    assert check_webhook_url(url) == url
 
 
 # ------------------------------------------------------------------------------------------------ plan

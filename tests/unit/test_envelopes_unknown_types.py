@@ -1,0 +1,129 @@
+"""Attribute values beyond the basic types (issue 7, point 5): image columns (byte[] as a JSON array of
+numbers), BooleanManagedProperty, EntityReferenceCollection, multi-select, and kinds never seen. None of
+them may turn an event into an error (the webhook would answer 400, which Dataverse does not retry); a value
+the parser does not know is kept raw, and only a mapping that reads that column fails, naming it."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from mappings import MappedValueError, load_mappings
+from p2csync.envelopes import EntityRef, parse_change_event
+from p2csync.envelopes.dataverse import UnparsedValue
+from p2csync.ingress import accept_dataverse_webhook
+from p2csync.queue.base import OutboundMessage
+from p2csync.settings import ROOT
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "envelopes"
+CREATE = json.loads((FIXTURES / "dataverse_create_account.json").read_text())
+NS = "http://schemas.microsoft.com/xrm/2011/Contracts"
+CONTACT_ID = "b76b3f4b-1be7-e611-8101-e0071b6af231"
+IMAGE = [137, 80, 78, 71, 13, 10, 26, 10, 0, 0, 0, 13, 255]  # PNG signature and a few bytes
+
+EXTRA_ATTRIBUTES = [
+    {"key": "entityimage", "value": IMAGE},
+    {"key": "entityimage_timestamp", "value": 638400000000000000},
+    {"key": "entityimageid", "value": "5f0c3a1e-4d2b-4c6a-9e8f-1a2b3c4d5e6f"},  # a Guid column: a plain string
+    {"key": "iscustomizable", "value": {"__type": f"BooleanManagedProperty:{NS}", "CanBeChanged": True,
+                                        "ManagedPropertyLogicalName": "iscustomizableanddeletable",
+                                        "Value": True}},
+    {"key": "p2c_interests", "value": [{"__type": f"OptionSetValue:{NS}", "Value": 1},
+                                       {"__type": f"OptionSetValue:{NS}", "Value": 3}]},
+    {"key": "p2c_partners", "value": [{"__type": f"EntityReference:{NS}", "Id": CONTACT_ID, "KeyAttributes": [],
+                                       "LogicalName": "contact", "Name": None, "RowVersion": None}]},
+    {"key": "p2c_partners_wrapped", "value": {"__type": f"EntityReferenceCollection:{NS}", "Items": [
+        {"__type": f"EntityReference:{NS}", "Id": CONTACT_ID, "LogicalName": "contact"}]}},
+    {"key": "p2c_future", "value": {"__type": f"FutureThing:{NS}", "Whatever": [1, 2, 3]}},
+    {"key": "p2c_untyped", "value": {"Value": 1}},
+    {"key": "p2c_words", "value": ["a", "b"]},
+]
+
+
+def body_with(extra: list[dict], *, into_image: bool = False) -> bytes:
+    data = copy.deepcopy(CREATE)
+    target = data["InputParameters"][0]["value"]["Attributes"]
+    target.extend(copy.deepcopy(extra))
+    if into_image:
+        data["PostEntityImages"][0]["value"]["Attributes"].extend(copy.deepcopy(extra))
+    return json.dumps(data).encode()
+
+
+def test_every_kind_parses_into_a_complete_event():
+    event = parse_change_event(body_with(EXTRA_ATTRIBUTES, into_image=True))
+    values = event.attributes
+    assert event.is_complete
+    assert values["entityimage"] == bytes(IMAGE)
+    assert values["entityimageid"] == "5f0c3a1e-4d2b-4c6a-9e8f-1a2b3c4d5e6f"
+    assert values["iscustomizable"] is True
+    assert values["p2c_interests"] == [1, 3]
+    [partner] = values["p2c_partners"]
+    assert isinstance(partner, EntityRef) and (partner.id, partner.logical_name) == (CONTACT_ID, "contact")
+    assert [ref.id for ref in values["p2c_partners_wrapped"]] == [CONTACT_ID]
+    assert values["accountnumber"] == "US-001"  # the known columns are untouched
+
+
+@pytest.mark.parametrize(("column", "kind"), [
+    ("p2c_future", "__type 'FutureThing:"),
+    ("p2c_untyped", "object without __type"),
+    ("p2c_words", "array of string"),
+])
+def test_unknown_kinds_are_kept_raw_with_a_name(column, kind):
+    value = parse_change_event(body_with(EXTRA_ATTRIBUTES)).attributes[column]
+    assert isinstance(value, UnparsedValue)
+    assert value.unparsed_kind.startswith(kind)
+    assert value.raw == next(pair["value"] for pair in EXTRA_ATTRIBUTES if pair["key"] == column)
+
+
+def test_an_unknown_kind_in_a_pre_image_or_parent_context_is_no_error_either():
+    data = copy.deepcopy(CREATE)
+    data["ParentContext"] = {"InputParameters": [{"key": "Target", "value": {
+        "__type": f"Entity:{NS}", "Attributes": [{"key": "a", "value": {"__type": f"Nope:{NS}"}}]}}]}
+    data["PreEntityImages"] = [{"key": "pre", "value": {"Attributes": [{"key": "x", "value": {"Value": 1}}]}}]
+    event = parse_change_event(json.dumps(data))
+    assert isinstance(event.pre_images["pre"]["x"], UnparsedValue)
+
+
+async def test_the_webhook_accepts_them_with_202():
+    sent: list[OutboundMessage] = []
+
+    class Transport:
+        async def send(self, queue: str, message: OutboundMessage) -> None:
+            sent.append(message)
+
+        async def schedule(self, queue, message, at):  # pragma: no cover - never called
+            raise AssertionError
+
+    result = await accept_dataverse_webhook(body_with(EXTRA_ATTRIBUTES), {}, Transport(), "sales-events")
+    assert result.status == 202, result.body
+    assert len(sent) == 1
+
+
+SPEC = load_mappings(ROOT / "mappings")["accounts"]
+
+
+@pytest.mark.parametrize(("column", "reason"), [
+    ("p2c_future", "does not know (__type 'FutureThing:"),
+    ("entityimage", "binary data (13 bytes"),
+    ("p2c_interests", "holds a list"),
+])
+def test_a_mapping_that_reads_such_a_column_fails_naming_it(column, reason):
+    record = dict(parse_change_event(body_with(EXTRA_ATTRIBUTES)).attributes)
+    record["name"] = record[column]  # OrganizationName <- name now holds that value
+    with pytest.raises(MappedValueError) as info:
+        SPEC.apply(record, default_company="usmf")
+    assert info.value.source == "name" and info.value.target == "OrganizationName"
+    assert reason in str(info.value)
+    assert len(str(info.value)) < 200
+
+
+def test_a_mapping_that_does_not_read_them_maps_as_before():
+    record = parse_change_event(body_with(EXTRA_ATTRIBUTES)).attributes
+    plain = parse_change_event(json.dumps(CREATE)).attributes
+    resolved = {request.path: "USD" for request in SPEC.lookups(plain)}
+    mapped = SPEC.apply(record, resolved=resolved, default_company="usmf")
+    assert mapped.payload == SPEC.apply(plain, resolved=resolved, default_company="usmf").payload
+    assert "<unparsed" not in json.dumps(mapped.payload, default=str)
