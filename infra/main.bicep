@@ -187,6 +187,7 @@ module functionApp './modules/functionapp.bicep' = {
     fnoUrl: fnoUrl
     fnoDefaultCompany: fnoDefaultCompany
     integrationUserIds: integrationUserIds
+    serviceBusMaxMessageBytes: serviceBusSku == 'Premium' ? '1048576' : '262144'
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
   }

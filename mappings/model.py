@@ -31,7 +31,7 @@ from .catalog import field_problem
 from .errors import MappedValueError
 from .fno_values import DoesNotFit, TooLong, fit
 from .transforms import TransformError, TransformStep, parse_transforms, transform_json_schema
-from .values import compare_key, is_empty, is_entity_ref, iso_datetime, payload_hash, unwritable_reason
+from .values import Unparsed, compare_key, is_empty, is_entity_ref, iso_datetime, payload_hash, unwritable_reason
 
 # ----------------------------------------------------------------------------------------------------------------
 # Small value types
@@ -672,6 +672,12 @@ class MappingSpec(_Strict):
         """None when the record passes the filter, else why not (e.g. "statecode is 1, expected 0")."""
         conditions = self.line(line).filter if line else self.filter
         for cond in conditions:
+            for column in cond.columns():
+                value = record.get(column)
+                if isinstance(value, Unparsed) and not isinstance(value, (str, bytes, Mapping)):
+                    # A value the parser kept raw compares equal to nothing: filtering on it would skip the
+                    # record silently. Dead-letter it with the column named instead.
+                    raise MappedValueError(self.flow, "filter", column, unwritable_reason(value) or "unreadable")
             if (why := cond.failure(record)) is not None:
                 return why
         return None

@@ -21,11 +21,14 @@ import os
 import secrets
 import sys
 import textwrap
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from p2csync.localhost import PortInUse
+
+if TYPE_CHECKING:
+    from p2csync.queue.embedded import EmbeddedQueue
 from p2csync.settings import ROOT, SettingsError, load_local_settings
 
 log = logging.getLogger("p2csync.cli")
@@ -92,7 +95,24 @@ async def run_local_host(port: int, settings_file: Path | None, function_key: st
         print(f"  {sorted(fn.methods)} {host.base_url}/{fn.route}  (auth {fn.auth_level.lower()})", flush=True)
     for q in host.queue_functions:
         print(f"  queue trigger {q.name} <- {q.queue} ({source})", flush=True)
+        if isinstance(consumer, EmbeddedTransport):
+            if held := held_by_earlier_run(consumer.queue, q.queue):
+                print(f"  {held}", flush=True)
     await serving
+
+
+def held_by_earlier_run(queue: EmbeddedQueue, name: str, *, now: datetime | None = None) -> str | None:
+    """What a restarted host waits for: messages an earlier run locked and never settled (it crashed) come
+    back only when their locks expire. Said once at start-up, so a quiet minute is not a mystery."""
+    now = now or datetime.now(UTC)
+    until = [m.locked_until_utc for m in queue.peek(name, max_messages=10_000)
+             if m.locked_until_utc is not None and m.locked_until_utc > now]
+    if not until:
+        return None
+    wait = (max(until) - now).total_seconds()
+    return (f"{len(until)} message(s) on {name} are locked by an earlier run of the host (it stopped without "
+            f"settling them); they are delivered again when their locks expire, within {wait:.0f} s "
+            "(P2C_LOCAL_LOCK_SECONDS)")
 
 
 def _read_key(from_stdin: bool) -> str | None:

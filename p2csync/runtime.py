@@ -489,7 +489,8 @@ def _transport(settings: Settings) -> QueueTransport | None:
     if settings.local_queue_path is not None:
         from p2csync.queue.embedded import EmbeddedQueue, EmbeddedTransport
 
-        return EmbeddedTransport(EmbeddedQueue(settings.local_queue_path))
+        return EmbeddedTransport(EmbeddedQueue(settings.local_queue_path,
+                                               max_message_bytes=settings.servicebus_max_message_bytes))
     if settings.servicebus_namespace:
         from p2csync.queue.servicebus import ServiceBusTransport
 

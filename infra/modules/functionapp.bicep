@@ -62,6 +62,9 @@ param fnoDefaultCompany string
 @description('Comma-separated Dataverse systemuser ids that the sync itself writes as (echo filter).')
 param integrationUserIds string = ''
 
+@description('Largest message the queues take, application properties included (P2C_SERVICEBUS_MAX_MESSAGE_BYTES): 262144 on Standard, the queue size on Premium (1 MB by default). The webhook trims what would not fit, as Dataverse does.')
+param serviceBusMaxMessageBytes string = '262144'
+
 @description('Maximum instances the app scales out to.')
 @minValue(1)
 @maxValue(1000)
@@ -220,6 +223,16 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'INTEGRATION_USER_IDS'
           value: integrationUserIds
+        }
+        {
+          name: 'P2C_SERVICEBUS_MAX_MESSAGE_BYTES'
+          value: serviceBusMaxMessageBytes
+        }
+        // Dataverse never posts more than 256 KB: the host refuses larger bodies (413) before our code reads
+        // them, instead of buffering up to its 100 MB default.
+        {
+          name: 'FUNCTIONS_REQUEST_BODY_SIZE_LIMIT'
+          value: '1048576'
         }
       ]
     }

@@ -48,6 +48,8 @@ REQUIRED_SETTINGS = {
     "SALES_EVENTS_QUEUE": "salesEventsQueueName",
     "FNO_EVENTS_QUEUE": "fnoEventsQueueName",
     "INTEGRATION_USER_IDS": "integrationUserIds",
+    "P2C_SERVICEBUS_MAX_MESSAGE_BYTES": "serviceBusMaxMessageBytes",
+    "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT": "1048576",
 }
 
 # Settings Flex Consumption rejects or that would bring a secret back.

@@ -127,3 +127,17 @@ def test_a_mapping_that_does_not_read_them_maps_as_before():
     mapped = SPEC.apply(record, resolved=resolved, default_company="usmf")
     assert mapped.payload == SPEC.apply(plain, resolved=resolved, default_company="usmf").payload
     assert "<unparsed" not in json.dumps(mapped.payload, default=str)
+
+
+def test_a_filter_on_such_a_column_dead_letters_naming_it_instead_of_skipping_silently():
+    from mappings import parse_mapping
+
+    text = (ROOT / "mappings" / "accounts.yaml").read_text(encoding="utf-8")
+    text = text.replace("on_empty: blank\n", "on_empty: blank\nfilter:\n  - field: p2c_future\n    equals: 1\n", 1)
+    spec = parse_mapping(text, "accounts.yaml")
+    record = dict(parse_change_event(body_with(EXTRA_ATTRIBUTES)).attributes)
+    with pytest.raises(MappedValueError) as info:
+        spec.filter_reason(record)
+    assert info.value.target == "filter" and info.value.source == "p2c_future"
+    assert "does not know" in str(info.value)
+    assert spec.filter_reason({**record, "p2c_future": 1}) is None  # a known value filters as before

@@ -1,6 +1,6 @@
-"""Runtime rules at the edges that need no sandbox: F&O's endpoint test message, and event times from the
-future on F&O business events (the Dataverse side is tested against the sandbox in
-tests/integration/test_runtime_edges.py)."""
+"""Rules at the edges that need no sandbox: F&O's endpoint test message, event times from the future on
+F&O business events (the Dataverse side is tested against the sandbox in
+tests/integration/test_runtime_edges.py), and what a restarted local host says it is waiting for."""
 
 from __future__ import annotations
 
@@ -100,3 +100,23 @@ async def test_a_business_event_from_the_future_loses_its_control_number(runtime
     # Its ControlNumber neither skips later events as stale nor is recorded; the handler re-reads F&O.
     assert distrusted.version is None and distrusted.is_complete is False
     assert distrusted.dedupe_key == forged.dedupe_key
+
+
+def test_a_restarted_host_says_which_messages_an_earlier_run_left_locked(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from p2csync.cli import held_by_earlier_run
+    from p2csync.queue.base import OutboundMessage
+    from p2csync.queue.embedded import EmbeddedQueue
+
+    queue = EmbeddedQueue(tmp_path / "queue.sqlite", lock_duration=timedelta(seconds=60))
+    try:
+        assert held_by_earlier_run(queue, "sales-events") is None
+        for n in range(3):
+            queue.send("sales-events", OutboundMessage(body=b"{}", message_id=f"m{n}"))
+        queue.receive("sales-events", max_messages=2)  # the earlier run took two, then died
+        said = held_by_earlier_run(queue, "sales-events")
+    finally:
+        queue.close()
+    assert said is not None and said.startswith("2 message(s) on sales-events are locked by an earlier run")
+    assert "within 60 s" in said or "within 59 s" in said
