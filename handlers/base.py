@@ -8,10 +8,11 @@ and upserts the counterpart. It returns an outcome; it never settles messages it
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mappings import MappingSpec, payload_hash
+from mappings import MappedValueError, MappingSpec, payload_hash
 from mappings.model import default_entity_set
 from mappings.values import is_entity_ref
 from p2csync.connectors.dataverse import DataverseClient
@@ -41,6 +42,8 @@ class FlowContext:
         return self.mappings[flow]
 
 
+#: How long a business unit's name is trusted (renames are rare; a stale name would route to another company).
+BUSINESS_UNIT_NAME_TTL = 600.0
 #: The column holding the display name of the tables a company routing column can point at.
 PRIMARY_NAME_COLUMNS = {"businessunit": "name", "team": "name", "systemuser": "fullname"}
 
@@ -48,10 +51,16 @@ PRIMARY_NAME_COLUMNS = {"businessunit": "name", "team": "name", "systemuser": "f
 def target_key(system: str, entity_set: str, key: dict[str, Any]) -> str:
     """The ledger's name of one counterpart record: ``fno:CustomersV3:(dataAreaId='usmf',CustomerAccount='us-001')``.
 
-    Text values are case-folded because F&O compares keys without case: ``US-001`` and ``us-001`` are one
-    customer, so two source records carrying them are a conflict too."""
-    folded = {name: value.casefold() if isinstance(value, str) else value for name, value in key.items()}
+    Text values are case-folded and lose trailing spaces because F&O (SQL Server) compares keys that way:
+    ``US-001``, ``us-001`` and ``US-001 `` are one customer, so source records carrying them conflict."""
+    folded = {name: value.rstrip(" ").casefold() if isinstance(value, str) else value for name, value in key.items()}
     return f"{system}:{entity_set}:{format_key(folded)}"
+
+
+def _describe_target(target: str) -> str:
+    """``fno:CustomersV3:(...)`` -> ``CustomersV3(...)``."""
+    _, entity_set, key = target.split(":", 2)
+    return f"{entity_set}{key}"
 
 
 def source_id(record_key: str) -> str:
@@ -98,7 +107,11 @@ class SalesToFnORecordSync:
     async def sync(self, event: ChangeEvent, state: RecordState, ctx: FlowContext) -> Outcome:
         spec = ctx.mapping(self.flow)
         if event.message_name == "Delete" and not self.sync_deletes:
-            return Skipped(reason=f"{event.entity} deletes are not synced by the {self.flow} flow")
+            reason = f"{event.entity} deletes are not synced by the {self.flow} flow"
+            if state.target_key and await ctx.ledger.unclaim(state.target_key, self.record_key(event)):
+                # The F&O record stays; its number may now be used by another Sales record.
+                reason += f"; {_describe_target(state.target_key)} is no longer claimed by this {event.entity}"
+            return Skipped(reason=reason)
 
         record, version = await self._newest_state(event, state, spec, ctx)
         if record is None:
@@ -139,16 +152,15 @@ class SalesToFnORecordSync:
         owner = await ctx.ledger.claim(target, record_key, previous=state.target_key)
         if owner == record_key:
             return None
-        described = target.split(":", 2)[2]
-        entity_set = target.split(":", 2)[1]
         return Rejected(
             reason="TargetConflict",
             description=(
                 f"{event.entity} {source_id(record_key)} and {event.entity} {source_id(owner)} both map to "
-                f"{entity_set}{described}; it is already synced from {source_id(owner)}, so nothing was written "
-                f"for {source_id(record_key)}. Two {event.entity} records must not share one F&O key "
+                f"{_describe_target(target)}; it is already synced from {source_id(owner)}, so nothing was "
+                f"written for {source_id(record_key)}. Two {event.entity} records must not share one F&O key "
                 "(duplicate numbers are not supported, as in the Prospect to cash templates): give one of them "
-                "another number, then replay this message."
+                f"another number (or delete {source_id(owner)} in Sales, which frees the number), then replay "
+                "this message."
             ),
         )
 
@@ -165,14 +177,21 @@ class SalesToFnORecordSync:
         if not spec.company_routes_by_name or not is_entity_ref(ref) or ref.name:
             return record
         cache_key = (ref.logical_name, ref.id, "@name")
-        if cache_key not in ctx.lookup_cache:
+        cached = ctx.lookup_cache.get(cache_key)
+        now = time.monotonic()
+        if cached is None or cached[1] <= now:
             name_column = PRIMARY_NAME_COLUMNS.get(ref.logical_name, "name")
             entity_set = spec.source.lookup_entity_sets.get(ref.logical_name) or default_entity_set(ref.logical_name)
             row = await ctx.dataverse.get(entity_set, ref.id, select=[name_column])
-            ctx.lookup_cache[cache_key] = None if row is None else row.get(name_column)
-        name = ctx.lookup_cache[cache_key]
+            cached = ctx.lookup_cache[cache_key] = (None if row is None else row.get(name_column),
+                                                    now + BUSINESS_UNIT_NAME_TTL)
+        name = cached[0]
         if not name:
-            return record
+            # Routing on without the name would send the record to the default company, and its next
+            # (fetched) event to the named one: two records in two companies. Refuse instead.
+            raise MappedValueError(self.flow, spec.company_target_field or "company", column,
+                                   f"{ref.logical_name} {ref.id} has no name Dataverse returns to this user, and "
+                                   "company.business_units routes by name")
         return {**record, column: EntityRef(id=str(ref.id), logical_name=ref.logical_name, name=str(name))}
 
     async def _newest_state(

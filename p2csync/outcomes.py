@@ -43,6 +43,8 @@ class Deferred(_Outcome):
     kind: Literal["deferred"] = "deferred"
     delay: float = Field(ge=0)
     reason: str
+    #: Waiting for a record another worker holds (counted apart from deferrals: see the runtime).
+    lease_wait: bool = False
 
 
 class Rejected(_Outcome):

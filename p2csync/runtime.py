@@ -39,12 +39,16 @@ from p2csync.envelopes import ChangeEvent, EndpointTestMessage, EnvelopeError, p
 from p2csync.ledger.base import JournalEntry, Ledger, LeaseBusy, LeaseLost
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped, describe
 from p2csync.queue.base import OutboundMessage, PropertyValue, QueueTransport
+from p2csync.queue.sizing import MessageSizeExceeded
 from p2csync.settings import Settings, SettingsError
 from p2csync.settlement import MessageActions, settle
 
 log = logging.getLogger("p2csync.runtime")
 
 DEFERRALS = "p2c-deferrals"
+#: Waits for a record held by another worker: counted apart from deferrals, because a live holder renews its
+#: lease for as long as its sync runs (a throttled F&O, a large document) and waiting on it is not a failure.
+LEASE_WAITS = "p2c-lease-waits"
 #: Sources whose versions are times (modifiedon in epoch ms), so a version can be checked against the clock.
 TIME_VERSIONED_SOURCES = frozenset({"dataverse", "fno_data_event"})
 ORIGINAL_MESSAGE_ID = "p2c-original-message-id"
@@ -66,8 +70,15 @@ class InboundMessage:
 
     @property
     def deferrals(self) -> int:
+        return self._count(DEFERRALS)
+
+    @property
+    def lease_waits(self) -> int:
+        return self._count(LEASE_WAITS)
+
+    def _count(self, name: str) -> int:
         try:
-            return int(self.application_properties.get(DEFERRALS, 0))
+            return int(self.application_properties.get(name, 0))
         except (TypeError, ValueError):
             return 0
 
@@ -242,14 +253,21 @@ class SyncRuntime:
                                                   f"at {prior.recorded_at:%Y-%m-%dT%H:%M:%SZ}")
                 return outcome, event, record_key
             untrusted_state = self._is_future_version(event, state.version)
-            if untrusted_state:
+            if untrusted_state:  # nothing to compare with: only the record's current state is safe to write
                 log.warning("%s: the applied version %s lies in the future; not trusting it", record_key,
                             state.version)
                 state = state.model_copy(update={"version": None})
-            if event.version is not None and state.version is not None and event.version < state.version:
+                event = event.model_copy(update={"is_complete": False})
+            stale = event.version is not None and state.version is not None and event.version < state.version
+            if stale and event.source not in TIME_VERSIONED_SOURCES:
+                # A control number cannot be checked against the clock, so a forged or corrupt one could make
+                # every later event look stale forever: such an event is only a notification (re-read).
+                event = event.model_copy(update={"version": None, "is_complete": False})
+                stale = False
+            if stale:
                 outcome = Skipped(reason=f"stale: version {event.version} is older than applied {state.version}")
             else:
-                outcome = await self._sync(handler, event, state, message)
+                outcome = await keeper.guard(self._sync(handler, event, state, message))
             if outcome.is_final:
                 version = getattr(outcome, "version", None)
                 if self._is_future_version(event, version):
@@ -276,17 +294,17 @@ class SyncRuntime:
     def _wait_for_lease(self, busy: LeaseBusy, message: InboundMessage) -> Deferred:
         """Come back soon twice (a live holder usually finishes within a second), then when the holder's
         lease ends: a crashed holder stops renewing, so its lease runs out within P2C_LEASE_SECONDS and the
-        record is free again, without the message using up its deferrals meanwhile."""
+        record is free again. These waits are counted apart from deferrals (P2C_MAX_LEASE_WAITS), so a long
+        but live sync of the record does not use up the deferrals of the messages queued behind it."""
         remaining = max(0.0, (busy.until - datetime.now(UTC)).total_seconds())
         at_lease_end = remaining + random.uniform(0.1, 0.5)
-        if message.deferrals < 2:
-            delay = min(backoff(message.deferrals, base=0.5, cap=30.0, floor=0.2), at_lease_end)
-        else:
-            delay = at_lease_end
-        log.info("record %s is held by %s for %.1f s more; message %s comes back in %.1f s (deferral %d)",
-                 busy.record_key, busy.holder, remaining, message.message_id, delay, message.deferrals + 1)
-        return Deferred(delay=delay, reason=f"record {busy.record_key} is being synced by another worker "
-                                            f"(its lease ends in {remaining:.1f} s)")
+        waits = message.lease_waits
+        delay = min(backoff(waits, base=0.5, cap=30.0, floor=0.2), at_lease_end) if waits < 2 else at_lease_end
+        log.info("record %s is held by %s for %.1f s more; message %s comes back in %.1f s (wait %d)",
+                 busy.record_key, busy.holder, remaining, message.message_id, delay, waits + 1)
+        return Deferred(delay=delay, lease_wait=True,
+                        reason=f"record {busy.record_key} is being synced by another worker "
+                               f"(its lease ends in {remaining:.1f} s)")
 
     def _future_horizon_ms(self) -> int:
         return int((datetime.now(UTC).timestamp() + self.settings.max_future_seconds) * 1000)
@@ -349,7 +367,11 @@ class SyncRuntime:
             outcome = Deferred(delay=backoff(message.deferrals), reason=f"unexpected {type(exc).__name__}: {exc}")
             event = record_key = None
 
-        if isinstance(outcome, Deferred) and message.deferrals >= self.settings.max_deferrals:
+        if isinstance(outcome, Deferred) and outcome.lease_wait and message.lease_waits >= self.settings.max_lease_waits:
+            outcome = Rejected(reason="MaxDeferralsExceeded",
+                               description=f"waited {message.lease_waits} times for a record another worker "
+                                           f"kept syncing; last reason: {outcome.reason}")
+        elif isinstance(outcome, Deferred) and not outcome.lease_wait and message.deferrals >= self.settings.max_deferrals:
             outcome = Rejected(reason="MaxDeferralsExceeded",
                                description=f"deferred {message.deferrals} times; last reason: {outcome.reason}")
         if isinstance(outcome, Deferred) and self.transport is None:
@@ -357,35 +379,43 @@ class SyncRuntime:
             await self._journal(message, event, record_key, outcome.kind, outcome.reason)
             await settle(actions.abandon, raw)
             return outcome
+        if isinstance(outcome, Deferred):
+            try:
+                await self._reschedule(message, outcome)
+            except MessageSizeExceeded as exc:  # our retry properties pushed it over: no retry can be queued
+                outcome = Rejected(reason="RetryCopyTooLarge",
+                                   description=f"{outcome.reason}; its retry copy cannot be queued: {exc}")
+            except Exception:  # the queue is unreachable: let it redeliver the original instead
+                log.exception("could not schedule the retry of %s; abandoning it", message.message_id)
+                await self._journal(message, event, record_key, outcome.kind, describe(outcome))
+                await settle(actions.abandon, raw)
+                return outcome
 
         await self._journal(message, event, record_key, outcome.kind, describe(outcome))
         log.info("%s %s -> %s", message.queue, message.message_id, describe(outcome))
         match outcome:
-            case Applied() | Skipped():
-                await settle(actions.complete, raw)
-            case Deferred(delay=delay):
-                try:
-                    await self._reschedule(message, delay)
-                except Exception:  # the queue is unreachable: let it redeliver the original instead
-                    log.exception("could not schedule the retry of %s; abandoning it", message.message_id)
-                    await settle(actions.abandon, raw)
-                else:
-                    await settle(actions.complete, raw)
+            case Applied() | Skipped() | Deferred():
+                await settle(actions.complete, raw)  # a deferral's copy is scheduled: complete the original
             case Rejected(reason=reason, description=description):
                 # Service Bus caps both at 4096 UTF-16 units; 2000 code points always fit (the journal has it all)
                 await settle(actions.deadletter, raw, deadletter_reason=reason[:2000],
                              deadletter_error_description=description[:2000])
         return outcome
 
-    async def _reschedule(self, message: InboundMessage, delay: float) -> None:
+    async def _reschedule(self, message: InboundMessage, deferred: Deferred) -> None:
         """A deferral is a new scheduled copy of the message (then the original is completed). Its MessageId
         differs so duplicate detection keeps it; the dedupe key inside the body is unchanged."""
         assert self.transport is not None
-        attempt = message.deferrals + 1
+        delay = deferred.delay
+        attempt = message.deferrals + message.lease_waits + 1  # distinct per copy, whatever the kind of wait
         props = message.application_properties
         original = str(props[ORIGINAL_MESSAGE_ID]) if ORIGINAL_MESSAGE_ID in props else message.message_id
         properties = {key: kept for key, value in props.items() if (kept := property_value(value)) is not None}
-        properties.update({DEFERRALS: attempt, ORIGINAL_MESSAGE_ID: original})
+        properties.update({ORIGINAL_MESSAGE_ID: original})
+        if deferred.lease_wait:
+            properties[LEASE_WAITS] = message.lease_waits + 1
+        else:
+            properties[DEFERRALS] = message.deferrals + 1
         copy = OutboundMessage(
             body=message.body,
             message_id=retry_message_id(original, message.body, attempt),
@@ -417,13 +447,38 @@ class LeaseKeeper:
     Why: the lease can then be short (seconds), so the records of a worker that crashed are free again
     within one lease, while a slow sync (a throttled F&O, a large document) keeps its hold for as long as it
     runs. A renewal never re-takes a lease (``Ledger.renew``), so one landing after the commit is harmless.
+    When the hold is lost (taken over, or renewals failing until it could have been), the guarded work is
+    cancelled: another worker may be writing the record, and an older state must not land after its newer one.
     """
 
     def __init__(self, ledger: Ledger, record_key: str, owner: str, lease: timedelta) -> None:
         self.ledger, self.record_key, self.owner, self.lease = ledger, record_key, owner, lease
         self.renewals = 0
+        self.lost = False
+        self._work: asyncio.Task[Any] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._valid_until = self._loop.time() + lease.total_seconds()
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"lease:{record_key}")
+
+    async def guard(self, work: Any) -> Any:
+        """Run ``work`` (a coroutine); LeaseLost if the hold is lost before it ends (the work is cancelled)."""
+        self._work = asyncio.ensure_future(work)
+        try:
+            return await self._work
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self.lost and not (current is not None and current.cancelling()):
+                raise LeaseLost(self.record_key, self.owner) from None
+            raise
+        finally:
+            self._work = None
+
+    def _lose(self, why: str) -> None:
+        log.warning("lost the lease on %s while syncing it (%s); stopping the sync", self.record_key, why)
+        self.lost = True
+        if self._work is not None:
+            self._work.cancel()
 
     async def _run(self) -> None:
         interval = self.lease.total_seconds() / 3
@@ -435,17 +490,25 @@ class LeaseKeeper:
                 pass
             try:
                 await self.ledger.renew(self.record_key, self.owner, self.lease)
-                self.renewals += 1
             except LeaseLost:
-                log.warning("lost the lease on %s while syncing it; the commit will re-check", self.record_key)
+                self._lose("another worker holds it, or it was released")
                 return
-            except Exception:
-                log.exception("could not renew the lease on %s; trying again", self.record_key)
+            except Exception as exc:
+                if self._loop.time() >= self._valid_until - interval / 2:
+                    self._lose(f"renewals failing until it could expire: {type(exc).__name__}")
+                    return
+                log.warning("could not renew the lease on %s (%s); trying again", self.record_key, exc)
+            else:
+                self.renewals += 1
+                self._valid_until = self._loop.time() + self.lease.total_seconds()
 
     async def stop(self) -> None:
-        """Stop renewing; waits for a renewal in flight so none outlives the work."""
+        """Stop renewing. Waits briefly for a renewal in flight (harmless either way: a renewal never re-takes
+        a lease), then gives up on it."""
         self._stop.set()
-        await self._task
+        done, _ = await asyncio.wait({self._task}, timeout=2.0)
+        if not done:
+            self._task.cancel()
 
 
 async def _quietly(awaitable: Any) -> None:

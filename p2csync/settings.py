@@ -98,6 +98,10 @@ class Settings(BaseModel):
         "and still be trusted; a version further ahead is re-read from the source instead"
     )
     max_deferrals: int = Field(20, ge=1, description="Deferrals of one message before it is dead-lettered")
+    max_lease_waits: int = Field(
+        240, ge=1, description="Waits of one message for a record another worker keeps syncing (each at most one "
+        "lease long) before it is dead-lettered; counted apart from deferrals"
+    )
     servicebus_max_message_bytes: int = Field(
         256 * 1024, ge=64 * 1024, le=100 * 1024 * 1024,
         description="Maximum message size of the queues, properties included: 262144 (256 KB) on the Standard "
@@ -126,6 +130,7 @@ class Settings(BaseModel):
             "lease_seconds": "P2C_LEASE_SECONDS",
             "max_future_seconds": "P2C_MAX_FUTURE_SECONDS",
             "max_deferrals": "P2C_MAX_DEFERRALS",
+            "max_lease_waits": "P2C_MAX_LEASE_WAITS",
             "servicebus_max_message_bytes": "P2C_SERVICEBUS_MAX_MESSAGE_BYTES",
         }
         return _from_env(cls, env, names, {"integration_user_ids": _csv(env.get("INTEGRATION_USER_IDS"))})

@@ -138,6 +138,11 @@ class Ledger(Protocol):
         owns it, so a record whose key changed does not keep its old counterpart locked."""
         ...
 
+    async def unclaim(self, target_key: str, record_key: str) -> bool:
+        """Release `record_key`'s claim on `target_key` (its source record was deleted); False when it did not
+        own it (nothing changes then)."""
+        ...
+
     async def release(self, record_key: str, owner: str) -> None:
         """Give the lease back without recording anything (a failed attempt)."""
         ...

@@ -263,6 +263,16 @@ class SqliteLedger:
                 )
         return record_key
 
+    async def unclaim(self, target_key: str, record_key: str) -> bool:
+        return await asyncio.to_thread(self._unclaim, target_key, record_key)
+
+    def _unclaim(self, target_key: str, record_key: str) -> bool:
+        with self._db.write() as conn:
+            deleted = conn.execute(
+                "DELETE FROM claims WHERE target_key = ? AND record_key = ?", (target_key, record_key)
+            ).rowcount
+        return bool(deleted)
+
     async def release(self, record_key: str, owner: str) -> None:
         """Drop the lease if `owner` holds it; a no-op otherwise (it may have been taken over already)."""
         await asyncio.to_thread(self._release, record_key, owner)

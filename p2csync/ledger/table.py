@@ -431,16 +431,22 @@ class TableLedger:
         else:
             raise LedgerError(f"the claim on {target_key} kept changing while being read; try again")
         if previous is not None and previous != target_key:
-            old = await self._get(claim_partition(previous), CLAIM_ROW)
-            if old is not None and old.get("record_key") == record_key:
-                try:
-                    await self._table.delete_entity(
-                        claim_partition(previous), CLAIM_ROW, etag=_etag(old),
-                        match_condition=MatchConditions.IfNotModified,
-                    )
-                except (ResourceModifiedError, ResourceNotFoundError):
-                    pass  # changed or gone meanwhile: no longer ours to release
+            await self.unclaim(previous, record_key)
         return record_key
+
+    async def unclaim(self, target_key: str, record_key: str) -> bool:
+        """Delete the claim row on its ETag, only while `record_key` owns it."""
+        await self._ready()
+        old = await self._get(claim_partition(target_key), CLAIM_ROW)
+        if old is None or old.get("record_key") != record_key:
+            return False
+        try:
+            await self._table.delete_entity(
+                claim_partition(target_key), CLAIM_ROW, etag=_etag(old), match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False  # changed or gone meanwhile: no longer ours to release
+        return True
 
     async def release(self, record_key: str, owner: str) -> None:
         """Drop the lease if `owner` holds it; a no-op otherwise (it may have been taken over already)."""

@@ -20,8 +20,12 @@ from p2csync.settings import ROOT
 from sandbox import INTEGRATION_TOKEN, SALES_TOKEN, SandboxServer
 from tests.sandbox.conftest import Receiver
 
-SPECS = load_mappings(ROOT / "mappings")
-ACCOUNTS = SPECS["accounts"]
+SHIPPED = load_mappings(ROOT / "mappings")
+# The mechanics are shown on the two steps that carry images (Create, Update); the shipped mapping's Delete step
+# (no image) is registered by the CLI test below and checked in tests/unit/test_registration.py.
+ACCOUNTS = SHIPPED["accounts"].model_copy(
+    update={"source": SHIPPED["accounts"].source.model_copy(update={"triggers": ["Create", "Update"]})})
+SPECS = {**SHIPPED, "accounts": ACCOUNTS}
 KEY = "fn-key-Zx81"
 TABLES = ("serviceendpoint", "sdkmessageprocessingstep", "sdkmessageprocessingstepimage")
 
@@ -288,12 +292,12 @@ def test_cli_dry_run_then_apply(sandbox: SandboxServer) -> None:
     assert result.returncode == 0, result.stderr
     assert "Webhook registration plan for service endpoint 'p2c-sync webhook' (dry run" in result.stdout
     assert "  create     endpoint  p2c-sync webhook" in result.stdout
-    assert "Plan: 5 to create, 0 to update, 0 to delete, 0 unchanged." in result.stdout
+    assert "Plan: 6 to create, 0 to update, 0 to delete, 0 unchanged." in result.stdout  # with the Delete step
     assert rows(sandbox) == {table: [] for table in TABLES}
 
     applied = cli(sandbox, "--webhook-url", receiver_url(), key=KEY)
     assert applied.returncode == 0, applied.stderr
-    assert applied.stdout.count("created ") == 5 and KEY not in applied.stdout + applied.stderr
+    assert applied.stdout.count("created ") == 6 and KEY not in applied.stdout + applied.stderr
     again = cli(sandbox, "--key-stdin", stdin="stdin-key\n")
     assert again.returncode == 0, again.stderr
     assert "updated endpoint p2c-sync webhook: authvalue" in again.stdout and "stdin-key" not in again.stdout

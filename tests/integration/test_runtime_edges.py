@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from p2csync.outcomes import Applied, Deferred, Rejected
+from p2csync.outcomes import Applied, Deferred, Rejected, Skipped
 from p2csync.runtime import InboundMessage, SyncRuntime
 from p2csync.settings import ROOT
-from sandbox import SandboxServer
+from sandbox import INTEGRATION_USER_ID, SandboxServer
 from tests.integration.runtime_world import (
     CUSTOMERS,
     Capture,
@@ -246,3 +246,87 @@ async def test_the_record_of_a_crashed_worker_is_free_within_one_lease(
     assert waits >= 1
     assert asyncio.get_running_loop().time() - started < 1.0 + 3.0  # about one lease (a wide margin: shared CPUs)
     assert customer(sandbox, "CRASH-1") is not None
+
+
+async def test_a_sync_that_loses_its_lease_stops_instead_of_writing_after_the_new_holder(
+    sandbox: SandboxServer, capture: Capture, runtimes: Runtimes
+) -> None:
+    runtime = runtimes.build(P2C_LEASE_SECONDS="0.6")
+    message = await created_account(sandbox, capture, "LOST-1")
+    record_key = f"accounts:account:{_record_id(message)}"
+    owner = f"{runtime.instance_id}:{message.message_id}:{message.delivery_count}"
+    sandbox.fno.faults.latency(5.0, method="POST")  # the write is slow: the lease is stolen meanwhile
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    working = asyncio.create_task(runtime.handle(message, message, RecordingActions()))
+    await asyncio.sleep(0.3)
+    # Another worker takes the record over (as after an outage of the ledger that let the lease run out).
+    await runtime.ledger.release(record_key, owner)
+    await runtime.ledger.acquire(record_key, "new-holder", timedelta(seconds=30))
+    outcome = await working
+
+    assert isinstance(outcome, Deferred), outcome
+    assert "expired while syncing" in outcome.reason
+    assert loop.time() - started < 4.0  # stopped at the next renewal, not after the 5 s write
+    state = await runtime.ledger.record_state(record_key)  # type: ignore[attr-defined]
+    assert state.version is None  # nothing was recorded for the stopped sync
+
+
+async def test_with_an_untrusted_applied_version_an_old_complete_image_is_not_written(
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
+) -> None:
+    created = await created_account(sandbox, capture, "FUT-003")
+    assert isinstance(await runtime.handle(created, created, RecordingActions()), Applied)
+    record_key = f"accounts:account:{_record_id(created)}"
+    await runtime.ledger.acquire(record_key, "old-release", timedelta(seconds=5))
+    await runtime.ledger.commit(record_key, "old-release", message_key="forged", outcome="applied", reason=None,
+                                version=YEAR_9999_MS, payload_hash="forged")
+    await sales_change(sandbox, capture, lambda: sandbox.dataverse.update(
+        "account", _record_id(created), {"telephone1": "+1 555 0179"}))  # its event is still on its way
+
+    # A late redelivery of the Create (another operation id, so no duplicate): a complete but old image.
+    body = json.loads(created.body)
+    body["OperationId"] = "0f0f0f0f-0000-4000-8000-000000000003"
+    late = InboundMessage(queue=created.queue, body=json.dumps(body).encode(), message_id="late-create",
+                          application_properties=created.application_properties,
+                          content_type=created.content_type)
+    outcome = await runtime.handle(late, late, RecordingActions())
+    assert isinstance(outcome, Applied), outcome
+    # Nothing to compare its version with, so the record was read: F&O has today's phone, not the Create's.
+    assert customer(sandbox, "FUT-003")["PrimaryContactPhone"] == "+1 555 0179"  # type: ignore[index]
+
+
+async def test_deleting_the_owner_in_sales_frees_its_number_for_another_account(
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime, without_account_number_key: Any
+) -> None:
+    first = await created_account(sandbox, capture, "FREE-1")
+    assert isinstance(await runtime.handle(first, first, RecordingActions()), Applied)
+    second = await created_account(sandbox, capture, "FREE-1", name="Successor")
+    assert isinstance(await runtime.handle(second, second, RecordingActions()), Rejected)
+
+    [deleted] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.delete("account", _record_id(first)))
+    outcome = await runtime.handle(deleted, deleted, RecordingActions())
+    assert isinstance(outcome, Skipped) and "no longer claimed" in outcome.reason
+    assert customer(sandbox, "FREE-1") is not None  # deletes are not synced: the customer stays
+
+    replayed = await runtime.handle(second, second, RecordingActions())  # the dead letter, replayed
+    assert isinstance(replayed, Applied), replayed
+    assert customer(sandbox, "FREE-1")["OrganizationName"] == "Successor"  # type: ignore[index]
+
+
+async def test_routing_by_name_without_a_readable_name_is_refused_not_sent_to_the_default_company(
+    sandbox: SandboxServer, capture: Capture, runtimes: Runtimes, routing_by_name: Path
+) -> None:
+    from sandbox.dataverse_tables import ROOT_BUSINESS_UNIT_ID
+
+    runtime = runtimes.build(P2C_MAPPINGS_DIR=str(routing_by_name))
+    created = await created_account(sandbox, capture, "BU-NONAME")
+    sandbox.dataverse.update("businessunit", ROOT_BUSINESS_UNIT_ID, {"name": None}, user=INTEGRATION_USER_ID)
+    actions = RecordingActions()
+    outcome = await runtime.handle(created, created, actions)
+
+    assert isinstance(outcome, Rejected), outcome
+    assert actions.calls[0].reason == "MappingFailed"
+    assert ROOT_BUSINESS_UNIT_ID in outcome.description and "routes by name" in outcome.description
+    assert sandbox.fno.rows(CUSTOMERS) == []  # not written to the default company

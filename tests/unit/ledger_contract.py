@@ -290,6 +290,17 @@ class LedgerContract:
         assert await ledger.claim(theirs, RK, previous=mine) == other
         assert await ledger.claim_owner(mine) == RK
 
+    async def test_unclaim_releases_only_the_owners_claim(self, ledger: LedgerUnderTest) -> None:
+        target = "fno:CustomersV3:usmf|us-001"
+        other = "accounts:account:0b0b0b0b-0000-0000-0000-000000000002"
+        await ledger.claim(target, RK)
+        assert await ledger.unclaim(target, other) is False  # not its claim: nothing changes
+        assert await ledger.claim_owner(target) == RK
+        assert await ledger.unclaim(target, RK) is True
+        assert await ledger.claim_owner(target) is None
+        assert await ledger.unclaim(target, RK) is False
+        assert await ledger.claim(target, other) == other  # the number is free for another record
+
     async def test_commit_records_the_claimed_target(self, ledger: LedgerUnderTest, clock: FakeClock) -> None:
         await ledger.acquire(RK, "a", LEASE)
         await commit(ledger, "a", "m1", version=4, payload_hash="h4", target_key="fno:t1")

@@ -120,3 +120,136 @@ def test_a_restarted_host_says_which_messages_an_earlier_run_left_locked(tmp_pat
         queue.close()
     assert said is not None and said.startswith("2 message(s) on sales-events are locked by an earlier run")
     assert "within 60 s" in said or "within 59 s" in said
+
+
+# ------------------------------------------------------------------ waits, control numbers, oversize retries
+
+CREATE = Path(__file__).resolve().parents[1] / "fixtures" / "envelopes" / "dataverse_create_account.json"
+CREATE_KEY = "accounts:account:44bfc2a7-903e-eb11-a813-000d3ad9c2e1"
+
+
+class _Actions:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+
+    def complete(self, message: Any) -> None:
+        self.calls.append(("complete", None))
+
+    def abandon(self, message: Any) -> None:
+        self.calls.append(("abandon", None))
+
+    def deadletter(self, message: Any, deadletter_reason: str | None = None,
+                   deadletter_error_description: str | None = None) -> None:
+        self.calls.append(("deadletter", deadletter_reason))
+
+
+def _held_by_another_worker(runtime: SyncRuntime) -> Any:
+    from datetime import timedelta
+
+    return runtime.ledger.acquire(CREATE_KEY, "another-worker", timedelta(seconds=30))
+
+
+async def test_waiting_for_a_record_another_worker_holds_does_not_use_up_deferrals(
+    runtime_env: dict[str, str]
+) -> None:
+    from p2csync.queue.embedded import EmbeddedTransport
+    from p2csync.runtime import DEFERRALS, LEASE_WAITS
+
+    runtime = SyncRuntime.from_settings(Settings.from_env())
+    try:
+        await _held_by_another_worker(runtime)
+        message = InboundMessage(queue="sales-events", body=CREATE.read_bytes(), message_id="m-1",
+                                 application_properties={DEFERRALS: 20})  # no deferrals left
+        actions = _Actions()
+        outcome = await runtime.handle(message, message, actions)
+        assert outcome.kind == "deferred" and actions.calls == [("complete", None)]
+        assert isinstance(runtime.transport, EmbeddedTransport)
+        [copy] = runtime.transport.queue.peek("sales-events")
+        assert copy.application_properties[LEASE_WAITS] == 1
+        assert copy.application_properties[DEFERRALS] == 20  # unchanged: waiting is not failing
+
+        exhausted = InboundMessage(queue="sales-events", body=CREATE.read_bytes(), message_id="m-2",
+                                   application_properties={LEASE_WAITS: runtime.settings.max_lease_waits})
+        actions = _Actions()
+        final = await runtime.handle(exhausted, exhausted, actions)
+        assert final.kind == "rejected" and actions.calls == [("deadletter", "MaxDeferralsExceeded")]
+        assert "another worker kept syncing" in final.description  # type: ignore[union-attr]
+    finally:
+        await runtime.aclose()
+
+
+async def test_a_retry_copy_that_cannot_fit_the_queue_is_dead_lettered_with_that_reason(
+    runtime_env: dict[str, str]
+) -> None:
+    from p2csync.queue.base import OutboundMessage
+    from p2csync.queue.sizing import serialized_size
+
+    runtime = SyncRuntime.from_settings(Settings.from_env())
+    try:
+        await _held_by_another_worker(runtime)
+        body = json.loads(CREATE.read_text(encoding="utf-8"))
+        target = next(p["value"] for p in body["InputParameters"] if p["key"] == "Target")
+        target["Attributes"].append({"key": "description", "value": ""})
+        base = len(json.dumps(body).encode())
+        as_queued = OutboundMessage(body=b"", message_id="m-big", content_type="application/json")
+        # The largest body the queue takes as it is: it arrived (a Dataverse Service Bus endpoint sent it).
+        target["Attributes"][-1]["value"] = "x" * (262_144 - serialized_size(as_queued) - base)
+        raw = json.dumps(body).encode()
+        assert serialized_size(OutboundMessage(body=raw, message_id="m-big", content_type="application/json")) \
+            == 262_144
+        message = InboundMessage(queue="sales-events", body=raw, message_id="m-big", content_type="application/json")
+        actions = _Actions()
+        outcome = await runtime.handle(message, message, actions)
+    finally:
+        await runtime.aclose()
+    assert outcome.kind == "rejected" and actions.calls == [("deadletter", "RetryCopyTooLarge")]
+    assert "being synced by another worker" in outcome.description  # type: ignore[union-attr]
+    assert "maximum message size" in outcome.description  # type: ignore[union-attr]
+
+
+class _RecordingHandler:
+    """A flow for the invoice business event that records what the runtime hands it."""
+
+    flow = "invoices"
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def accepts(self, event: Any) -> bool:
+        return event.source == "fno_business_event"
+
+    def record_key(self, event: Any) -> str:
+        return f"invoices:{event.record_id}"
+
+    async def sync(self, event: Any, state: Any, ctx: Any) -> Any:
+        from p2csync.outcomes import Applied
+
+        self.seen.append(event)
+        return Applied(detail="re-read and written", version=event.version)
+
+
+async def test_a_control_number_below_the_applied_one_is_re_read_not_skipped_forever(
+    runtime_env: dict[str, str]
+) -> None:
+    from datetime import timedelta
+
+    from handlers import FlowRegistry
+
+    handler = _RecordingHandler()
+    base = SyncRuntime.from_settings(Settings.from_env())
+    runtime = SyncRuntime(base.settings, ledger=base.ledger, transport=base.transport, dataverse=base.dataverse,
+                          fno=base.fno, mappings=base.mappings, registry=FlowRegistry([handler]))
+    try:
+        event = parse_change_event(json.dumps(_invoice()).encode(), {})
+        key = handler.record_key(event)
+        # A forged or corrupt event once recorded an absurd control number.
+        await runtime.ledger.acquire(key, "old", timedelta(seconds=5))
+        await runtime.ledger.commit(key, "old", message_key="forged", outcome="applied", reason=None,
+                                    version=9_000_000_000_000_000_000, payload_hash=None)
+        message = InboundMessage(queue="fno-events", body=json.dumps(_invoice()).encode(), message_id="m-real")
+        outcome, _, _ = await runtime.process(message)
+    finally:
+        await runtime.aclose()
+    assert outcome.kind == "applied", outcome  # not "stale"
+    [seen] = handler.seen
+    assert seen.version is None and seen.is_complete is False  # a notification: the handler re-reads F&O

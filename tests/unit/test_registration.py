@@ -16,7 +16,7 @@ from p2csync.registration import (
 )
 from p2csync.settings import ROOT
 
-ACCOUNTS = load_mappings(ROOT / "mappings")["accounts"]
+SHIPPED = load_mappings(ROOT / "mappings")["accounts"]
 URL = "https://func-p2c.azurewebsites.net/api/dataverse/webhook"
 ENDPOINT_ID = "e0000000-0000-0000-0000-000000000001"
 MESSAGES = {"Create": "m0000000-0000-0000-0000-00000000000c",
@@ -28,6 +28,11 @@ def variant(spec: MappingSpec, *, flow: str | None = None, **source: Any) -> Map
     """The accounts mapping with other source settings (what a consultant's edit would give)."""
     return spec.model_copy(update={"flow": flow or spec.flow,
                                    "source": spec.source.model_copy(update=source)})
+
+
+#: The mechanics below are shown on the two steps that carry images; the shipped mapping's Delete step (no image)
+#: is checked on its own.
+ACCOUNTS = variant(SHIPPED, triggers=["Create", "Update"])
 
 
 def filters_for(desired: Desired) -> dict[tuple[str, str], str]:
@@ -63,8 +68,10 @@ def ops(plan: Any) -> list[tuple[str, str, str]]:
 # ------------------------------------------------------------------------------------------ derivation
 
 
-def test_accounts_mapping_gives_a_create_and_an_update_step_with_post_images() -> None:
-    create, update = steps_for(ACCOUNTS)
+def test_accounts_mapping_gives_create_and_update_steps_with_post_images_and_a_delete_step() -> None:
+    create, update, delete = steps_for(SHIPPED)
+    # Delete carries no image: it only frees the account's claim on its customer number
+    assert (delete.message, delete.image, delete.filteringattributes) == ("Delete", None, [])
     read = [c for c in ACCOUNTS.source_columns() if c != "accountid"]
     assert (create.table, create.message, create.name) == ("account", "Create", "p2c-sync: Create of account")
     assert (update.message, update.name) == ("Update", "p2c-sync: Update of account")
