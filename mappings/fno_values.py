@@ -3,7 +3,10 @@
 * Edm.DateTimeOffset needs a time zone: ODataLib refuses ``"2026-01-31"`` and ``"2026-01-31T00:00:00"``
   ("Cannot convert the literal ... to the expected type 'Edm.DateTimeOffset'"). F&O's OData has no Edm.Date,
   so a date becomes midnight UTC (``2026-01-31T00:00:00Z``); a date-time without a zone is taken as UTC, as
-  the OData literal code does.
+  the OData literal code does. Every value is sent in one form, ``2026-01-31T08:00:00Z`` (UTC, ``T``, ``Z``):
+  ``2026-01-31 10:00:00+02:00`` or ``...+0200`` parse in Python but not in ODataLib.
+* A key field of type Edm.DateTimeOffset is handed to the connector as an aware UTC ``datetime``
+  (:func:`key_value`), so that it is written unquoted in the URL (``InvoiceDate=2026-01-31T00:00:00Z``).
 * Strings fit the length of their EDT and numbers the range of their type (``catalog/fno_limits.txt``). A value
   that does not fit raises :class:`DoesNotFit` naming the limit; a too-long text is cut only when the field
   says ``too_long: truncate``.
@@ -12,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -69,17 +72,29 @@ def date_time_offset(value: Any) -> str:
             parsed = datetime.fromisoformat(text)
         except ValueError:
             raise DoesNotFit(f"{value!r} is not an ISO 8601 date or date-time") from None
-        return text if parsed.tzinfo is not None else iso_datetime(parsed)
+        return iso_datetime(parsed)  # re-rendered: ODataLib reads only the canonical form
     raise DoesNotFit(f"{value!r} is not a date")
 
 
-def _string(entity_set: str, field: str, value: Any, too_long: TooLong) -> Any:
+def key_value(entity_set: str, field: str, value: Any) -> Any:
+    """A fitted key value as the connector addresses the row: an Edm.DateTimeOffset field as an aware UTC
+    ``datetime`` (F&O reads a quoted key value as a string and refuses it for a date-time key), any other
+    field unchanged."""
+    if field_type(entity_set, field) != "Edm.DateTimeOffset" or value is None:
+        return value
+    return datetime.fromisoformat(date_time_offset(value).replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def _string(entity_set: str, field: str, value: Any, too_long: TooLong) -> str:
+    """A text for an Edm.String field; anything else is refused: ODataLib does not read a JSON number or
+    boolean as Edm.String (nor does the sandbox), and its length could not be checked against the EDT."""
     if isinstance(value, datetime):
         value = iso_datetime(value)
     elif isinstance(value, date):
         value = value.isoformat()
     if not isinstance(value, str):
-        return value
+        raise DoesNotFit(f"{_show(value)} is a {type(value).__name__}, not text: the field is Edm.String "
+                         "(add 'transform: string' to send it as text)")
     limit = max_length(entity_set, field)
     if limit is None:
         return value
@@ -91,6 +106,11 @@ def _string(entity_set: str, field: str, value: Any, too_long: TooLong) -> Any:
         return utf16_truncate(value, size)
     raise DoesNotFit(f"{length} characters, the limit is {size} (EDT {edt}); add 'too_long: truncate' to the "
                      "field to cut it instead")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _number(edm_type: str, value: int | float | Decimal) -> int | float | Decimal:

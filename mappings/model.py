@@ -29,7 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from .catalog import field_problem
 from .errors import MappedValueError
-from .fno_values import DoesNotFit, TooLong, fit
+from .fno_values import DoesNotFit, TooLong, fit, key_value
 from .transforms import TransformError, TransformStep, parse_transforms, transform_json_schema
 from .values import Unparsed, compare_key, is_empty, is_entity_ref, iso_datetime, payload_hash, unwritable_reason
 
@@ -764,7 +764,7 @@ class MappingSpec(_Strict):
             if is_empty(value):
                 origin = next((f.source_label for f in fields if f.target == name), None)
                 raise MappedValueError(flow, name, origin, "key field is empty")
-            key[name] = value
+            key[name] = key_value(target_set, name, value) if self.target.system == "fno" else value
         return MappedRecord(key=key, payload=payload, company=company)
 
     def _fit(

@@ -27,10 +27,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox.front import SandboxFront, request_user
 from sandbox.fno import ODATA_EXCEPTION, FnO, FnoError
-from sandbox.fno_entities import FnoEntity
+from sandbox.fno_entities import DATETIME_OFFSET_RE, FnoEntity
 from sandbox.odata import (
     EnumLiteral, FilterRow, GuidLiteral, ODataSyntaxError, UnknownProperty, compile_filter, parse_key,
-    parse_orderby, parse_resource_path, parse_select, sort_rows,
+    parse_orderby, parse_resource_path, parse_select, sort_rows, split_top_level,
 )
 
 DATA_ROOT = "/data/"
@@ -99,6 +99,11 @@ class FnoApi:
         return unquote(segment)
 
     def key(self, entity: FnoEntity, segment: str) -> dict[str, Any]:
+        named = [part.partition("=") for part in split_top_level(segment.strip())]
+        if all(eq for _, eq, _ in named):
+            self.check_key_types(entity, {name.strip(): raw.strip() for name, _, raw in named})
+        elif len(entity.key) == 1:
+            self.check_key_types(entity, {entity.key[0]: segment.strip()})
         parsed = parse_key(segment)
         if not isinstance(parsed, dict):
             if len(entity.key) != 1:
@@ -114,6 +119,20 @@ class FnoApi:
                 value = value.symbol
             result[name] = value
         return result
+
+    @staticmethod
+    def check_key_types(entity: FnoEntity, literals: dict[str, str]) -> None:
+        """An Edm.DateTimeOffset key takes only an unquoted zoned literal (``2026-01-31T00:00:00Z``): a quoted
+        ``'2026-01-31T00:00:00Z'`` is an Edm.String and a bare ``2026-01-31`` an Edm.Date, neither of which
+        ODataLib converts to the key's type. Its key resolver (ODataUriResolver.TryResolveKeys) then fails
+        the whole key with BadRequest_KeyMismatch, the wording Microsoft documents for Dataverse's ODataLib
+        (F&O's own capture of this case was not found: [Inferred] that F&O answers it the same way)."""
+        for name, literal in literals.items():
+            if entity.fields.get(name) == "Edm.DateTimeOffset" and not DATETIME_OFFSET_RE.match(literal):
+                raise FnoError(400, f"The key in the request URI is not valid for resource "
+                                    f"'{entity.qualified_type}'. Ensure that the names and number of key "
+                                    "properties match the declared or alternate key properties for the "
+                                    f"resource '{entity.qualified_type}'.", inner_type=ODATA_EXCEPTION)
 
     def select(self, entity: FnoEntity, request: Request) -> list[str] | None:
         select = parse_select(request.query_params.get("$select"))

@@ -196,12 +196,15 @@ def overflows_real(edm_type: str, value: Any) -> bool:
 
 
 def key_part(value: Any) -> Any:
-    """Comparable form of one key value (F&O keys compare case-insensitively)."""
+    """Comparable form of one key value. F&O's keys are SQL Server nvarchar columns under a case-insensitive
+    collation, and SQL Server pads the shorter string with spaces before comparing ("'abc' and 'abc ' are
+    equivalent", T-SQL "= (String Comparison)", SQL-92 8.2), so neither case nor trailing spaces tell keys
+    apart: ``HAND-001`` and ``hand-001 `` are one row. Leading spaces do."""
     if isinstance(value, str):
         try:
             return parse_datetime(value)
         except ValueError:
-            return value.casefold()
+            return value.rstrip(" ").casefold()
     return value
 
 

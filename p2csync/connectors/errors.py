@@ -212,9 +212,27 @@ _BAD_ROUTE = ("resource not found for the segment", "no http resource was found"
 #: ASP.NET Web API's routing miss ({"Message": "No HTTP resource was found that matches the request URI '…'.
 #: No route data was found for this request."}), published for F&O keys holding ``/``, ``\`` or ``+``.
 _NO_ROUTE = ("no http resource was found", "no route data was found")
-#: Infolog texts that describe a transient state of F&O, not invalid data.
-_TRANSIENT_INFOLOG = ("deadlock", "update conflict", "another user", "timed out", "timeout", "try again",
-                      "could not obtain a lock", "database is not available")
+#: Dataverse 500s that carry an inner error: words that read as a transient state (unchanged behaviour).
+_TRANSIENT_WORDS = ("deadlock", "update conflict", "another user", "timed out", "timeout", "try again",
+                    "could not obtain a lock", "database is not available")
+#: F&O infolog texts of a transient database state, matched as whole phrases (lower case): a validation
+#: infolog may well say "try again" or "another user", and retrying it only burns the deferrals.
+#: * X++ UpdateConflict: "An update conflict occurred due to another user process deleting the record or
+#:   changing one or more fields in the record." (F&O captures; AX's own label spells "occured").
+#: * X++ Deadlock: "Cannot ... Deadlock, where one or more users have simultaneously locked the whole table
+#:   or part of it." [Inferred: the AX kernel label, no F&O capture found.]
+#: * SQL Server errors 1205 ("... was deadlocked on lock resources with another process and has been chosen
+#:   as the deadlock victim. Rerun the transaction.") and 1222 ("Lock request time out period exceeded.");
+#:   [Inferred] that they reach the infolog word for word, inside X++'s "The database reported ...".
+#: * "The record has been updated by another user" [Inferred: named in review, no public capture found].
+_FNO_TRANSIENT_INFOLOG = (
+    "an update conflict occurred due to another user process",
+    "an update conflict occured due to another user process",
+    "deadlock, where one or more users have simultaneously locked",
+    "chosen as the deadlock victim",
+    "lock request time out period exceeded",
+    "the record has been updated by another user",
+)
 #: F&O's X++ duplicate-key infolog ("Cannot create a record in Customers (CustTable). … The record already
 #: exists."). Narrower than ``_ALREADY_EXISTS`` so that an OData syntax complaint never reads as a duplicate.
 _FNO_ALREADY_EXISTS = ("the record already exists", "record already exists")
@@ -291,8 +309,9 @@ def _fno_write_error(
     """Classify an F&O write error by its body; the status is 500 or 400 for the same X++ failure.
 
     Public captures show both codes for duplicate keys, update conflicts and validation infologs, so the
-    infolog decides: "The record already exists" -> ``AlreadyExistsError`` (the create race), a transient
-    state of the database (update conflict, deadlock, lock timeout) -> ``TransientError``, any other infolog
+    infolog decides: "The record already exists" -> ``AlreadyExistsError`` (the create race), one of the
+    known texts of a transient database state (``_FNO_TRANSIENT_INFOLOG``: update conflict, deadlock, lock
+    timeout; never loose words such as "try again") -> ``TransientError``, any other infolog
     -> ``PermanentError``. Anything else (a 400 bad property name or literal, a 500 without a recognisable
     infolog) is left to the status rules: 400 permanent, 500 transient.
     """
@@ -302,7 +321,7 @@ def _fno_write_error(
         return None
     if any(marker in lowered for marker in _FNO_ALREADY_EXISTS):
         return AlreadyExistsError(*args, **kwargs)
-    if any(marker in lowered for marker in _TRANSIENT_INFOLOG):
+    if any(marker in lowered for marker in _FNO_TRANSIENT_INFOLOG):
         return TransientError(*args, **kwargs)
     if infolog_says_write:
         return PermanentError(*args, **kwargs)
@@ -344,7 +363,7 @@ def error_from_response(system: str, response: httpx.Response, *, method: str | 
         if any(marker in text for marker in _ALREADY_EXISTS):
             return AlreadyExistsError(*args, **kwargs)
         lowered = (infolog or "").lower()
-        if any(marker in lowered for marker in _TRANSIENT_INFOLOG):
+        if any(marker in lowered for marker in _TRANSIENT_WORDS):
             return TransientError(*args, **kwargs)
         if "infolog" in lowered or "write failed" in lowered or "validat" in lowered:
             return PermanentError(*args, **kwargs)

@@ -61,7 +61,7 @@ from p2csync.connectors.odata import (
 )
 from p2csync.connectors.results import UpsertResult
 
-__all__ = ["ENTITY_KEYS", "FnOClient", "ODataEnum", "format_key", "key_path", "odata_literal", "same_value",
+__all__ = ["ENTITY_KEYS", "FnOClient", "ODataEnum", "fno_literal", "format_key", "key_path", "same_value",
            "service_root"]
 
 log = logging.getLogger("p2csync.connectors.fno")
@@ -113,12 +113,21 @@ def _control_character(text: str) -> tuple[int, str] | None:
     return None
 
 
-def format_key(key: Mapping[str, Any]) -> str:
-    """``(dataAreaId='usmf',CustomerAccount='US-001')`` with every value an OData literal (not URL-encoded).
+def fno_literal(value: Any) -> str:
+    """An F&O OData literal for a key predicate or ``$filter``: as ``odata_literal``, except that a ``date`` is
+    midnight UTC ``2026-01-31T00:00:00Z`` (unquoted). F&O's OData has only Edm.DateTimeOffset; a bare
+    ``2026-01-31`` is an Edm.Date literal, which its date fields do not take."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time(), tzinfo=timezone.utc)
+    return odata_literal(value)
 
-    Raises ``InvalidKeyError`` naming the field for a missing value or a control character: F&O's front
-    (http.sys, ``AllowRestrictedChars`` off by default) refuses URLs that decode to U+0000-U+001F or
-    U+007F-U+009F, so such a row could be created (the key travels in the POST body) but never read,
+
+def format_key(key: Mapping[str, Any]) -> str:
+    """``(dataAreaId='usmf',CustomerAccount='US-001')`` with every value an F&O literal (not URL-encoded).
+
+    Raises ``InvalidKeyError`` naming the field for a missing value or a control character: F&O's web
+    server (http.sys, ``AllowRestrictedChars`` off by default) refuses a URL that decodes to U+0000-U+001F
+    or U+007F-U+009F, so such a row, once created (the key travels in the POST body), could never be read,
     updated or deleted by key again.
     """
     if not isinstance(key, Mapping) or not key:
@@ -131,10 +140,11 @@ def format_key(key: Mapping[str, Any]) -> str:
             position, char = found
             raise InvalidKeyError(
                 "fno", f"key field {name!r} contains the control character U+{ord(char):04X} at position "
-                f"{position}: F&O cannot address such a row by key, so nothing is written"
+                f"{position}: F&O's web server refuses control characters in URLs, so a row with this key could "
+                "not be read, updated or deleted again; nothing is written"
             )
     try:
-        return key_predicate(key)
+        return key_predicate(key, lambda _name, value: fno_literal(value))
     except (TypeError, ValueError) as exc:
         raise InvalidKeyError("fno", str(exc)) from exc
 
@@ -149,7 +159,7 @@ def _path_literal(name: str, value: Any) -> str:
     if isinstance(value, str) and not isinstance(value, ODataEnum):
         once = quote(value.replace("'", "''"), safe=_KEY_VALUE_SAFE)
         return "'" + once.replace("%", "%25") + "'"
-    return encode_path_segment(odata_literal(value))
+    return encode_path_segment(fno_literal(value))
 
 
 def key_path(key: Mapping[str, Any]) -> str:
@@ -316,7 +326,8 @@ class FnOClient(ApiClient):
     ) -> AsyncIterator[dict[str, Any]]:
         """Rows of an entity set across companies, following ``@odata.nextLink``.
 
-        Build ``filter`` with ``odata_literal``: ``f"dataAreaId eq {odata_literal('usmf')}"``.
+        Build ``filter`` with ``fno_literal``: ``f"dataAreaId eq {fno_literal('usmf')}"`` (a ``date`` then
+        becomes midnight UTC, the only date literal F&O's Edm.DateTimeOffset fields take).
         """
         columns = select if isinstance(select, str) or select is None else ",".join(select)
         params: dict[str, str] | None = self._params(

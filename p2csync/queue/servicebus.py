@@ -18,7 +18,7 @@ from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode
 from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError, MessageSizeExceededError
 
 from p2csync.queue.base import MessageLockLost, OutboundMessage
-from p2csync.queue.sizing import MessageSizeExceeded, serialized_size
+from p2csync.queue.sizing import MAX_MESSAGE_BYTES_STANDARD, MessageSizeExceeded, serialized_size
 
 ClientFactory = Callable[[], Any]
 
@@ -37,10 +37,11 @@ def to_sdk_message(message: OutboundMessage) -> ServiceBusMessage:
     )
 
 
-def _size_exceeded(message: OutboundMessage, sender: Any) -> MessageSizeExceeded:
-    """The SDK's refusal as the queue-neutral error the webhook handles (it then sends a trimmed copy)."""
-    limit = getattr(sender, "_max_message_size_on_link", None) or 0
-    return MessageSizeExceeded(serialized_size(message), int(limit))
+def _size_exceeded(message: OutboundMessage, limit: int) -> MessageSizeExceeded:
+    """The SDK's refusal as the queue-neutral error the webhook handles (it then sends a trimmed copy). The
+    limit named is the configured one (P2C_SERVICEBUS_MAX_MESSAGE_BYTES), not read from the SDK's private
+    link state."""
+    return MessageSizeExceeded(serialized_size(message), limit)
 
 
 class ServiceBusTransport:
@@ -54,8 +55,10 @@ class ServiceBusTransport:
     (keep the consumer's receive wait short).
     """
 
-    def __init__(self, client_factory: ClientFactory, credential: Any = None) -> None:
+    def __init__(self, client_factory: ClientFactory, credential: Any = None, *,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES_STANDARD) -> None:
         self._client_factory = client_factory
+        self.max_message_bytes = max_message_bytes  # the queues' maximum message size, for refusals
         self._credential = credential  # closed with the transport when it is ours
         self._client: Any = None
         self._senders: dict[str, Any] = {}
@@ -65,10 +68,12 @@ class ServiceBusTransport:
         self._lock = asyncio.Lock()
 
     @classmethod
-    def for_namespace(cls, fully_qualified_namespace: str, credential: Any) -> ServiceBusTransport:
+    def for_namespace(cls, fully_qualified_namespace: str, credential: Any, *,
+                      max_message_bytes: int = MAX_MESSAGE_BYTES_STANDARD) -> ServiceBusTransport:
         from azure.servicebus.aio import ServiceBusClient
 
-        return cls(lambda: ServiceBusClient(fully_qualified_namespace, credential), credential)
+        return cls(lambda: ServiceBusClient(fully_qualified_namespace, credential), credential,
+                   max_message_bytes=max_message_bytes)
 
     def _on(self, link: Any) -> asyncio.Lock:
         return self._link_locks.setdefault(id(link), asyncio.Lock())
@@ -102,7 +107,7 @@ class ServiceBusTransport:
             try:
                 await sender.send_messages(to_sdk_message(message))
             except MessageSizeExceededError as exc:
-                raise _size_exceeded(message, sender) from exc
+                raise _size_exceeded(message, self.max_message_bytes) from exc
 
     async def schedule(self, queue: str, message: OutboundMessage, at: datetime) -> int:
         sender = await self._sender(queue)
@@ -110,7 +115,7 @@ class ServiceBusTransport:
             try:
                 numbers = await sender.schedule_messages(to_sdk_message(message), at)
             except MessageSizeExceededError as exc:
-                raise _size_exceeded(message, sender) from exc
+                raise _size_exceeded(message, self.max_message_bytes) from exc
         return int(numbers[0])
 
     # -- consumer (the local host) ----------------------------------------------------------------------

@@ -193,3 +193,67 @@ async def test_validation_infolog_and_bad_property_stay_permanent_under_either_s
     assert unknown.value.status == 400 and "FavouriteColour" in str(unknown.value)
     assert not isinstance(unknown.value, (AlreadyExistsError, TransientError))
     assert sleeps.delays == [] and sandbox.fno.rows(CUSTOMERS) == []
+
+
+async def test_a_validation_infolog_that_says_try_again_stays_permanent_under_either_status(
+    sandbox: SandboxServer, fno: FnOClient, sleeps: Sleeps, write_status: int
+) -> None:
+    """Review of point 4: loose words ("try again", "timeout", "another user") in a validation text used to
+    mark it transient, so it was retried until the deferrals ran out."""
+    def reject(entity: object, row: dict, operation: str, _fno: object) -> list[str]:
+        return ["The payment terms 'Net 90' are blocked for another user group. Please correct the value and "
+                "try again."]
+
+    sandbox.fno.add_validator(CUSTOMERS, reject)
+    with pytest.raises(PermanentError) as caught:
+        await fno.upsert(CUSTOMERS, _key("C-AGAIN"), _customer("C-AGAIN"))
+    assert not isinstance(caught.value, TransientError) and not caught.value.retryable
+    assert caught.value.status == write_status and "try again" in str(caught.value)
+    assert sleeps.delays == [] and sandbox.fno.rows(CUSTOMERS) == []
+
+
+# ------------------------------------------------------------------------ point 6: date-time keys in F&O
+
+
+INVOICES = "SalesInvoiceHeadersV2"
+INVOICE_MAPPING = """\
+flow: invoices
+direction: sales_to_fno
+source: {system: dataverse, table: invoice, entity_set: invoices}
+target: {system: fno, entity_set: SalesInvoiceHeadersV2, key: [dataAreaId, InvoiceNumber, InvoiceDate, LedgerVoucher]}
+company: {default: usmf}
+fields:
+  - {target: InvoiceNumber, source: invoicenumber}
+  - {target: InvoiceDate, source: datedelivered, transform: date}
+  - {target: LedgerVoucher, source: voucher}
+  - {target: TotalInvoiceAmount, source: totalamount}
+"""
+
+
+async def test_a_mapped_record_with_a_date_key_is_created_then_found_and_updated_by_its_key(
+    sandbox: SandboxServer, fno: FnOClient
+) -> None:
+    from mappings import parse_mapping
+
+    spec = parse_mapping(INVOICE_MAPPING, "invoices.yaml")
+    record = {"invoicenumber": "INV/1", "datedelivered": "2026-01-31", "voucher": "V-1", "totalamount": 100}
+    for amount, (created, changed) in ((100, (True, True)), (250, (False, True)), (250, (False, False))):
+        mapped = spec.apply({**record, "totalamount": amount})
+        result = await fno.upsert(INVOICES, mapped.key, mapped.payload)
+        assert (result.created, result.changed) == (created, changed)
+    rows = sandbox.fno.rows(INVOICES)
+    assert len(rows) == 1 and rows[0]["TotalInvoiceAmount"] == 250
+    assert rows[0]["InvoiceDate"] == "2026-01-31T00:00:00Z"
+    assert [method for method, _ in _log(sandbox)].count("POST") == 1
+
+
+async def test_a_python_date_in_a_key_addresses_the_row_as_midnight_utc(sandbox: SandboxServer,
+                                                                        fno: FnOClient) -> None:
+    from datetime import date
+
+    key = {"dataAreaId": "usmf", "InvoiceNumber": "INV-2", "InvoiceDate": date(2026, 1, 31), "LedgerVoucher": "V-2"}
+    assert (await fno.upsert(INVOICES, key, {"TotalInvoiceAmount": 1})).created
+    assert await fno.get(INVOICES, key) is not None
+    updated = await fno.upsert(INVOICES, key, {"TotalInvoiceAmount": 2})
+    assert (updated.created, updated.changed) == (False, True)
+    assert await fno.delete(INVOICES, key)

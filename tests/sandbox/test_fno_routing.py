@@ -127,3 +127,44 @@ def test_settings_are_constructor_arguments_too() -> None:
     assert (fno.settings.write_error_status, fno.settings.plus_in_key) == (400, "space")
     with pytest.raises(ValueError):
         fno.configure(plus_in_key="maybe")
+
+
+# ---------------------------------------------------------------------- date-time keys and key comparison
+
+INVOICE = {"dataAreaId": "usmf", "InvoiceNumber": "CIV-1", "InvoiceDate": "2026-01-31T00:00:00Z",
+           "LedgerVoucher": "V-1", "TotalInvoiceAmount": 100}
+
+
+def invoice_url(date_literal: str) -> str:
+    return f"SalesInvoiceHeadersV2(dataAreaId='usmf',InvoiceNumber='CIV-1',InvoiceDate={date_literal}," \
+           "LedgerVoucher='V-1')"
+
+
+@pytest.mark.parametrize("literal", ["2026-01-31T00:00:00Z", "2026-01-30T23:00:00-01:00"])
+def test_a_datetimeoffset_key_is_found_by_an_unquoted_zoned_literal(fo: httpx.Client, literal: str) -> None:
+    assert fo.post("SalesInvoiceHeadersV2", json=INVOICE).status_code == 201
+    assert fo.get(invoice_url(literal)).json()["TotalInvoiceAmount"] == 100
+
+
+@pytest.mark.parametrize("literal", ["'2026-01-31T00:00:00Z'", "2026-01-31", "'2026-01-31'", "2026-01-31T00:00:00"])
+def test_a_datetimeoffset_key_as_a_quoted_string_or_a_bare_date_is_refused_not_read_as_no_row(
+    fo: httpx.Client, literal: str
+) -> None:
+    assert fo.post("SalesInvoiceHeadersV2", json=INVOICE).status_code == 201
+    for response in (fo.get(invoice_url(literal)), fo.patch(invoice_url(literal), json={"TotalInvoiceAmount": 5}),
+                     fo.delete(invoice_url(literal))):
+        assert response.status_code == 400
+        inner = response.json()["error"]["innererror"]
+        assert inner["type"] == "Microsoft.OData.ODataException"
+        assert inner["message"].startswith("The key in the request URI is not valid for resource "
+                                           "'Microsoft.Dynamics.DataEntities.SalesInvoiceHeaderV2'.")
+    assert fo.get(invoice_url("2026-01-31T00:00:00Z")).json()["TotalInvoiceAmount"] == 100  # untouched
+
+
+def test_string_keys_ignore_trailing_spaces_as_well_as_case(fo: httpx.Client, sandbox: SandboxServer) -> None:
+    assert fo.post("CustomersV3", json=customer("HAND-001")).status_code == 201
+    duplicate = fo.post("CustomersV3", json=customer("hand-001 "))
+    assert duplicate.status_code == sandbox.fno.settings.write_error_status
+    assert "The record already exists." in duplicate.json()["error"]["innererror"]["message"]
+    assert fo.get(url("HAND-001%2520%2520")).json()["CustomerAccount"] == "HAND-001"
+    assert fo.get(url("%2520HAND-001")).status_code == 404  # a leading space names another key

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import date, datetime, timedelta, timezone
 from urllib.parse import unquote
 
 import httpx
@@ -25,7 +26,7 @@ from p2csync.connectors.errors import (
     error_from_response,
     parse_error_body,
 )
-from p2csync.connectors.fno import FnOClient, key_path
+from p2csync.connectors.fno import FnOClient, fno_literal, format_key, key_path
 from p2csync.connectors.http import HttpOptions, RetryPolicy
 from p2csync.connectors.odata import ODataEnum
 
@@ -115,6 +116,14 @@ async def test_control_characters_are_refused_before_any_request(bad: str) -> No
     assert seen == []  # nothing was read, nothing was written
 
 
+def test_the_control_character_refusal_says_why_the_row_could_not_be_used() -> None:
+    with pytest.raises(InvalidKeyError) as caught:
+        format_key({"dataAreaId": "usmf", "CustomerAccount": "A\nB"})
+    reason = str(caught.value)
+    assert "F&O's web server refuses control characters in URLs" in reason
+    assert "could not be read, updated or deleted again" in reason and "nothing is written" in reason
+
+
 async def test_a_composite_key_with_a_control_character_in_any_field_is_refused() -> None:
     async with client(lambda request: httpx.Response(500)) as fno:
         with pytest.raises(InvalidKeyError, match="'SalesOrderNumber'"):
@@ -186,6 +195,43 @@ def test_fno_write_errors_are_classified_by_their_infolog_under_either_status(st
     assert type(invalid) is PermanentError and "Customer group" in str(invalid)
     gone = classify(fno_error(status, "No resources were found when selecting for update."), method="PATCH")
     assert isinstance(gone, NotFoundError)
+
+
+@pytest.mark.parametrize("status", [400, 500])
+@pytest.mark.parametrize("infolog", [
+    "Write failed for table row of type 'CustCustomerV3Entity'. Infolog: Warning: The value 'X' in field "
+    "'Terms of payment' is not valid; please correct and try again.",
+    "Write failed for table row of type 'CustCustomerV3Entity'. Infolog: Error: The customer is on hold for "
+    "another user group.",
+    "Write failed for table row of type 'CustCustomerV3Entity'. Infolog: Warning: Field 'Timeout' must be "
+    "filled in.",
+    "Write failed for table row of type 'CustCustomerV3Entity'. Infolog: Warning: The update conflict policy "
+    "'Manual' is not valid.",
+])
+def test_a_validation_infolog_with_loose_transient_words_stays_permanent(status: int, infolog: str) -> None:
+    error = classify(fno_error(status, infolog))
+    assert type(error) is PermanentError and not error.retryable
+
+
+@pytest.mark.parametrize("status", [400, 500])
+@pytest.mark.parametrize("infolog", [
+    UPDATE_CONFLICT,
+    "Write failed for table row of type 'CustCustomerV3Entity'. Infolog: Error: Cannot edit a record in "
+    "Customers (CustTable). An update conflict occured due to another user process deleting the record or "
+    "changing one or more field in the record.",
+    "Write failed. Infolog: Error: Cannot create a record in Customers (CustTable). Deadlock, where one or more "
+    "users have simultaneously locked the whole table or part of it.",
+    "Write failed. Infolog: Error: The database reported (session 7 (Admin)): [Microsoft][ODBC Driver 17 for SQL "
+    "Server][SQL Server]Transaction (Process ID 71) was deadlocked on lock resources with another process and "
+    "has been chosen as the deadlock victim. Rerun the transaction.",
+    "Write failed. Infolog: Error: The database reported (session 7 (Admin)): [SQL Server]Lock request time out "
+    "period exceeded.",
+    "Write failed. Infolog: Error: Cannot edit a record in Customers (CustTable). The record has been updated by "
+    "another user.",
+])
+def test_the_known_transient_x_plus_plus_texts_are_transient(status: int, infolog: str) -> None:
+    error = classify(fno_error(status, infolog), method="PATCH")
+    assert isinstance(error, TransientError) and error.retryable
 
 
 @pytest.mark.parametrize("body", [
@@ -264,3 +310,38 @@ async def test_create_race_ends_as_an_update_and_an_update_conflict_is_transient
         assert await fno.upsert("CustomersV3", key, {"OrganizationName": "Ours again"})  # the later retry
     assert fake.log == [("GET", 200), ("PATCH", status), ("GET", 200), ("PATCH", 204)]
     assert fake.row is not None and fake.row["OrganizationName"] == "Ours again"
+
+
+# ---------------------------------------------------------------------- point 6: dates in keys and filters
+
+INVOICE_KEY = {"dataAreaId": "usmf", "InvoiceNumber": "INV-1", "InvoiceDate": date(2026, 1, 31)}
+
+
+@pytest.mark.parametrize("when", [date(2026, 1, 31), datetime(2026, 1, 31, tzinfo=timezone.utc),
+                                  datetime(2026, 1, 31, 2, tzinfo=timezone(timedelta(hours=2)))])
+def test_a_date_in_an_fno_key_is_midnight_utc_and_unquoted(when: date) -> None:
+    key = {**INVOICE_KEY, "InvoiceDate": when}
+    assert key_path(key) == "(dataAreaId='usmf',InvoiceNumber='INV-1',InvoiceDate=2026-01-31T00:00:00Z)"
+    assert format_key(key) == "(dataAreaId='usmf',InvoiceNumber='INV-1',InvoiceDate=2026-01-31T00:00:00Z)"
+
+
+def test_a_date_in_an_fno_filter_is_midnight_utc_and_dataverse_keeps_edm_date() -> None:
+    from p2csync.connectors.odata import odata_literal
+
+    assert fno_literal(date(2026, 1, 31)) == "2026-01-31T00:00:00Z"
+    assert fno_literal("2026-01-31") == "'2026-01-31'"  # text stays text
+    assert odata_literal(date(2026, 1, 31)) == "2026-01-31"  # Dataverse: Edm.Date
+
+
+async def test_the_client_addresses_a_date_key_with_a_datetimeoffset_literal() -> None:
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.raw_path.decode("ascii").split("?")[0])
+        return httpx.Response(404, json={"error": {"code": "", "message": "Resource not found for the segment "
+                                                   "'SalesInvoiceHeaders'."}})
+
+    async with client(handler) as fno:
+        assert await fno.get("SalesInvoiceHeaders", INVOICE_KEY) is None
+    assert paths == ["/data/SalesInvoiceHeaders(dataAreaId='usmf',InvoiceNumber='INV-1',"
+                     "InvoiceDate=2026-01-31T00:00:00Z)"]

@@ -72,7 +72,10 @@ def test_the_date_transform_writes_a_plain_date_to_dataverse() -> None:
     [
         ("2026-01-31T10:00:00", "2026-01-31T10:00:00Z"),  # no zone: taken as UTC
         (datetime(2026, 1, 31, 10, 0), "2026-01-31T10:00:00Z"),
-        ("2026-01-31T10:00:00+01:00", "2026-01-31T10:00:00+01:00"),  # a zone: kept
+        ("2026-01-31T10:00:00+01:00", "2026-01-31T09:00:00Z"),  # a zone: re-rendered in UTC
+        ("2026-01-31 10:00:00+02:00", "2026-01-31T08:00:00Z"),  # space instead of T: ODataLib refuses it
+        ("2026-01-31T10:00:00+0200", "2026-01-31T08:00:00Z"),  # offset without a colon: refused too
+        ("2026-01-31T10:00:00.500-05:00", "2026-01-31T15:00:00Z"),
         ("", EMPTY_DATE),  # blank: F&O's "no date"
     ],
 )
@@ -80,6 +83,61 @@ def test_any_value_for_a_datetimeoffset_field_is_sent_with_a_zone(value: object,
     spec = quotes("  - {target: SalesQuotationFollowUpDate, source: followup, on_empty: blank}\n")
     payload = spec.apply({"quotenumber": "Q-1", "followup": value}).payload
     assert payload["SalesQuotationFollowUpDate"] == expected
+
+
+@pytest.mark.parametrize("value", ["2026-01-31 10:00:00+02:00", "2026-01-31T10:00:00+0200",
+                                   "2026-01-31T10:00:00+01:00", "2026-01-31T10:00:00Z"])
+def test_a_zoned_date_time_is_sent_in_the_one_form_the_sandbox_accepts(value: str) -> None:
+    from sandbox.fno_entities import DATETIME_OFFSET_RE
+
+    sent = fit("CDSSalesQuotationHeaders", "SalesQuotationFollowUpDate", value)
+    assert DATETIME_OFFSET_RE.match(sent) and sent.endswith("Z")
+
+
+INVOICE = """\
+flow: invoices
+direction: sales_to_fno
+source: {system: dataverse, table: invoice, entity_set: invoices}
+target: {system: fno, entity_set: SalesInvoiceHeaders, key: [dataAreaId, InvoiceNumber, InvoiceDate]}
+company: {default: usmf}
+fields:
+  - {target: InvoiceNumber, source: invoicenumber}
+  - {target: InvoiceDate, source: datedelivered, transform: date}
+"""
+
+
+@pytest.mark.parametrize("value", ["2026-01-31", date(2026, 1, 31), "2026-01-31T00:00:00Z"])
+def test_a_datetimeoffset_key_field_reaches_the_connector_as_an_aware_utc_datetime(value: object) -> None:
+    from datetime import timezone
+
+    mapped = parse_mapping(INVOICE, "invoices.yaml").apply({"invoicenumber": "INV-1", "datedelivered": value})
+    assert mapped.key["InvoiceDate"] == datetime(2026, 1, 31, tzinfo=timezone.utc)
+    assert mapped.key["InvoiceDate"].utcoffset() is not None
+    assert mapped.payload["InvoiceDate"] == "2026-01-31T00:00:00Z"  # the JSON body keeps the text
+    assert isinstance(mapped.key["InvoiceNumber"], str)
+
+
+def test_a_datetimeoffset_key_is_written_unquoted_in_the_url() -> None:
+    from p2csync.connectors.fno import key_path
+
+    mapped = parse_mapping(INVOICE, "invoices.yaml").apply({"invoicenumber": "INV-1", "datedelivered": "2026-01-31"})
+    assert key_path(mapped.key) == "(dataAreaId='usmf',InvoiceNumber='INV-1',InvoiceDate=2026-01-31T00:00:00Z)"
+
+
+@pytest.mark.parametrize(("value", "kind"), [(10**29, "int"), (Decimal("12.5"), "Decimal"), (True, "bool")])
+def test_a_non_text_value_for_a_string_field_is_refused_naming_field_and_type(value: object, kind: str) -> None:
+    with pytest.raises(MappedValueError) as info:
+        ACCOUNTS.apply(account(accountnumber=value))
+    message = str(info.value)
+    assert message.startswith("accounts: CustomerAccount <- accountnumber: ")
+    assert f"is a {kind}, not text: the field is Edm.String" in message
+
+
+def test_a_number_made_text_is_checked_against_the_length_of_the_text() -> None:
+    spec = quotes("  - {target: SalesQuotationName, source: n, transform: string}\n")
+    assert spec.apply({"quotenumber": "Q-1", "n": 10**29}).payload["SalesQuotationName"] == "1" + "0" * 29
+    with pytest.raises(MappedValueError, match="SalesQuotationNumber <- quotenumber: 30 characters, the limit is 20"):
+        quotes().apply({"quotenumber": str(10**29)})
 
 
 def test_a_non_date_for_a_datetimeoffset_field_is_rejected_naming_the_field() -> None:

@@ -217,7 +217,9 @@ def test_yaml_12_booleans_keep_norway_and_yes_as_text(tmp_path):
     spec = load_text(tmp_path, text)
     assert spec.value_maps["countries"].map == {"Norway": "NO", "yes": "on"}
     assert spec.fields[3].value == "Yes"
-    assert load_text(tmp_path, BASE.replace('value: "10"', "value: true")).fields[3].value is True
+    # `true` stays a boolean, which a text field of F&O cannot take: refused at load, naming field and type.
+    with pytest.raises(MappingError, match=r"fields\[3\]\.value: True does not fit CustomerGroupId: True is a bool"):
+        load_text(tmp_path, BASE.replace('value: "10"', "value: true"))
 
 
 def test_dates_stay_text(tmp_path):

@@ -250,3 +250,41 @@ async def test_close_closes_the_transports_own_credential() -> None:
     await transport.send("sales-events", _message())
     await transport.aclose()
     assert Credential.closed
+
+
+class RefusingSender(FakeSender):
+    """A sender whose link refuses every message as too large; it exposes no SDK-private size attribute."""
+
+    async def send_messages(self, message: ServiceBusMessage) -> None:
+        from azure.servicebus.exceptions import MessageSizeExceededError
+
+        raise MessageSizeExceededError(message="too large")
+
+    async def schedule_messages(self, message: ServiceBusMessage, at: datetime) -> list[int]:
+        await self.send_messages(message)
+        return []
+
+
+class RefusingClient(FakeClient):
+    def get_queue_sender(self, queue_name: str) -> FakeSender:
+        return RefusingSender(queue_name, self.log)
+
+
+@pytest.mark.parametrize(("configured", "expected"), [(None, 256 * 1024), (1024 * 1024, 1024 * 1024)])
+async def test_a_refused_size_names_the_configured_limit_not_sdk_internals(configured: int | None,
+                                                                           expected: int) -> None:
+    from p2csync.queue.sizing import MessageSizeExceeded, serialized_size
+
+    extra = {} if configured is None else {"max_message_bytes": configured}
+    transport = ServiceBusTransport(lambda: RefusingClient(), **extra)
+    for call in (lambda: transport.send("sales-events", _message()),
+                 lambda: transport.schedule("sales-events", _message(), datetime.now(UTC))):
+        with pytest.raises(MessageSizeExceeded) as info:
+            await call()
+        assert info.value.limit == expected and info.value.size == serialized_size(_message())
+        assert f"the maximum message size is {expected} bytes" in str(info.value)
+
+
+def test_for_namespace_takes_the_configured_limit() -> None:
+    transport = ServiceBusTransport.for_namespace("ns.servicebus.windows.net", object(), max_message_bytes=2 ** 20)
+    assert transport.max_message_bytes == 2 ** 20
