@@ -558,7 +558,8 @@ def _transport(settings: Settings) -> QueueTransport | None:
         from p2csync.queue.servicebus import ServiceBusTransport
 
         credential = default_credential(settings.managed_identity_client_id)
-        return ServiceBusTransport.for_namespace(settings.servicebus_namespace, credential)
+        return ServiceBusTransport.for_namespace(settings.servicebus_namespace, credential,
+                                                 max_message_bytes=settings.servicebus_max_message_bytes)
     return None
 
 

@@ -253,3 +253,26 @@ async def test_a_control_number_below_the_applied_one_is_re_read_not_skipped_for
     assert outcome.kind == "applied", outcome  # not "stale"
     [seen] = handler.seen
     assert seen.version is None and seen.is_complete is False  # a notification: the handler re-reads F&O
+
+
+async def test_both_queue_transports_take_the_configured_message_size(
+    runtime_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from p2csync.queue.embedded import EmbeddedTransport
+    from p2csync.queue.servicebus import ServiceBusTransport
+
+    monkeypatch.setenv("P2C_SERVICEBUS_MAX_MESSAGE_BYTES", "1048576")  # a Premium namespace
+    runtime = SyncRuntime.from_settings(Settings.from_env())
+    try:
+        assert isinstance(runtime.transport, EmbeddedTransport)
+        assert runtime.transport.queue.max_message_bytes == 1048576
+    finally:
+        await runtime.aclose()
+    monkeypatch.delenv("P2C_LOCAL_QUEUE_PATH")
+    monkeypatch.setenv("ServiceBusConnection__fullyQualifiedNamespace", "example.servicebus.windows.net")
+    runtime = SyncRuntime.from_settings(Settings.from_env())
+    try:
+        assert isinstance(runtime.transport, ServiceBusTransport)
+        assert runtime.transport.max_message_bytes == 1048576
+    finally:
+        await runtime.aclose()
