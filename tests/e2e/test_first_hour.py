@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import queue
 import re
 import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +71,47 @@ def test_run_prints_the_function_key_and_it_opens_the_webhook(tmp_path: Path, gi
         url = f"{base}/dataverse/webhook"
         assert httpx.post(url, content=b"{}", params={"code": key}, trust_env=False).status_code == 400
         assert httpx.post(url, content=b"{}", params={"code": key + "x"}, trust_env=False).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _start_run(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`run` on a free port without a settings file; its start-up lines up to the body limit line."""
+    proc = subprocess.Popen([sys.executable, "-m", "p2csync", "run", "--port", "0", "--settings",
+                             str(tmp_path / "none.json"), "--function-key", "limit-key"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while not any("request body limit:" in line for line in seen) and time.monotonic() < deadline:
+        try:
+            seen.append(lines.get(timeout=0.2))
+        except queue.Empty:
+            if proc.poll() is not None and lines.empty():
+                break
+        if any(line.strip() == "" for line in seen[-1:]) or any("queue trigger" in line for line in seen):
+            break  # the start-up lines are over
+    return proc, "".join(seen)
+
+
+@pytest.mark.parametrize(("setting", "limit"), [(None, 1048576), ("2097152", 2097152)])
+def test_run_limits_request_bodies_to_1_mb_unless_set_and_says_so(tmp_path: Path, setting: str | None,
+                                                                   limit: int) -> None:
+    """Issue 7 points 9/13: without local.settings.json, `run` must not read bodies up to the Functions
+    host's 100 MB default; it uses the 1 MB the infra sets in Azure, and prints the limit."""
+    env = {k: v for k, v in cli_env(tmp_path).items() if k != "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"}
+    if setting is not None:
+        env["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"] = setting
+    proc, text = _start_run(tmp_path, env)
+    try:
+        assert f"request body limit: {limit} bytes (FUNCTIONS_REQUEST_BODY_SIZE_LIMIT" in text, text
+        base = re.search(r"local host ready on (\S+)", text).group(1)  # type: ignore[union-attr]
+        answer = httpx.post(f"{base}/dataverse/webhook", content=b"x" * (limit + 1), params={"code": "limit-key"},
+                            trust_env=False, timeout=30)
+        assert answer.status_code == 413
+        assert f"host's limit of {limit} bytes" in answer.text
     finally:
         proc.terminate()
         proc.wait(timeout=30)
