@@ -193,6 +193,9 @@ def test_every_command_has_help_with_defaults_and_an_example(command: str, capsy
 CREATE_BODY = '{"name": "Fabrikam by hand", "accountnumber": "HAND-001", "telephone1": "+1 425 555 0142"}'
 CUSTOMER_PATH = "/data/CustomersV3(dataAreaId='usmf',CustomerAccount='HAND-001')"
 JOURNAL_SQL = "SELECT datetime(at / 1000000, 'unixepoch'), outcome, reason, detail\n  FROM journal ORDER BY id DESC LIMIT 5"
+RENAME_BODY = '{"name": "Fabrikam renamed by hand"}'
+ACCOUNT_BY_KEY = "/api/data/v9.2/accounts(accountnumber='HAND-001')"
+JOURNAL_SCRIPT = re.search(r"^\.venv/bin/python - <<'EOF'\n(.*?)^EOF$", README, re.S | re.M)
 
 
 def test_the_readme_shows_the_requests_this_test_makes() -> None:
@@ -202,6 +205,10 @@ def test_the_readme_shows_the_requests_this_test_makes() -> None:
     assert f'"http://127.0.0.1:7082{CUSTOMER_PATH}"' in README
     assert f'-H "Authorization: Bearer {INTEGRATION_TOKEN}"' in README
     assert JOURNAL_SQL in README
+    assert f'curl -s -X PATCH "http://127.0.0.1:7081{ACCOUNT_BY_KEY}"' in README
+    assert f"-d '{RENAME_BODY}'" in README and '-H "If-Match: *"' in README
+    assert JOURNAL_SCRIPT and JOURNAL_SQL in JOURNAL_SCRIPT.group(1) and "sqlite3 .var" not in README
+    assert "twice and the journal shows the duplicate skipped" not in " ".join(README.split())
 
 
 async def test_a_change_made_by_hand_as_the_readme_says(tmp_path: Path) -> None:
@@ -218,6 +225,27 @@ async def test_a_change_made_by_hand_as_the_readme_says(tmp_path: Path) -> None:
         assert customer.json()["OrganizationName"] == "Fabrikam by hand"
         rows = await asyncio.to_thread(_journal, stack.ledger_path)
         assert rows and rows[0][1] == "applied" and "HAND-001" in (rows[0][2] or "")
+
+        async with httpx.AsyncClient(trust_env=False) as http:
+            again = await http.post(f"{stack.sandbox.dataverse_url}/api/data/v9.2/accounts", content=CREATE_BODY,
+                                    headers={"Authorization": f"Bearer {SALES_TOKEN}",
+                                             "Content-Type": "application/json"})
+            assert again.status_code == 412, again.text  # the README: POSTing again creates nothing
+            renamed = await http.patch(f"{stack.sandbox.dataverse_url}{ACCOUNT_BY_KEY}", content=RENAME_BODY,
+                                       headers={"Authorization": f"Bearer {SALES_TOKEN}", "If-Match": "*",
+                                                "Content-Type": "application/json"})
+            assert renamed.status_code == 204, renamed.text
+            assert await stack.wait_settled()
+            customer = await http.get(f"{stack.sandbox.fno_url}{CUSTOMER_PATH}",
+                                      headers={"Authorization": f"Bearer {INTEGRATION_TOKEN}"})
+        assert customer.json()["OrganizationName"] == "Fabrikam renamed by hand"
+        assert JOURNAL_SCRIPT
+        script = JOURNAL_SCRIPT.group(1).replace(".var/ledger.sqlite", str(stack.ledger_path))
+        shown = await asyncio.to_thread(subprocess.run, [sys.executable, "-"], input=script, capture_output=True,
+                                        text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert len(lines) >= 2 and all("|  applied  |" in line for line in lines[:2]), shown.stdout
 
 
 def _journal(path: Path) -> list[tuple]:
