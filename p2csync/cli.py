@@ -48,8 +48,9 @@ async def run_local_host(port: int, settings_file: Path | None, function_key: st
     Queue triggers read the embedded queue, unless ``ServiceBusConnection__fullyQualifiedNamespace`` names a
     namespace and no ``P2C_LOCAL_QUEUE_PATH`` is set: then they read that namespace's queues, signed in with
     the developer's Azure identity (``az login``), and the webhook and deferrals send there too.
+    FUNCTIONS_REQUEST_BODY_SIZE_LIMIT defaults to 1 MB, as the infra sets it in Azure.
     """
-    from p2csync.localhost import LocalHost, install_signal_handlers
+    from p2csync.localhost import BODY_LIMIT_SETTING, RUN_BODY_LIMIT, LocalHost, install_signal_handlers
     from p2csync.queue.base import QueueConsumer
     from p2csync.queue.embedded import EmbeddedQueue, EmbeddedTransport
     from p2csync.runtime import get_runtime
@@ -59,6 +60,8 @@ async def run_local_host(port: int, settings_file: Path | None, function_key: st
     var = ROOT / ".var"
     var.mkdir(exist_ok=True)
     os.environ.setdefault("P2C_LEDGER_PATH", str(var / "ledger.sqlite"))
+    if not os.environ.get(BODY_LIMIT_SETTING, "").strip():  # the Functions host's own default is 100 MB
+        os.environ[BODY_LIMIT_SETTING] = str(RUN_BODY_LIMIT)
     namespace = os.environ.get("ServiceBusConnection__fullyQualifiedNamespace")
     if not namespace:
         os.environ.setdefault("P2C_LOCAL_QUEUE_PATH", str(var / "queue.sqlite"))
@@ -91,6 +94,8 @@ async def run_local_host(port: int, settings_file: Path | None, function_key: st
     print(f"local host ready on {host.base_url}", flush=True)
     print(f"  function key: {key}  (callers send it as ?code= or the x-functions-key header; a local "
           "key, not your Azure one)", flush=True)
+    print(f"  request body limit: {host.max_request_body_bytes} bytes ({BODY_LIMIT_SETTING}; larger bodies get "
+          "413)", flush=True)
     for fn in host.http_functions:
         print(f"  {sorted(fn.methods)} {host.base_url}/{fn.route}  (auth {fn.auth_level.lower()})", flush=True)
     for q in host.queue_functions:

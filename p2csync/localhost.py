@@ -41,6 +41,9 @@ log = logging.getLogger("p2csync.localhost")
 #: answers 413 above it). Its default is 100 MB (104857600 bytes).
 BODY_LIMIT_SETTING = "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"
 DEFAULT_BODY_LIMIT = 100 * 1024 * 1024
+#: What `python -m p2csync run` uses when the setting is unset: the value the infra sets in Azure
+#: (infra/modules/functionapp.bicep), since Dataverse never posts more than 256 KB.
+RUN_BODY_LIMIT = 1024 * 1024
 
 
 def request_body_limit(env: typing.Mapping[str, str] | None = None) -> int:

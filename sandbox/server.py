@@ -22,12 +22,26 @@ from sandbox.fno import FnO
 LOOPBACK = "127.0.0.1"
 
 
+class PortUnavailable(OSError):
+    """A simulator cannot listen on its port (another process uses it, or the address is not local)."""
+
+    def __init__(self, name: str, host: str, port: int, cause: OSError) -> None:
+        self.name, self.host, self.port = name, host, port
+        super().__init__(cause.errno, f"cannot listen on {host}:{port} for the {name} simulator: "
+                         f"{cause.strerror or cause}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class BackgroundServers:
     """Runs ASGI apps with uvicorn on one event loop in a daemon thread. Port 0 picks a free port."""
 
     def __init__(self, apps: Sequence[ASGIApp], ports: Sequence[int] | None = None, host: str = LOOPBACK,
-                 start_timeout: float = 10.0) -> None:
+                 start_timeout: float = 10.0, names: Sequence[str] | None = None) -> None:
+        """``names`` label the apps in errors (a busy port names the simulator it was for)."""
         self.host = host
+        self.names = list(names) if names is not None else [f"app {index}" for index in range(len(apps))]
         self.apps = list(apps)
         self.requested_ports = list(ports) if ports is not None else [0] * len(self.apps)
         self.start_timeout = start_timeout
@@ -43,14 +57,17 @@ class BackgroundServers:
     def start(self) -> BackgroundServers:
         sockets: list[socket.socket] = []
         try:
-            for port in self.requested_ports:
+            for name, port in zip(self.names, self.requested_ports):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 # Accepted sockets inherit this; without it a response written as headers + body waits
                 # ~40 ms for a delayed ACK (Nagle).
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.bind((self.host, port))
-                sockets.append(sock)
+                try:
+                    sock.bind((self.host, port))
+                except OSError as exc:
+                    raise PortUnavailable(name, self.host, port, exc) from None
         except OSError:
             for sock in sockets:
                 sock.close()
@@ -108,7 +125,8 @@ class SandboxServer:
                  dataverse_port: int = 0, fno_port: int = 0) -> None:
         self.dataverse = dataverse or Dataverse()
         self.fno = fno or FnO()
-        self._servers = BackgroundServers([self.dataverse.app, self.fno.app], [dataverse_port, fno_port], host)
+        self._servers = BackgroundServers([self.dataverse.app, self.fno.app], [dataverse_port, fno_port], host,
+                                          names=["Dataverse", "F&O"])
 
     @property
     def dataverse_url(self) -> str:
@@ -168,6 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sandbox = SandboxServer(host=args.host, dataverse_port=args.dataverse_port, fno_port=args.fno_port)
     try:
         sandbox.start()
+    except PortUnavailable as exc:
+        option = "--dataverse-port" if exc.name == "Dataverse" else "--fno-port"
+        print(f"cannot start the sandbox: {exc} (another process uses the port? pick another with {option})",
+              file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"cannot start the sandbox: {exc}", file=sys.stderr)
         return 1

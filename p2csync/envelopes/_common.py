@@ -19,6 +19,7 @@ __all__ = [
     "WcfDate",
     "datetime_to_epoch_ms",
     "excerpt",
+    "got",
     "json_type_name",
     "normalise_guid",
     "parse_wcf_date",
@@ -146,6 +147,11 @@ def format_location(loc: tuple[Any, ...] | list[Any], prefix: str = "") -> str:
     return out or "body"
 
 
+def got(value: Any) -> str:
+    """`null`, or the JSON type of a value and a short excerpt of it (`string '12.5'`), for error reasons."""
+    return "null" if value is None else f"{json_type_name(value)} {excerpt(value)}"
+
+
 def _reason(err: dict[str, Any]) -> str:
     kind = err["type"]
     value = err.get("input")
@@ -157,21 +163,21 @@ def _reason(err: dict[str, Any]) -> str:
             if marker is None:
                 return "object without __type"
             return f"unknown __type {excerpt(marker)}"
-        return f"unexpected {json_type_name(value)} {excerpt(value)}"
+        return f"unexpected {got(value)}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"expected an object, got {json_type_name(value)}"
     if kind == "list_type":
         return f"expected an array, got {json_type_name(value)}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"expected an integer, got {json_type_name(value)} {excerpt(value)}"
+        return f"expected an integer, got {got(value)}"
     if kind in ("bool_type", "bool_parsing"):
-        return f"expected a boolean, got {json_type_name(value)} {excerpt(value)}"
+        return f"expected a boolean, got {got(value)}"
     if kind == "string_type":
-        return f"expected a string, got {json_type_name(value)} {excerpt(value)}"
+        return f"expected a string, got {got(value)}"
     if kind in ("string_too_short", "too_short") and value == "":
         return "empty"
     if kind in ("decimal_type", "decimal_parsing", "float_type", "float_parsing"):
-        return f"expected a number, got {json_type_name(value)} {excerpt(value)}"
+        return f"expected a number, got {got(value)}"
     # Custom errors (PydanticCustomError) and value errors already carry short, excerpt-only messages.
     msg = str(err.get("msg", kind))
     return msg.removeprefix("Value error, ")

@@ -12,11 +12,14 @@ Shape facts (docs/wire-formats, section 1.4):
 Unknown members are ignored everywhere (newer platform versions add members). Attribute values of the
 documented types are modelled (byte[] columns such as `entityimage` arrive as a JSON array of numbers, the
 serializer's form of a byte array; `BooleanManagedProperty`, `EntityReferenceCollection`, multi-select
-`OptionSetValueCollection`, ...) and a malformed value of a known type is an error. A value of a kind the
-parser does not know (a `__type` never seen, an object without `__type`, an array of something else) is
-kept as an `UnparsedValue`: it must not turn the whole event into a 400, because Dataverse does not retry a
-400 and the change would be lost; a mapping that reads such a column fails with a reason naming it
-(mappings.values.is_unparsed). Parameter values (`InputParameters`, `OutputParameters`, `SharedVariables`)
+`OptionSetValueCollection`, ...). A value of a kind the parser does not know (a `__type` never seen, an
+object without `__type`, an array of something else), and a value of a known kind that does not validate
+(a Money whose Value is null or "12.5", an EntityReference without Id, a bad `/Date()/`...), is kept as an
+`UnparsedValue` (the second with the validation message): it must not turn the whole event into a 400,
+because Dataverse does not retry a 400 and the change would be lost; a mapping that reads such a column
+fails with a reason naming it (mappings.values.unwritable_reason). This holds for every attribute value
+(Target, images, KeyAttributes, FormattedValues); the envelope's own members (MessageName,
+PrimaryEntityId, the shape of InputParameters, an image, a pair) stay strict. Parameter values (`InputParameters`, `OutputParameters`, `SharedVariables`)
 other than known types are kept as the raw JSON (messages such as Associate or Retrieve carry
 `Relationship`, `ColumnSet`, ... which no handler reads).
 
@@ -41,12 +44,15 @@ from pydantic import (
     StrictBool,
     StrictInt,
     Tag,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
 )
 from pydantic.alias_generators import to_pascal
 from pydantic_core import PydanticCustomError
 
-from ._common import Guid, WcfDate, excerpt, json_type_name
+from ._common import Guid, WcfDate, envelope_error_from_validation, excerpt, got, json_type_name
 
 __all__ = [
     "AliasedValue",
@@ -88,8 +94,7 @@ def _null_as_empty_list(value: Any) -> Any:
 
 def _to_decimal(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
-        raise PydanticCustomError("money_value", "expected a number, got {kind} {value}",
-                                  {"kind": json_type_name(value), "value": excerpt(value)})
+        raise PydanticCustomError("money_value", "expected a number, got {value}", {"value": got(value)})
     if isinstance(value, float):
         return Decimal(repr(value))  # shortest round-trip text, not the binary expansion
     return Decimal(value)
@@ -129,7 +134,7 @@ class Entity(_Contract):
         """The attributes as plain Python values (see `to_python`)."""
         return {pair.key: to_python(pair.value) for pair in self.attributes}
 
-    def formatted(self) -> dict[str, str]:
+    def formatted(self) -> dict[str, str | UnparsedValue]:
         return {pair.key: pair.value for pair in self.formatted_values if pair.value is not None}
 
     def keys(self) -> dict[str, Any]:
@@ -159,19 +164,21 @@ class EntityReferenceList(_Contract):
 
 
 class UnparsedValue(_Contract):
-    """An attribute value of a kind the parser does not model, kept as the raw JSON.
+    """An attribute value the parser could not read, kept as the raw JSON.
 
-    `kind` names it for a reason (`__type` name, "object without __type", "array of string", ...). A
-    mapping that reads the column fails with that reason; nothing else looks at it."""
+    `kind` names it (`__type` name, "object without __type", "array of string", "malformed Money", ...);
+    `reason` is the validation message when a value of a known kind did not validate. A mapping that reads
+    the column fails with both; nothing else looks at it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=None)
 
     kind: str
     raw: Any = None
+    reason: str | None = None
 
     @property
     def unparsed_kind(self) -> str:
-        return self.kind
+        return f"{self.kind}, {self.reason}" if self.reason else self.kind
 
     def __str__(self) -> str:
         return f"<unparsed {self.kind}>"
@@ -325,6 +332,21 @@ def _parameter_tag(value: Any) -> str:
 
 _Float = Annotated[float, BeforeValidator(float)]
 
+
+def _unparsed_on_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate an attribute value; one that does not validate becomes an `UnparsedValue` carrying the
+    validation message (member inside the value and reason), so only a mapping that reads it fails."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        error = envelope_error_from_validation(exc)
+        reason = error.reason if error.member == "body" else f"{error.member}: {error.reason}"
+        return UnparsedValue(kind=f"malformed {_attribute_tag(value).lstrip('~')}", raw=value, reason=reason)
+
+
+#: Attribute values fall back to `UnparsedValue` (see the module docstring).
+_Lenient = WrapValidator(_unparsed_on_error)
+
 AttributeValue = Annotated[
     Union[
         Annotated[None, Tag("~null")],
@@ -350,6 +372,7 @@ AttributeValue = Annotated[
         Annotated[UnparsedValue, BeforeValidator(_unparsed_before), Tag("~unparsed")],
     ],
     Discriminator(_attribute_tag),
+    _Lenient,
 ]
 
 ParameterValue = Annotated[
@@ -388,7 +411,7 @@ class AttributePair(_Pair):
 
 
 class FormattedPair(_Pair):
-    value: str | None = None
+    value: Annotated[str | None, _Lenient] = None  # a label that is not text: kept as an UnparsedValue
 
 
 class ParameterPair(_Pair):

@@ -20,7 +20,7 @@ from ._common import (
     json_type_name,
     normalise_guid,
 )
-from .dataverse import Entity, EntityReference, RemoteExecutionContext, to_python
+from .dataverse import Entity, EntityReference, RemoteExecutionContext, UnparsedValue, to_python
 from .fno import BusinessEvent, EndpointTestMessage, is_endpoint_test_message
 
 __all__ = [
@@ -98,8 +98,8 @@ class ChangeEvent(BaseModel):
     version: int | None
     #: Plain-Python values: post images merged, Target on top (business events: the event's members).
     attributes: dict[str, Any]
-    #: FormattedValues merged the same way.
-    formatted: dict[str, str] = {}
+    #: FormattedValues merged the same way (a label that is not text is an `UnparsedValue`).
+    formatted: dict[str, str | UnparsedValue] = {}
     #: Image alias -> plain-Python attributes.
     pre_images: dict[str, dict[str, Any]] = {}
     post_images: dict[str, dict[str, Any]] = {}
@@ -313,7 +313,7 @@ def _from_context(data: dict[str, Any], props: dict[str, Any], headers: dict[str
     post_images = {alias: image.values() for alias, image in ctx.post_images().items()}
     pre_images = {alias: image.values() for alias, image in ctx.pre_images().items()}
     attributes: dict[str, Any] = {}
-    formatted: dict[str, str] = {}
+    formatted: dict[str, str | UnparsedValue] = {}
     for image in ctx.post_images().values():
         attributes.update(image.values())
         formatted.update(image.formatted())

@@ -13,6 +13,7 @@ Decoding of event-specific members (`BusinessEvent.members`):
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
@@ -44,26 +45,50 @@ class EndpointTestMessage(Exception):
         )
 
 
-_EMPTY_EVENT_IDS = {"", "00000000-0000-0000-0000-000000000000", "{00000000-0000-0000-0000-000000000000}"}
-_EMPTY_TIMES = {None, "", f"/Date({FNO_EMPTY_DATE_MS})/"}
+_NIL_GUID = "00000000-0000-0000-0000-000000000000"
 
 
 def is_endpoint_test_message(data: dict[str, Any]) -> bool:
     """Whether a business-event body is the blank contract F&O sends when an event is activated on an
     endpoint (wire-formats 3.3: "Activating an event on a Service Bus endpoint sends a test message").
 
-    [Inferred from observed test messages] It is the event's contract with nothing filled in: no EventId (empty
-    or the nil GUID), ControlNumber 0 and EventTime the empty date (1900-01-01). A real event always has an
-    EventId and a positive ControlNumber, so requiring all three never mistakes one for a test."""
-    event_id = data.get("EventId")
-    event_time = data.get("EventTime")
+    [Inferred from observed test messages] It is the event's contract with nothing filled in: a non-empty
+    BusinessEventId, and present but blank EventId (empty or the nil GUID), ControlNumber (0) and EventTime
+    (the F&O empty date, 1900-01-01, in any `/Date()/` spelling, or empty). Each member must be present: a
+    broken real contract that lacks them is malformed, not a test. A real event always has an EventId and a
+    positive ControlNumber, so requiring all of them never mistakes one for a test."""
+    business_event_id = data.get("BusinessEventId")
+    if not isinstance(business_event_id, str) or not business_event_id.strip():
+        return False
+    if not all(member in data for member in ("EventId", "ControlNumber", "EventTime")):
+        return False
     iso_time = data.get("EventTimeIso8601")
     return (
-        (event_id is None or (isinstance(event_id, str) and event_id.strip().lower() in _EMPTY_EVENT_IDS))
-        and data.get("ControlNumber") in (0, None)
-        and event_time in _EMPTY_TIMES
+        _is_blank_event_id(data["EventId"])
+        and _is_zero(data["ControlNumber"])
+        and _is_empty_date(data["EventTime"])
         and (iso_time in (None, "") or str(iso_time).startswith(("1900-01-01", "0001-01-01")))
     )
+
+
+def _is_blank_event_id(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().strip("{}").lower() in ("", _NIL_GUID)
+
+
+def _is_zero(value: Any) -> bool:
+    return isinstance(value, (int, Decimal)) and not isinstance(value, bool) and value == 0
+
+
+def _is_empty_date(value: Any) -> bool:
+    """The F&O empty date, compared through `parse_fno_date` so `/Date(-2208988800000+0000)/` counts too."""
+    if value == "":
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        return parse_fno_date(value) is None
+    except ValueError:
+        return False
 
 
 def decode_fno_value(value: Any, path: str = "") -> Any:

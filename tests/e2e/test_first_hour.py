@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import queue
 import re
 import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +71,47 @@ def test_run_prints_the_function_key_and_it_opens_the_webhook(tmp_path: Path, gi
         url = f"{base}/dataverse/webhook"
         assert httpx.post(url, content=b"{}", params={"code": key}, trust_env=False).status_code == 400
         assert httpx.post(url, content=b"{}", params={"code": key + "x"}, trust_env=False).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _start_run(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`run` on a free port without a settings file; its start-up lines up to the body limit line."""
+    proc = subprocess.Popen([sys.executable, "-m", "p2csync", "run", "--port", "0", "--settings",
+                             str(tmp_path / "none.json"), "--function-key", "limit-key"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while not any("request body limit:" in line for line in seen) and time.monotonic() < deadline:
+        try:
+            seen.append(lines.get(timeout=0.2))
+        except queue.Empty:
+            if proc.poll() is not None and lines.empty():
+                break
+        if any(line.strip() == "" for line in seen[-1:]) or any("queue trigger" in line for line in seen):
+            break  # the start-up lines are over
+    return proc, "".join(seen)
+
+
+@pytest.mark.parametrize(("setting", "limit"), [(None, 1048576), ("2097152", 2097152)])
+def test_run_limits_request_bodies_to_1_mb_unless_set_and_says_so(tmp_path: Path, setting: str | None,
+                                                                   limit: int) -> None:
+    """Issue 7 points 9/13: without local.settings.json, `run` must not read bodies up to the Functions
+    host's 100 MB default; it uses the 1 MB the infra sets in Azure, and prints the limit."""
+    env = {k: v for k, v in cli_env(tmp_path).items() if k != "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"}
+    if setting is not None:
+        env["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"] = setting
+    proc, text = _start_run(tmp_path, env)
+    try:
+        assert f"request body limit: {limit} bytes (FUNCTIONS_REQUEST_BODY_SIZE_LIMIT" in text, text
+        base = re.search(r"local host ready on (\S+)", text).group(1)  # type: ignore[union-attr]
+        answer = httpx.post(f"{base}/dataverse/webhook", content=b"x" * (limit + 1), params={"code": "limit-key"},
+                            trust_env=False, timeout=30)
+        assert answer.status_code == 413
+        assert f"host's limit of {limit} bytes" in answer.text
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -150,6 +193,9 @@ def test_every_command_has_help_with_defaults_and_an_example(command: str, capsy
 CREATE_BODY = '{"name": "Fabrikam by hand", "accountnumber": "HAND-001", "telephone1": "+1 425 555 0142"}'
 CUSTOMER_PATH = "/data/CustomersV3(dataAreaId='usmf',CustomerAccount='HAND-001')"
 JOURNAL_SQL = "SELECT datetime(at / 1000000, 'unixepoch'), outcome, reason, detail\n  FROM journal ORDER BY id DESC LIMIT 5"
+RENAME_BODY = '{"name": "Fabrikam renamed by hand"}'
+ACCOUNT_BY_KEY = "/api/data/v9.2/accounts(accountnumber='HAND-001')"
+JOURNAL_SCRIPT = re.search(r"^\.venv/bin/python - <<'EOF'\n(.*?)^EOF$", README, re.S | re.M)
 
 
 def test_the_readme_shows_the_requests_this_test_makes() -> None:
@@ -159,6 +205,10 @@ def test_the_readme_shows_the_requests_this_test_makes() -> None:
     assert f'"http://127.0.0.1:7082{CUSTOMER_PATH}"' in README
     assert f'-H "Authorization: Bearer {INTEGRATION_TOKEN}"' in README
     assert JOURNAL_SQL in README
+    assert f'curl -s -X PATCH "http://127.0.0.1:7081{ACCOUNT_BY_KEY}"' in README
+    assert f"-d '{RENAME_BODY}'" in README and '-H "If-Match: *"' in README
+    assert JOURNAL_SCRIPT and JOURNAL_SQL in JOURNAL_SCRIPT.group(1) and "sqlite3 .var" not in README
+    assert "twice and the journal shows the duplicate skipped" not in " ".join(README.split())
 
 
 async def test_a_change_made_by_hand_as_the_readme_says(tmp_path: Path) -> None:
@@ -175,6 +225,27 @@ async def test_a_change_made_by_hand_as_the_readme_says(tmp_path: Path) -> None:
         assert customer.json()["OrganizationName"] == "Fabrikam by hand"
         rows = await asyncio.to_thread(_journal, stack.ledger_path)
         assert rows and rows[0][1] == "applied" and "HAND-001" in (rows[0][2] or "")
+
+        async with httpx.AsyncClient(trust_env=False) as http:
+            again = await http.post(f"{stack.sandbox.dataverse_url}/api/data/v9.2/accounts", content=CREATE_BODY,
+                                    headers={"Authorization": f"Bearer {SALES_TOKEN}",
+                                             "Content-Type": "application/json"})
+            assert again.status_code == 412, again.text  # the README: POSTing again creates nothing
+            renamed = await http.patch(f"{stack.sandbox.dataverse_url}{ACCOUNT_BY_KEY}", content=RENAME_BODY,
+                                       headers={"Authorization": f"Bearer {SALES_TOKEN}", "If-Match": "*",
+                                                "Content-Type": "application/json"})
+            assert renamed.status_code == 204, renamed.text
+            assert await stack.wait_settled()
+            customer = await http.get(f"{stack.sandbox.fno_url}{CUSTOMER_PATH}",
+                                      headers={"Authorization": f"Bearer {INTEGRATION_TOKEN}"})
+        assert customer.json()["OrganizationName"] == "Fabrikam renamed by hand"
+        assert JOURNAL_SCRIPT
+        script = JOURNAL_SCRIPT.group(1).replace(".var/ledger.sqlite", str(stack.ledger_path))
+        shown = await asyncio.to_thread(subprocess.run, [sys.executable, "-"], input=script, capture_output=True,
+                                        text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert len(lines) >= 2 and all("|  applied  |" in line for line in lines[:2]), shown.stdout
 
 
 def _journal(path: Path) -> list[tuple]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,3 +35,22 @@ def test_main_prints_urls_and_tokens_and_stops_on_interrupt() -> None:
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize(("busy", "name", "option"), [
+    ("--dataverse-port", "Dataverse", "--dataverse-port"),
+    ("--fno-port", "F&O", "--fno-port"),
+])
+def test_a_busy_port_is_one_line_naming_the_port_and_the_simulator(busy: str, name: str, option: str,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    from sandbox.server import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = "--fno-port" if busy == "--dataverse-port" else "--dataverse-port"
+        assert main([busy, str(port), other, "0"]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"127.0.0.1:{port}" in lines[0] and f"{name} simulator" in lines[0] and option in lines[0]

@@ -276,3 +276,48 @@ async def test_both_queue_transports_take_the_configured_message_size(
         assert runtime.transport.max_message_bytes == 1048576
     finally:
         await runtime.aclose()
+# --- review of point 11: the date through parse_fno_date; blank members must be present ------------------
+
+
+@pytest.mark.parametrize("variant", [
+    {"EventTime": "/Date(-2208988800000+0000)/"},
+    {"EventTime": "/Date(-2208988800000-0800)/"},
+    {"EventId": "{00000000-0000-0000-0000-000000000000}"},
+])
+def test_spellings_of_the_blank_members_are_recognised_as_the_test(variant: dict[str, Any]) -> None:
+    body = json.dumps({**BLANK_CONTRACT, **variant}).encode()
+    assert is_endpoint_test_message({**BLANK_CONTRACT, **variant})
+    with pytest.raises(EndpointTestMessage):
+        parse_change_event(body, {})
+
+
+def _without(*members: str) -> dict[str, Any]:
+    return {key: value for key, value in BLANK_CONTRACT.items() if key not in members}
+
+
+@pytest.mark.parametrize("broken", [
+    _without("EventId", "ControlNumber", "EventTime"),
+    _without("EventId"),
+    _without("ControlNumber"),
+    _without("EventTime"),
+    {**BLANK_CONTRACT, "EventId": None},
+    {**BLANK_CONTRACT, "ControlNumber": None},
+    {**BLANK_CONTRACT, "ControlNumber": False},
+    {**BLANK_CONTRACT, "EventTime": None},
+    {**BLANK_CONTRACT, "EventTime": "/Date(0)/"},
+    {**BLANK_CONTRACT, "EventTime": "/Date(-2208988800001)/"},
+    {**BLANK_CONTRACT, "BusinessEventId": ""},
+    {**BLANK_CONTRACT, "BusinessEventId": None},
+])
+def test_a_contract_lacking_or_filling_a_blank_member_is_not_the_test(broken: dict[str, Any]) -> None:
+    assert not is_endpoint_test_message(broken)
+
+
+def test_a_broken_real_contract_lacking_the_members_is_malformed_not_skipped_as_a_test() -> None:
+    from p2csync.envelopes import EnvelopeError
+
+    broken = {key: value for key, value in _invoice().items()
+              if key not in ("EventId", "ControlNumber", "EventTime", "EventTimeIso8601")}
+    with pytest.raises(EnvelopeError) as info:
+        parse_change_event(json.dumps(broken).encode(), {})
+    assert not isinstance(info.value, EndpointTestMessage)

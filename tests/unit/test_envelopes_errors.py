@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from p2csync.envelopes import EnvelopeError, parse_change_event
+from p2csync.envelopes.dataverse import UnparsedValue
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "envelopes"
 CREATE = json.loads((FIXTURES / "dataverse_create_account.json").read_text())
@@ -94,22 +95,11 @@ def test_json_content_type_is_accepted():
                                                      "Id": "44bfc2a7-903e-eb11-a813-000d3ad9c2e1"}),
      "InputParameters[0].value", "Target must be an Entity"),
     (lambda d: d["InputParameters"][0].update(value="x"), "InputParameters[0].value", "Target must be an Entity"),
-    (lambda d: target_attrs(d)[attr_index("modifiedon")].update(value="/Date(16080xyz)/"),
-     f"InputParameters[0].value.Attributes[{attr_index('modifiedon')}].value", "bad /Date()/ string"),
-    (lambda d: target_attrs(d)[attr_index("revenue")]["value"].update(Value="lots"),
-     f"InputParameters[0].value.Attributes[{attr_index('revenue')}].value.Value", "expected a number"),
-    (lambda d: target_attrs(d)[attr_index("industrycode")]["value"].update(Value=7.5),
-     f"InputParameters[0].value.Attributes[{attr_index('industrycode')}].value.Value", "expected an integer"),
-    (lambda d: target_attrs(d)[attr_index("ownerid")]["value"].pop("LogicalName"),
-     f"InputParameters[0].value.Attributes[{attr_index('ownerid')}].value.LogicalName", "missing"),
     (lambda d: target_attrs(d)[attr_index("ownerid")].pop("value"),
      f"InputParameters[0].value.Attributes[{attr_index('ownerid')}].value", "missing"),
     (lambda d: target_attrs(d)[0].pop("key"), "InputParameters[0].value.Attributes[0].key", "missing"),
     (lambda d: d.update(OwningExtension={"LogicalName": "sdkmessageprocessingstep"}), "OwningExtension.Id", "missing"),
     (lambda d: d.update(ParentContext={"Depth": "deep"}), "ParentContext.Depth", "expected an integer"),
-    (lambda d: target_attrs(d).__setitem__(2, {"key": "x", "value": {"__type": f"BooleanManagedProperty:{NS}",
-                                                                     "Value": "yes"}}),
-     "InputParameters[0].value.Attributes[2].value.Value", "expected a boolean"),
 ])
 def test_malformed_context_names_the_member(mutate, member, reason):
     err = error_for(mutate)
@@ -118,9 +108,32 @@ def test_malformed_context_names_the_member(mutate, member, reason):
     assert str(err).startswith(f"{member}: ")
 
 
+@pytest.mark.parametrize(("mutate", "column", "reason"), [
+    (lambda d: target_attrs(d)[attr_index("modifiedon")].update(value="/Date(16080xyz)/"),
+     "modifiedon", "malformed date, bad /Date()/ string"),
+    (lambda d: target_attrs(d)[attr_index("revenue")]["value"].update(Value="lots"),
+     "revenue", "malformed Money, Value: expected a number, got string 'lots'"),
+    (lambda d: target_attrs(d)[attr_index("industrycode")]["value"].update(Value=7.5),
+     "industrycode", "malformed OptionSetValue, Value: expected an integer"),
+    (lambda d: target_attrs(d)[attr_index("ownerid")]["value"].pop("LogicalName"),
+     "ownerid", "malformed EntityReference, LogicalName: missing"),
+    (lambda d: target_attrs(d).__setitem__(2, {"key": "x", "value": {"__type": f"BooleanManagedProperty:{NS}",
+                                                                     "Value": "yes"}}),
+     "x", "malformed BooleanManagedProperty, Value: expected a boolean"),
+])
+def test_a_malformed_attribute_value_is_kept_unparsed_with_the_reason(mutate, column, reason):
+    """Issue 7 point 5: a value of a known type that does not validate is no 400 (Dataverse does not retry
+    it); it is kept as an UnparsedValue so that only a mapping reading the column fails."""
+    data = copy.deepcopy(CREATE)
+    mutate(data)
+    value = parse_change_event(json.dumps(data)).attributes[column]
+    assert isinstance(value, UnparsedValue)
+    assert value.unparsed_kind.startswith(reason)
+
+
 def test_error_message_only_echoes_a_short_excerpt():
     secret = "S" * 5000
-    err = error_for(lambda d: target_attrs(d)[attr_index("modifiedon")].update(value="/Date(" + secret))
+    err = error_for(lambda d: d.update(PrimaryEntityId="/Date(" + secret))
     assert len(str(err)) < 200
     err = error_for(lambda d: d.update(Depth=secret))
     assert len(str(err)) < 200

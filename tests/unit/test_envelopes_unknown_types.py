@@ -141,3 +141,117 @@ def test_a_filter_on_such_a_column_dead_letters_naming_it_instead_of_skipping_si
     assert info.value.target == "filter" and info.value.source == "p2c_future"
     assert "does not know" in str(info.value)
     assert spec.filter_reason({**record, "p2c_future": 1}) is None  # a known value filters as before
+
+
+# --- a malformed value of a KNOWN type (review of point 5) -------------------------------------------
+
+MALFORMED = [
+    {"key": "p2c_money_null", "value": {"__type": f"Money:{NS}", "Value": None}},
+    {"key": "p2c_money_text", "value": {"__type": f"Money:{NS}", "Value": "12.5"}},
+    {"key": "p2c_option_null", "value": {"__type": f"OptionSetValue:{NS}", "Value": None}},
+    {"key": "p2c_ref_no_id", "value": {"__type": f"EntityReference:{NS}", "LogicalName": "contact", "Name": None}},
+    {"key": "p2c_managed_null", "value": {"__type": f"BooleanManagedProperty:{NS}", "CanBeChanged": True,
+                                          "Value": None}},
+    {"key": "p2c_choices_bad", "value": [{"__type": f"OptionSetValue:{NS}", "Value": "1"}]},
+    {"key": "p2c_when", "value": "/Date(yesterday)/"},
+]
+MALFORMED_REASONS = {
+    "p2c_money_null": "malformed Money, Value: expected a number, got null",
+    "p2c_money_text": "malformed Money, Value: expected a number, got string '12.5'",
+    "p2c_option_null": "malformed OptionSetValue, Value: expected an integer, got null",
+    "p2c_ref_no_id": "malformed EntityReference, Id: missing",
+    "p2c_managed_null": "malformed BooleanManagedProperty, Value: expected a boolean, got null",
+    "p2c_choices_bad": "malformed OptionSetValueArray, [0].Value: expected an integer, got string '1'",
+    "p2c_when": "malformed date, bad /Date()/ string",
+}
+
+
+def malformed_body() -> bytes:
+    """The create fixture with the malformed values in the Target, the post image, the Target's
+    KeyAttributes, and a FormattedValues label that is not text."""
+    data = copy.deepcopy(CREATE)
+    target = data["InputParameters"][0]["value"]
+    target["Attributes"].extend(copy.deepcopy(MALFORMED))
+    target["KeyAttributes"] = [{"key": "p2c_key_money", "value": {"__type": f"Money:{NS}", "Value": None}}]
+    target["FormattedValues"].append({"key": "p2c_money_null", "value": {"Value": 1}})
+    data["PostEntityImages"][0]["value"]["Attributes"].extend(copy.deepcopy(MALFORMED))
+    data["PreEntityImages"] = [{"key": "pre", "value": {"Attributes": copy.deepcopy(MALFORMED)}}]
+    return json.dumps(data).encode()
+
+
+def test_malformed_known_types_parse_into_unparsed_values_with_the_validation_message():
+    event = parse_change_event(malformed_body())
+    assert event.is_complete and event.attributes["accountnumber"] == "US-001"
+    for source in (event.attributes, event.post_images[next(iter(event.post_images))], event.pre_images["pre"]):
+        for column, reason in MALFORMED_REASONS.items():
+            value = source[column]
+            assert isinstance(value, UnparsedValue), column
+            assert value.unparsed_kind.startswith(reason), (column, value.unparsed_kind)
+    assert isinstance(event.key_attributes["p2c_key_money"], UnparsedValue)
+    assert event.formatted["p2c_money_null"].unparsed_kind.startswith("malformed")
+    assert event.formatted["industrycode"] == "Consulting"  # the other labels are untouched
+
+
+def test_a_malformed_modifiedon_leaves_the_version_unknown_so_the_handler_fetches():
+    data = copy.deepcopy(CREATE)
+    for entity in (data["InputParameters"][0]["value"], data["PostEntityImages"][0]["value"]):
+        for pair in entity["Attributes"]:
+            if pair["key"] == "modifiedon":
+                pair["value"] = "/Date(soon)/"
+    event = parse_change_event(json.dumps(data))
+    assert isinstance(event.attributes["modifiedon"], UnparsedValue)
+    assert event.version is None
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.sent: list[OutboundMessage] = []
+
+    async def send(self, queue: str, message: OutboundMessage) -> None:
+        self.sent.append(message)
+
+    async def schedule(self, queue, message, at):  # pragma: no cover - never called
+        raise AssertionError
+
+
+async def test_the_webhook_accepts_malformed_known_types_with_202():
+    transport = _Recorder()
+    result = await accept_dataverse_webhook(malformed_body(), {}, transport, "sales-events")
+    assert result.status == 202, result.body
+    assert len(transport.sent) == 1
+
+
+@pytest.mark.parametrize(("mutate", "member"), [
+    (lambda d: d.update(MessageName=None), "MessageName"),
+    (lambda d: d.update(PrimaryEntityId="nope"), "PrimaryEntityId"),
+    (lambda d: d.update(InputParameters={"Target": {}}), "InputParameters"),
+    (lambda d: d["InputParameters"][0]["value"].update(Attributes={"name": "x"}), "InputParameters[0].value.Attributes"),
+    (lambda d: d["InputParameters"][0]["value"].update(Id="nope"), "InputParameters[0].value.Id"),
+    (lambda d: d["PostEntityImages"][0].update(value="x"), "PostEntityImages[0].value"),
+])
+async def test_the_envelope_members_stay_strict_400_naming_the_member(mutate, member):
+    data = json.loads(malformed_body())
+    mutate(data)
+    transport = _Recorder()
+    result = await accept_dataverse_webhook(json.dumps(data).encode(), {}, transport, "sales-events")
+    assert result.status == 400
+    assert result.body["error"]["member"] == member
+    assert transport.sent == []
+
+
+@pytest.mark.parametrize("column", ["p2c_money_text", "p2c_ref_no_id"])
+def test_a_mapping_that_reads_a_malformed_column_fails_naming_it_and_the_reason(column):
+    record = dict(parse_change_event(malformed_body()).attributes)
+    record["name"] = record[column]
+    with pytest.raises(MappedValueError) as info:
+        SPEC.apply(record, default_company="usmf")
+    assert info.value.source == "name" and info.value.target == "OrganizationName"
+    assert MALFORMED_REASONS[column] in str(info.value)
+
+
+def test_a_mapping_that_does_not_read_malformed_columns_maps_as_before():
+    record = parse_change_event(malformed_body()).attributes
+    plain = parse_change_event(json.dumps(CREATE)).attributes
+    resolved = {request.path: "USD" for request in SPEC.lookups(plain)}
+    assert (SPEC.apply(record, resolved=resolved, default_company="usmf").payload
+            == SPEC.apply(plain, resolved=resolved, default_company="usmf").payload)
