@@ -68,6 +68,11 @@ class ServiceProtection:
             self._in_flight[user] += 1
             return None
 
+    def in_flight(self, user: str | None = None) -> int:
+        """Requests admitted and not yet ended (of one user, or of all)."""
+        with self._lock:
+            return self._in_flight[user] if user is not None else sum(self._in_flight.values())
+
     def leave(self, user: str) -> None:
         with self._lock:
             self._in_flight[user] = max(0, self._in_flight[user] - 1)

@@ -279,14 +279,17 @@ def test_concurrent_request_limit(sandbox: SandboxServer) -> None:
 
     sandbox.dataverse.protection.configure(ServiceProtectionLimits(max_concurrent=1, max_requests=None,
                                                                    retry_after=2))
-    sandbox.dataverse.faults.latency(0.3, count=1)
+    sandbox.dataverse.faults.latency(1.0, count=1)
 
     async def run() -> list[httpx.Response]:
         headers = {"Authorization": "Bearer sandbox-integration-user"}
         async with httpx.AsyncClient(base_url=sandbox.dataverse_api_url, headers=headers,
                                      trust_env=False) as c:
             slow = asyncio.create_task(c.get("accounts"))
-            await asyncio.sleep(0.1)
+            for _ in range(500):  # until the slow request is admitted (not a fixed sleep: CPUs are shared)
+                if sandbox.dataverse.protection.in_flight():
+                    break
+                await asyncio.sleep(0.01)
             fast = await c.get("accounts")
             return [await slow, fast]
 
