@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -84,12 +85,26 @@ class FnoSettings(BaseModel):
       assignment to a sized string (AX7 "String truncation" blog), while a value that reaches SQL unchanged
       fails ("String or binary data would be truncated"). 'error' (default, the stricter) answers with an
       infolog write error [Inferred wording]; 'truncate' stores the first characters.
+    * `batch_failed_changeset`: how `$batch` answers a change set that failed. OData 4.0 §11.7.4: one
+      `application/http` part for the whole set ("single"); ASP.NET Web API OData, which F&O's OData is built
+      on, answers a `multipart/mixed` change set response holding only the failing request's answer
+      ("changeset", the default [Inferred] for F&O: no capture found).
+    * `batch_after_error`: whether `$batch` goes on with the next item after a failed one. [Inferred]
+      "continue" (default): every item is answered; "stop": processing ends at the first failure unless the
+      request says `Prefer: odata.continue-on-error` (the OData 4.01 default; ASP.NET Web API OData >= 5.7).
+    * `batch_max_operations` / `batch_max_changeset`: F&O documents "a batch can contain up to 5000
+      operations" (service protection API limits); ODataLib's own default quotas are 100 parts per batch and
+      1000 operations per change set. Defaults follow the F&O doc; tests lower them to ODataLib's.
     """
 
     write_error_status: Literal[400, 500] = 500
     plus_in_key: Literal["route", "space"] = "route"
     update_conflicts: int = Field(default=0, ge=0)
     string_overflow: Literal["error", "truncate"] = "error"
+    batch_failed_changeset: Literal["changeset", "single"] = "changeset"
+    batch_after_error: Literal["continue", "stop"] = "continue"
+    batch_max_operations: int = Field(default=5000, ge=1)
+    batch_max_changeset: int = Field(default=5000, ge=1)
 
 
 class FnoUser(BaseModel):
@@ -176,6 +191,7 @@ class FnO:
         self._rows: dict[str, dict[KeyTuple, Row]] = {name: {} for name in self.entities}
         self._versions: dict[str, dict[KeyTuple, int]] = {name: {} for name in self.entities}
         self._rec_versions = itertools.count(22565421176)
+        self._held: dict[int, list[FnoChange]] = {}  # thread id -> changes of an open change set
         from sandbox.fno_api import build_app
 
         self.app = build_app(self)
@@ -454,7 +470,48 @@ class FnO:
                     if row.get("dataAreaId") in companies]
 
     def notify(self, change: FnoChange) -> None:
-        """Hand a committed change to every sink."""
+        """Hand a committed change to every sink (held back until its change set commits)."""
+        held = self._held.get(threading.get_ident())
+        if held is not None:
+            held.append(change)
+            return
         for sink in list(self._sinks):
             sink(change)
+
+    @contextmanager
+    def change_set(self) -> Iterator[ChangeSet]:
+        """All-or-nothing writes, as an OData change set: the store lock is held throughout, change events
+        are held back, and `ChangeSet.rollback()` (or an exception) restores every row and version as they
+        were, raising no event. On commit the held events go to the sinks, after the lock is released.
+
+        The caller must not yield to the event loop inside (the lock is re-entrant on this thread, so another
+        request's coroutine would write through it)."""
+        state = ChangeSet()
+        thread = threading.get_ident()
+        with self.lock:
+            saved_rows = {name: dict(rows) for name, rows in self._rows.items()}
+            saved_versions = {name: dict(versions) for name, versions in self._versions.items()}
+            self._held[thread] = []
+            try:
+                yield state
+            except BaseException:
+                state.rolled_back = True
+                raise
+            finally:
+                held = self._held.pop(thread)
+                if state.rolled_back:
+                    self._rows, self._versions = saved_rows, saved_versions
+        if not state.rolled_back:
+            for change in held:
+                self.notify(change)
+
+
+class ChangeSet:
+    """The handle of an open `FnO.change_set()`."""
+
+    def __init__(self) -> None:
+        self.rolled_back = False
+
+    def rollback(self) -> None:
+        self.rolled_back = True
 

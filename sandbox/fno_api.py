@@ -300,7 +300,10 @@ class RestrictedCharacters:
 
 
 def build_app(fno: FnO) -> SandboxFront:
+    from sandbox.fno_batch import FnoBatch
+
     api = FnoApi(fno)
-    routes = [Route("/data/{path:path}", api.handle, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
+    routes = [Route("/data/$batch", FnoBatch(api).handle, methods=["POST"]),
+              Route("/data/{path:path}", api.handle, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
               Route("/data", api.handle, methods=["GET"])]
     return SandboxFront(fno, RestrictedCharacters(Starlette(routes=routes)))
