@@ -295,9 +295,10 @@ class FnoBatch:
         """Answer one inner request exactly as the same request outside a batch would be answered."""
         url = part.url
         if url.startswith("$") and locations:
-            reference, _, rest = url[1:].partition("/")
+            target, mark, query = url.partition("?")
+            reference, _, rest = target[1:].partition("/")
             if reference in locations:
-                url = locations[reference] + (f"/{rest}" if rest else "")
+                url = locations[reference] + (f"/{rest}" if rest else "") + mark + query
         split = urlsplit(url)
         raw_path = split.path
         if not raw_path.startswith("/"):
