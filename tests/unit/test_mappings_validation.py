@@ -57,7 +57,7 @@ def test_the_base_document_is_valid(tmp_path):
 
 def test_unknown_transform_names_file_path_line_and_known_names(tmp_path):
     message, file = error_of(tmp_path, BASE.replace("transform: upper", "transform: uper"))
-    assert message.startswith(f"{file}: fields[4].transform: unknown transform 'uper' (known: boolean, date, ")
+    assert message.startswith(f"{file}: fields[4].transform: unknown transform 'uper' (known: boolean, country, date, ")
     assert "did you mean 'upper'?" in message
     assert message.endswith("(line 22)")
 
