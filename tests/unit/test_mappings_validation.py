@@ -200,7 +200,7 @@ def test_filter_condition_needs_exactly_one_test(tmp_path):
     text = BASE + "filter:\n  - field: statecode\n    equals: 0\n    in: [0, 1]\n"
     message, file = error_of(tmp_path, text)
     assert message == (
-        f"{file}: filter[0]: give exactly one of equals, not_equals, in, not_in, not_empty (found equals, in) (line 27)"
+        f"{file}: filter[0]: give exactly one of equals, not_equals, in, not_in, not_empty, points_to (found equals, in) (line 27)"
     )
     message, _ = error_of(tmp_path, BASE + "filter:\n  - field: parentaccountid.name\n    not_empty: true\n")
     assert "filter column 'parentaccountid.name' must be a plain column name" in message
