@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from handlers import accounts
+from handlers import accounts, contacts
 from handlers.base import FlowContext, FlowHandler, SalesToFnORecordSync
 from mappings import MappingSpec
 from p2csync.envelopes import ChangeEvent
 
 __all__ = ["FlowContext", "FlowHandler", "FlowRegistry", "SalesToFnORecordSync", "build_registry"]
 
-# flow name -> factory. A flow runs when its mapping file is present.
-FACTORIES = {
+# handler name -> factory. A handler serves the mapping files named by its `flows` (default: its own name) and
+# runs when at least one of them is present; contacts serves contacts_customers and contacts_persons.
+FACTORIES: dict[str, Callable[[], FlowHandler]] = {
     accounts.FLOW: accounts.create_handler,
+    contacts.FLOW: contacts.create_handler,
 }
 
 
@@ -31,8 +33,19 @@ class FlowRegistry:
 
 
 def build_registry(mappings: Mapping[str, MappingSpec]) -> FlowRegistry:
+    """One handler per source table: two handlers taking one table would split its records' events between
+    them, so that is refused at start-up (one handler chooses between the files of a table, as contacts does)."""
     handlers: list[FlowHandler] = []
-    for flow, factory in FACTORIES.items():
-        if flow in mappings:
-            handlers.append(factory().bind(mappings[flow]))
+    tables: dict[str, str] = {}
+    for name, factory in FACTORIES.items():
+        handler = factory()
+        specs = [mappings[flow] for flow in getattr(handler, "flows", (name,)) if flow in mappings]
+        if not specs:
+            continue
+        handler.bind(*specs)  # type: ignore[attr-defined]
+        table = getattr(handler, "table", "")
+        if table in tables:
+            raise ValueError(f"handlers {tables[table]} and {name} both take table {table!r}")
+        tables[table] = name
+        handlers.append(handler)
     return FlowRegistry(handlers)

@@ -8,7 +8,9 @@ and upserts the counterpart. It returns an outcome; it never settles messages it
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -63,6 +65,32 @@ def _describe_target(target: str) -> str:
     return f"{entity_set}{key}"
 
 
+describe_target = _describe_target
+
+_KEY_PART = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)=('(?:[^']|'')*'|[^,)]*)\s*(?:,|$)")
+
+
+def parse_target_key(target: str) -> tuple[str, dict[str, Any]]:
+    """``fno:CDSContactPersonsV2:(dataAreaId='usmf',...)`` -> (entity set, key) with the key's values as the
+    ledger keeps them (text case-folded: F&O compares keys without case, so they still address the row).
+    Numbers come back as int, enum and other unquoted literals as text."""
+    _, entity_set, predicate = target.split(":", 2)
+    body = predicate.strip()
+    if not (body.startswith("(") and body.endswith(")")):
+        raise ValueError(f"not a key predicate: {predicate!r}")
+    key: dict[str, Any] = {}
+    for name, raw in _KEY_PART.findall(body[1:-1]):
+        if raw.startswith("'"):
+            key[name] = raw[1:-1].replace("''", "'")
+        elif enum := re.match(r"^[\w.]+'(.*)'$", raw):
+            key[name] = enum.group(1).replace("''", "'")
+        elif re.fullmatch(r"-?\d+", raw):
+            key[name] = int(raw)
+        else:
+            key[name] = raw
+    return entity_set, key
+
+
 def source_id(record_key: str) -> str:
     """The source record's own id from a ledger record key (``accounts:account:<guid>`` -> ``<guid>``)."""
     return record_key.rsplit(":", 1)[-1]
@@ -93,9 +121,14 @@ class SalesToFnORecordSync:
         self.sync_deletes = sync_deletes
         self.table = ""  # set by bind(): the mapping file names the source table
 
-    def bind(self, spec: MappingSpec) -> SalesToFnORecordSync:
+    @property
+    def flows(self) -> tuple[str, ...]:
+        """The mapping files this handler serves (the registry binds those present)."""
+        return (self.flow,)
+
+    def bind(self, *specs: MappingSpec) -> SalesToFnORecordSync:
         """Take the source table from the mapping, so the registry routes by data, not by code."""
-        self.table = spec.source.table
+        self.table = specs[0].source.table
         return self
 
     def accepts(self, event: ChangeEvent) -> bool:
@@ -195,30 +228,44 @@ class SalesToFnORecordSync:
         return {**record, column: EntityRef(id=str(ref.id), logical_name=ref.logical_name, name=str(name))}
 
     async def _newest_state(
-        self, event: ChangeEvent, state: RecordState, spec: MappingSpec, ctx: FlowContext
+        self, event: ChangeEvent, state: RecordState, spec: MappingSpec | Sequence[MappingSpec], ctx: FlowContext
     ) -> tuple[dict[str, Any] | None, int | None]:
         """The event's own image when it is complete and strictly newer than what was applied; else a fetch.
 
         Strictly newer, because two states of one record can share a modifiedon second: on a tie only the
-        fetched row is known to be the newest.
+        fetched row is known to be the newest. Several specs (flows of one table): one fetch of what they all
+        read.
         """
         newer = event.version is not None and (state.version is None or event.version > state.version)
         if event.is_complete and newer:
             return dict(event.attributes), event.version
-        lookups = set(spec.lookup_columns())
-        if spec.company_source_column:
-            lookups.add(spec.company_source_column)  # business unit / owner: lookups by nature
-        select = webapi_select(spec.source_columns(), lookups)
-        row = await ctx.dataverse.get(spec.source.entity_set, event.record_id, select=select, annotations="*")
+        specs = [spec] if isinstance(spec, MappingSpec) else list(spec)
+        lookups: set[str] = set()
+        columns: list[str] = []
+        money: list[str] = []
+        for one in specs:
+            lookups.update(one.lookup_columns())
+            if one.company_source_column:
+                lookups.add(one.company_source_column)  # business unit / owner: lookups by nature
+            columns += one.source_columns()
+            money += one.money_columns()
+        select = webapi_select(list(dict.fromkeys(columns)), lookups)
+        first = specs[0]
+        row = await ctx.dataverse.get(first.source.entity_set, event.record_id, select=select, annotations="*")
         if row is None:
             return None, None
-        record = record_from_webapi(row, money_columns=spec.money_columns())
-        return record, epoch_ms(record.get(spec.source.version_field))
+        record = record_from_webapi(row, money_columns=list(dict.fromkeys(money)))
+        return record, epoch_ms(record.get(first.source.version_field))
 
-    async def _resolve_lookups(self, spec: MappingSpec, record: dict[str, Any], ctx: FlowContext) -> dict[str, Any]:
-        """Fetch the columns that dotted source paths read through lookups (cached per process)."""
-        resolved: dict[str, Any] = {}
+    async def _resolve_lookups(
+        self, spec: MappingSpec, record: dict[str, Any], ctx: FlowContext, known: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Fetch the columns that dotted source paths read through lookups (cached per process); paths in
+        ``known`` are already answered (read fresh by the caller)."""
+        resolved: dict[str, Any] = dict(known or {})
         for request in spec.lookups(record):
+            if request.path in resolved:
+                continue
             cache_key = (request.table, request.id, request.column)
             if cache_key not in ctx.lookup_cache:
                 row = await ctx.dataverse.get(request.entity_set, request.id, select=[request.column])

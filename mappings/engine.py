@@ -29,6 +29,7 @@ from .model import (
     LineSpec,
     LineTarget,
     MappingSpec,
+    ParentRouting,
     Source,
     Target,
     ValueMap,
@@ -127,7 +128,7 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 
 def _all_keys() -> set[str]:
     keys: set[str] = set()
-    for model in (MappingSpec, Source, Target, CompanyRouting, FieldMap, ValueMap, Condition, LineSpec, LineSource, LineTarget):
+    for model in (MappingSpec, Source, Target, CompanyRouting, ParentRouting, FieldMap, ValueMap, Condition, LineSpec, LineSource, LineTarget):
         for name, info in model.model_fields.items():
             keys.add(info.alias or name)
     return keys

@@ -19,6 +19,8 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
+from p2csync.connectors.odata import ODataEnum
+
 from .catalog import fno_fields
 from .catalog.limits import max_length, number_range, utf16_length, utf16_truncate
 from .values import iso_datetime
@@ -78,9 +80,16 @@ def date_time_offset(value: Any) -> str:
 
 def key_value(entity_set: str, field: str, value: Any) -> Any:
     """A fitted key value as the connector addresses the row: an Edm.DateTimeOffset field as an aware UTC
-    ``datetime`` (F&O reads a quoted key value as a string and refuses it for a date-time key), any other
-    field unchanged."""
-    if field_type(entity_set, field) != "Edm.DateTimeOffset" or value is None:
+    ``datetime`` (F&O reads a quoted key value as a string and refuses it for a date-time key), an enum field
+    (CDSContactPersonsV2.AssociatedContactType) as an ``ODataEnum``, so the key names it the way OData spells an
+    enum (``Microsoft.Dynamics.DataEntities.SmmContactPersonCdsAssociatedContactType'Customer'``) while the
+    JSON body still carries the plain symbol; any other field unchanged."""
+    edm_type = field_type(entity_set, field)
+    if value is None:
+        return value
+    if edm_type and not edm_type.startswith("Edm.") and isinstance(value, str):
+        return ODataEnum(edm_type, value)
+    if edm_type != "Edm.DateTimeOffset":
         return value
     return datetime.fromisoformat(date_time_offset(value).replace("Z", "+00:00")).astimezone(timezone.utc)
 

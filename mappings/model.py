@@ -209,6 +209,21 @@ class Target(_Strict):
     )
 
 
+class ParentRouting(_Strict):
+    """The record's company is its parent's: ``lookup`` names the column pointing to the parent row, ``flow`` the
+    flow that syncs the parent table (its company block routes the parent row). When that flow is not loaded,
+    this file's own company block routes the parent row."""
+
+    lookup: str = Field(description="Lookup column pointing to the parent row (parentcustomerid).")
+    flow: str = Field(description="Flow whose company routing the parent row follows (accounts).")
+    must_exist: bool = Field(
+        True,
+        description="true: the parent's counterpart (that flow's target, keyed by the parent's number) must "
+        "exist in F&O before this record is written; until it does the message is deferred with a reason "
+        "naming the parent, and dead-lettered after the deferral limit.",
+    )
+
+
 class CompanyRouting(_Strict):
     """Which F&O company (dataAreaId) a record belongs to, like the organisation mapping of a Data Integrator
     connection set. Order: the business_units entry for the record's business unit, else the run-time setting
@@ -233,6 +248,11 @@ class CompanyRouting(_Strict):
     )
     target_field: str | None = Field(
         None, description="Target field that receives the company. Default: dataAreaId when the target is F&O."
+    )
+    parent: ParentRouting | None = Field(
+        None,
+        description="Route like a parent record instead: the record goes to the company that another flow's "
+        "routing gives the row a lookup points to (a contact person belongs in its account's company).",
     )
 
     _index: dict[tuple[str, Any], str] = PrivateAttr(default_factory=dict)
@@ -303,11 +323,17 @@ class Condition(_Strict):
     not_empty: bool | None = Field(
         None, description="true: the column must have a value; false: it must be empty."
     )
+    points_to: list[str] | None = Field(
+        None,
+        description="The column is a lookup to a row of one of these tables (e.g. [account]: a contact's company "
+        "is an account, not a contact). An empty lookup fails.",
+    )
     any: list[Condition] | None = Field(None, description="At least one of these conditions must hold.")
 
     @model_validator(mode="after")
     def _one_test(self) -> Condition:
-        tests = [n for n in ("equals", "not_equals", "in_", "not_in", "not_empty") if n in self.model_fields_set]
+        tests = [n for n in ("equals", "not_equals", "in_", "not_in", "not_empty", "points_to")
+                 if n in self.model_fields_set]
         shown = [("in" if n == "in_" else n) for n in tests]
         if self.any is not None:
             if self.field is not None or tests:
@@ -321,7 +347,7 @@ class Condition(_Strict):
             raise ValueError(f"filter column '{self.field}' must be a plain column name (no lookup paths)")
         if len(tests) != 1:
             raise ValueError(
-                "give exactly one of equals, not_equals, in, not_in, not_empty"
+                "give exactly one of equals, not_equals, in, not_in, not_empty, points_to"
                 + (f" (found {', '.join(shown)})" if shown else "")
             )
         return self
@@ -341,6 +367,13 @@ class Condition(_Strict):
         assert self.field is not None
         value = record.get(self.field)
         shown = "empty" if is_empty(value) else _show(value)
+        if "points_to" in self.model_fields_set:
+            tables = [t.strip().casefold() for t in self.points_to or []]
+            if not is_entity_ref(value):
+                return f"{self.field} is {shown}, expected a lookup to {' or '.join(self.points_to or [])}"
+            if str(value.logical_name).casefold() not in tables:
+                return f"{self.field} points to a {value.logical_name}, expected {' or '.join(self.points_to or [])}"
+            return None
         if "not_empty" in self.model_fields_set:
             if bool(self.not_empty) != (not is_empty(value)):
                 return f"{self.field} is {shown}, expected it {'not ' if self.not_empty else ''}to be empty"
@@ -478,6 +511,12 @@ class MappingSpec(_Strict):
     fields: list[FieldMap] = Field(min_length=1, description="Target field <- source, in the order sent.")
     value_maps: dict[str, ValueMap] = Field(default_factory=dict, description="Named value maps used by fields.")
     lines: list[LineSpec] = Field(default_factory=list, description="Child collections (document lines).")
+    retire: dict[str, Scalar] = Field(
+        default_factory=dict,
+        description="What to write to a record this flow wrote earlier once the source record no longer maps to "
+        "it (it now maps to another key, or to another flow of the same table, e.g. a contact that became a "
+        "customer): target field -> value, e.g. {IsInactive: \"Yes\"}. Empty: the old record is left as it is.",
+    )
 
     # -- cross-checks ------------------------------------------------------------------------------------------
 
@@ -512,6 +551,21 @@ class MappingSpec(_Strict):
             problems.append((("company", "target_field"), "a Dataverse target has no company field"))
         if company_field and self.target.system == "fno":
             problems += self._company_problems(company_field)
+        for name, value in self.retire.items():
+            if self.target.system == "fno" and (msg := field_problem(self.target.entity_set, name)):
+                problems.append((("retire", name), msg))
+            elif name in self.target.key or name == company_field:
+                problems.append((("retire", name), f"'{name}' is a key field; a retired record keeps its key"))
+            elif self.target.system == "fno":
+                try:
+                    fit(self.target.entity_set, name, _finish(value))
+                except DoesNotFit as exc:
+                    problems.append((("retire", name), f"{value!r} does not fit {name}: {exc}"))
+        parent = self.company.parent
+        if parent is not None and not any(parent.lookup == p.attribute and p.is_lookup
+                                          for f in self.fields for p in f.source):
+            problems.append((("company", "parent", "lookup"), f"'{parent.lookup}' is not read by any field as a "
+                             "lookup path (e.g. parentcustomerid.Account(accountnumber))"))
         return problems
 
     def _company_problems(self, company_field: str) -> list[tuple[tuple[Any, ...], str]]:
@@ -719,11 +773,13 @@ class MappingSpec(_Strict):
         *,
         resolved: Mapping[str, Any] = MappingProxyType({}),
         default_company: str | None = None,
+        company: str | None = None,
     ) -> MappedRecord:
         """Map one source record. ``resolved`` holds the answers to ``lookups(record)`` by path;
-        ``default_company`` is the FNO_DEFAULT_COMPANY setting. Raises MappedValueError naming the flow, the
-        target field and the source column when the record cannot be mapped."""
-        company = self.route_company(record, default_company)
+        ``default_company`` is the FNO_DEFAULT_COMPANY setting; ``company``, when given, is the company already
+        decided by the caller (company.parent routing). Raises MappedValueError naming the flow, the target
+        field and the source column when the record cannot be mapped."""
+        company = company.strip().lower() if company else self.route_company(record, default_company)
         return self._map(self.flow, self.fields, self.target.key, self.target.entity_set, record, resolved, company)
 
     def apply_line(

@@ -14,6 +14,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import pycountry
+
 from .values import is_entity_ref, iso_datetime
 
 
@@ -123,6 +125,24 @@ def _truncate(value: Any, length: int) -> str:
     return _text(value)[:length]
 
 
+def _country(value: Any) -> str:
+    """The ISO 3166-1 alpha-2 code of a country written as its name, official name, common name, alpha-2,
+    alpha-3 or numeric code ("Germany", "Federal Republic of Germany", "DEU", "276" -> "DE"), case ignored.
+
+    Backed by pycountry (the ISO 3166 data of Debian's iso-codes), so the mapping files list only the local
+    spellings ISO does not know ("England", "Holland"): a field's value map runs first (with `unmapped: keep`)
+    and turns those into a name or code this transform understands."""
+    if not isinstance(value, str):
+        raise TransformError(f"{value!r} is not a country name or code")
+    text = value.strip()
+    try:
+        return str(pycountry.countries.lookup(text).alpha_2)
+    except LookupError:
+        raise TransformError(
+            f"{value!r} is neither an ISO 3166 country name nor a code; add the spelling to the field's value map"
+        ) from None
+
+
 @dataclass(frozen=True)
 class TransformInfo:
     func: Callable[..., Any]
@@ -147,6 +167,11 @@ TRANSFORMS: dict[str, TransformInfo] = {
         "2024-05-31T00:00:00Z, to F&O date fields (Edm.DateTimeOffset needs a time zone)",
     ),
     "datetime": TransformInfo(lambda v: iso_datetime(_as_datetime(v)), "ISO date-time in UTC: 2024-05-31T10:00:00Z"),
+    "country": TransformInfo(
+        _country,
+        "ISO 3166 two-letter code from a country name, official or common name, or two/three-letter or numeric "
+        "code (Germany, DEU, 276 -> DE; case ignored); spellings ISO does not know go in a value map first",
+    ),
 }
 
 KNOWN = ", ".join(sorted(TRANSFORMS))

@@ -1,10 +1,12 @@
-"""``make demo``: the accounts story through the real code path, against the sandbox.
+"""``make demo``: the accounts and contacts stories through the real code path, against the sandbox.
 
 A Sales user creates accounts and edits some of them; each change raises a webhook to the local host,
 goes through the queue and the accounts flow, and must end as an F&O customer with the newest values.
 One account has no account number: it cannot be keyed, so it must end in the dead-letter queue with that
-reason (nothing is dropped silently). The demo prints one row per account and exits non-zero if any
-account did not end as expected.
+reason (nothing is dropped silently). Then contacts: a contact of an account becomes a contact person of its
+customer, an active customer a person customer, a contact of a contact is skipped with the reason, and one
+contact person becomes an active customer (its contact person is then marked inactive). The demo prints one
+row per record with both sides and exits non-zero if any did not end as expected.
 """
 
 from __future__ import annotations
@@ -129,26 +131,113 @@ def _print(accounts: list[DemoAccount], elapsed: float) -> None:
     print(f"demo time: {elapsed:.1f} s")
 
 
+@dataclass
+class DemoContact:
+    number: str
+    name: str
+    kind: str  # what it must end as: person (contact person), customer (person customer), skipped
+    parent: int | None = None  # index of its account in the account plan
+    becomes_customer: bool = False
+    record_id: str = ""
+    outcome: str = "missing"
+    detail: str = ""
+    events: list[str] = field(default_factory=list)
+
+
+def _contact_plan() -> list[DemoContact]:
+    return [
+        DemoContact("CON-001", "Nancy Davolio", "person", parent=0),
+        DemoContact("CON-002", "Andrew Fuller", "person", parent=1),
+        DemoContact("CON-003", "Janet Leverling", "customer"),
+        DemoContact("CON-004", "Margaret Peacock", "customer", parent=2, becomes_customer=True),
+        DemoContact("CON-005", "Steven Buchanan", "skipped"),  # its company is a contact: not synced
+    ]
+
+
+async def _play_contacts(stack: LocalStack, accounts: list[DemoAccount], contacts: list[DemoContact]) -> None:
+    dataverse = stack.sandbox.dataverse
+    for contact in contacts:
+        first, last = contact.name.split(" ", 1)
+        attrs: dict = {"firstname": first, "lastname": last, "msdynce_contactnumber": contact.number,
+                       "jobtitle": "Buyer", "address1_country": "United Kingdom", "gendercode": 1,
+                       "msdynce_isactivecustomer": contact.kind == "customer" and not contact.becomes_customer}
+        if contact.parent is not None:
+            attrs["parentcustomerid"] = ("account", accounts[contact.parent].record_id)
+        elif contact.kind == "skipped":
+            attrs["parentcustomerid"] = ("contact", contacts[0].record_id)
+        contact.record_id = await asyncio.to_thread(dataverse.create, "contact", attrs)
+    await stack.wait_settled(timeout=25)
+    for contact in contacts:
+        if contact.becomes_customer:  # a contact person who placed an order: now an active customer
+            await asyncio.to_thread(dataverse.update, "contact", contact.record_id, {"msdynce_isactivecustomer": True})
+
+
+async def _verify_contacts(stack: LocalStack, accounts: list[DemoAccount], contacts: list[DemoContact]) -> None:
+    journal = await stack.ledger().journal_entries(limit=100_000)
+    fno = stack.sandbox.fno
+    for contact in contacts:
+        entries = [e for e in journal if e.message_key.startswith(f"contact:{contact.record_id}:")]
+        contact.events = [e.outcome for e in entries]
+        persons = [r for r in fno.rows("CDSContactPersonsV2") if r["ContactPersonPartyNumber"] == contact.number]
+        customer = fno.get("CustomersV3", {"dataAreaId": "usmf", "CustomerAccount": contact.number})
+        if contact.kind == "person":
+            ok = [p for p in persons if p["IsInactive"] == "No"
+                  and p["AssociatedContactNumber"] == accounts[contact.parent or 0].number]
+            contact.outcome = "person" if ok and customer is None else "missing"
+            contact.detail = f"contact person of usmf/{ok[0]['AssociatedContactNumber']}" if ok else ""
+        elif contact.kind == "customer":
+            retired = all(p["IsInactive"] == "Yes" for p in persons)
+            contact.outcome = "customer" if customer is not None and retired else "missing"
+            contact.detail = f"person customer usmf/{contact.number}" if customer else ""
+            if contact.becomes_customer and persons:
+                contact.detail += f" (was contact person of {persons[0]['AssociatedContactNumber']}: now inactive)"
+        else:
+            skipped = [e for e in entries if e.outcome == "skipped"]
+            contact.outcome = "skipped" if skipped and not persons and customer is None else "missing"
+            contact.detail = (skipped[-1].reason or "") if skipped else ""
+
+
+def _print_contacts(contacts: list[DemoContact]) -> None:
+    header = f"{'contact':<10} {'source id':<10} {'target in F&O':<62} {'events':<16} {'outcome':<9}"
+    print(header)
+    print("-" * len(header))
+    for c in contacts:
+        mark = "ok" if c.outcome == c.kind else "FAILED"
+        detail = c.detail if len(c.detail) <= 62 else c.detail[:59] + "..."
+        print(f"{c.number:<10} {c.record_id[:8]:<10} {detail:<62} {','.join(c.events)[:16]:<16} {c.outcome:<9}  "
+              f"{mark}")
+        if len(c.detail) > 62:
+            print(f"{'':<21} {c.detail}")
+    print()
+
+
 async def run_demo(accounts: int = 8) -> int:
     started = time.perf_counter()
     workdir = ROOT / ".var" / "demo"
     shutil.rmtree(workdir, ignore_errors=True)
     plan = _plan(accounts)
+    contacts = _contact_plan()
     async with LocalStack(workdir) as stack:
         print(f"sandbox: Dataverse {stack.sandbox.dataverse_url}, F&O {stack.sandbox.fno_url}")
         print(f"local host: {stack.host.base_url if stack.host else '?'} (webhook registered with a function key)")
         print(f"creating {len(plan)} accounts and editing 2 as a Sales user...\n")
         await _play(stack, plan)
         settled = await stack.wait_settled(timeout=25)
+        print(f"creating {len(contacts)} contacts (contact persons, person customers, one of a contact) and making "
+              "one contact person an active customer...\n")
+        await _play_contacts(stack, plan, contacts)
+        settled = await stack.wait_settled(timeout=25) and settled
         await _verify(stack, plan)
+        await _verify_contacts(stack, plan, contacts)
+    _print_contacts(contacts)
     _print(plan, time.perf_counter() - started)
-    failed = [a for a in plan if a.outcome != a.expected]
+    failed = [a for a in plan if a.outcome != a.expected] + [c for c in contacts if c.outcome != c.kind]
     if not settled:
         print("the queue did not drain in time")
     if failed or not settled:
-        print(f"FAILED: {len(failed)} account(s) did not end as expected")
+        print(f"FAILED: {len(failed)} record(s) did not end as expected")
         return 1
-    print("all accounts ended as expected")
+    print("all accounts and contacts ended as expected")
     return 0
 
 

@@ -215,17 +215,18 @@ async def test_max_deferrals_exceeded_dead_letters(
 async def test_an_event_for_a_table_no_flow_handles_is_skipped_and_completed(
     sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
 ) -> None:
-    sandbox.dataverse.register_webhook(capture.url, steps=[WebhookStep(table="contact", message="Create")])
+    # Price lists are written by the products flow (F&O -> Sales); no flow reads them from Sales.
+    sandbox.dataverse.register_webhook(capture.url, steps=[WebhookStep(table="pricelevel", message="Create")])
     [message] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.create(
-        "contact", {"firstname": "Ada", "lastname": "Lovelace", "msdynce_contactnumber": "C-1"}))
+        "pricelevel", {"name": "Retail"}))
     actions = RecordingActions()
     outcome = await runtime.handle(message, message, actions)
 
     assert isinstance(outcome, Skipped), outcome
-    assert outcome.reason == "no flow syncs dataverse 'contact' Create"
+    assert outcome.reason == "no flow syncs dataverse 'pricelevel' Create"
     assert actions.actions == ["complete"]
     assert sandbox.fno.request_log.entries() == []
-    assert await journal(runtime) == [("skipped", "skipped: no flow syncs dataverse 'contact' Create")]
+    assert await journal(runtime) == [("skipped", "skipped: no flow syncs dataverse 'pricelevel' Create")]
 
 
 async def test_an_account_delete_is_skipped_with_a_reason_and_the_customer_stays(

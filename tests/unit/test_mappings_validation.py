@@ -57,7 +57,7 @@ def test_the_base_document_is_valid(tmp_path):
 
 def test_unknown_transform_names_file_path_line_and_known_names(tmp_path):
     message, file = error_of(tmp_path, BASE.replace("transform: upper", "transform: uper"))
-    assert message.startswith(f"{file}: fields[4].transform: unknown transform 'uper' (known: boolean, date, ")
+    assert message.startswith(f"{file}: fields[4].transform: unknown transform 'uper' (known: boolean, country, date, ")
     assert "did you mean 'upper'?" in message
     assert message.endswith("(line 22)")
 
@@ -200,7 +200,7 @@ def test_filter_condition_needs_exactly_one_test(tmp_path):
     text = BASE + "filter:\n  - field: statecode\n    equals: 0\n    in: [0, 1]\n"
     message, file = error_of(tmp_path, text)
     assert message == (
-        f"{file}: filter[0]: give exactly one of equals, not_equals, in, not_in, not_empty (found equals, in) (line 27)"
+        f"{file}: filter[0]: give exactly one of equals, not_equals, in, not_in, not_empty, points_to (found equals, in) (line 27)"
     )
     message, _ = error_of(tmp_path, BASE + "filter:\n  - field: parentaccountid.name\n    not_empty: true\n")
     assert "filter column 'parentaccountid.name' must be a plain column name" in message
