@@ -30,6 +30,7 @@ from .model import (
     LineTarget,
     MappingSpec,
     ParentRouting,
+    Reference,
     Source,
     Target,
     ValueMap,
@@ -128,7 +129,7 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 
 def _all_keys() -> set[str]:
     keys: set[str] = set()
-    for model in (MappingSpec, Source, Target, CompanyRouting, ParentRouting, FieldMap, ValueMap, Condition, LineSpec, LineSource, LineTarget):
+    for model in (MappingSpec, Source, Target, CompanyRouting, ParentRouting, FieldMap, ValueMap, Condition, LineSpec, LineSource, LineTarget, Reference):
         for name, info in model.model_fields.items():
             keys.add(info.alias or name)
     return keys

@@ -315,7 +315,9 @@ class Condition(_Strict):
     """One filter condition on a source column, e.g. {field: statecode, equals: 0}. Give the column and exactly
     one test; or 'any' with a list of conditions of which one must hold."""
 
-    field: str | None = Field(None, description="Source column tested (a plain column, not a lookup path).")
+    field: str | None = Field(
+        None, description="Source column tested; 'lookup.column' tests a column of the related row (a line's "
+        "productid.msdynce_ismaintainedexternally), which the handler reads before filtering.")
     equals: Scalar = Field(None, description="The column must equal this value (text ignores case).")
     not_equals: Scalar = Field(None, description="The column must not equal this value.")
     in_: list[Scalar] | None = Field(None, alias="in", description="The column must be one of these values.")
@@ -343,8 +345,8 @@ class Condition(_Strict):
             return self
         if self.field is None:
             raise ValueError("a condition needs 'field' (or 'any')")
-        if not _PLAIN.match(self.field):
-            raise ValueError(f"filter column '{self.field}' must be a plain column name (no lookup paths)")
+        if not (_PLAIN.match(self.field) or _DOTTED.match(self.field)):
+            raise ValueError(f"filter column '{self.field}' must be a column name or 'lookup.column'")
         if len(tests) != 1:
             raise ValueError(
                 "give exactly one of equals, not_equals, in, not_in, not_empty, points_to"
@@ -479,6 +481,19 @@ class LineTarget(_Strict):
     key: list[str] = Field(min_length=1, description="e.g. [dataAreaId, SalesQuotationNumber, LineCreationSequenceNumber]")
 
 
+class Reference(_Strict):
+    """A record in F&O that this one names and that must exist before it is written: the customer of a quote,
+    the released product of a line. It is looked up in the document's company with the same read as the
+    document (no extra call); while it is missing the message is deferred with a reason naming it, and after
+    the deferral limit dead-lettered."""
+
+    field: str = Field(description="Target field of this mapping holding the reference (RequestingCustomerAccountNumber).")
+    entity_set: str = Field(description="F&O entity set where it must exist (CustomersV3).")
+    key_field: str = Field(description="Field of that entity set holding the same value (CustomerAccount); its "
+                           "other key field is dataAreaId = the document's company.")
+    flow: str | None = Field(None, description="The flow that creates it, named in the reason (accounts).")
+
+
 class LineSpec(_Strict):
     """A child collection of the document (quote, order and invoice lines), mapped line by line. The lines go to
     the same company and system as their document."""
@@ -487,8 +502,17 @@ class LineSpec(_Strict):
     description: str | None = None
     source: LineSource
     target: LineTarget
-    filter: list[Condition] = Field(default_factory=list, description="Lines failing a condition are skipped.")
+    filter: list[Condition] = Field(default_factory=list, description="Conditions every line must meet.")
+    on_filtered: Literal["skip_line", "skip_document"] = Field(
+        "skip_line",
+        description="A line failing the filter: 'skip_line' leaves that line out; 'skip_document' skips the whole "
+        "document with the reason (P2C quotes and orders: only documents whose products are all externally "
+        "maintained are synced).",
+    )
     fields: list[FieldMap] = Field(min_length=1)
+    references: list[Reference] = Field(
+        default_factory=list, description="F&O records the lines name that must exist first (released products)."
+    )
 
 
 class MappingSpec(_Strict):
@@ -511,6 +535,9 @@ class MappingSpec(_Strict):
     fields: list[FieldMap] = Field(min_length=1, description="Target field <- source, in the order sent.")
     value_maps: dict[str, ValueMap] = Field(default_factory=dict, description="Named value maps used by fields.")
     lines: list[LineSpec] = Field(default_factory=list, description="Child collections (document lines).")
+    references: list[Reference] = Field(
+        default_factory=list, description="F&O records the header names that must exist first (the customer)."
+    )
     retire: dict[str, Scalar] = Field(
         default_factory=dict,
         description="What to write to a record this flow wrote earlier once the source record no longer maps to "
@@ -547,6 +574,14 @@ class MappingSpec(_Strict):
             problems += self._check_fields(
                 ("lines", n), line.fields, line.target.key, line.target.entity_set, line.source.entity_set, line.filter
             )
+        for n, cond in enumerate(self.filter):
+            for column in cond.columns():
+                if "." in column:  # only document lines have their related rows read before filtering
+                    problems.append((("filter", n), f"filter column '{column}' must be a plain column name "
+                                     "(lookup paths are read for line filters only)"))
+        problems += self._reference_problems((), self.references, self.fields)
+        for n, line in enumerate(self.lines):
+            problems += self._reference_problems(("lines", n), line.references, line.fields)
         if company_field and self.target.system == "dataverse":
             problems.append((("company", "target_field"), "a Dataverse target has no company field"))
         if company_field and self.target.system == "fno":
@@ -566,6 +601,22 @@ class MappingSpec(_Strict):
                                           for f in self.fields for p in f.source):
             problems.append((("company", "parent", "lookup"), f"'{parent.lookup}' is not read by any field as a "
                              "lookup path (e.g. parentcustomerid.Account(accountnumber))"))
+        return problems
+
+    def _reference_problems(
+        self, prefix: tuple[Any, ...], references: list[Reference], fields: list[FieldMap]
+    ) -> list[tuple[tuple[Any, ...], str]]:
+        """A reference names a field this file writes, and an F&O entity set and field that exist."""
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        produced = {f.target for f in fields}
+        for n, ref in enumerate(references):
+            at = (*prefix, "references", n)
+            if ref.field not in produced:
+                problems.append(((*at, "field"), f"'{ref.field}' is not set by any field"))
+            if self.target.system != "fno":
+                problems.append((at, "references apply to an F&O target"))
+            elif msg := field_problem(ref.entity_set, ref.key_field):
+                problems.append(((*at, "key_field"), msg))
         return problems
 
     def _company_problems(self, company_field: str) -> list[tuple[tuple[Any, ...], str]]:
@@ -668,7 +719,7 @@ class MappingSpec(_Strict):
         for f in self.fields:
             cols += [p.attribute for p in f.source]
         for cond in self.filter:
-            cols += cond.columns()
+            cols += [c.split(".", 1)[0] for c in cond.columns()]
         if self.company.business_units or self.source.system == "fno":
             cols.append(self.company_source_column)
         cols += self.source.columns
@@ -691,6 +742,26 @@ class MappingSpec(_Strict):
         """Source columns that are lookups (read through a related row)."""
         return list(dict.fromkeys(p.attribute for f in self.fields for p in f.source if p.is_lookup))
 
+    def line_source_columns(self, name: str) -> list[str]:
+        """The columns to fetch for the lines of line set ``name``: id, parent, sequence and version columns, the
+        first hop of every field's source and filter column, and source.columns (lookups by attribute name)."""
+        line = self.line(name)
+        cols = [c for c in (line.source.id_column, line.source.parent_column, line.source.sequence_column,
+                            line.source.version_field) if c]
+        for f in line.fields:
+            cols += [p.attribute for p in f.source]
+        for cond in line.filter:
+            cols += [c.split(".", 1)[0] for c in cond.columns()]
+        cols += line.source.columns
+        return list(dict.fromkeys(cols))
+
+    def line_lookup_columns(self, name: str) -> list[str]:
+        """Line columns that are lookups (the parent column, and those read through a related row)."""
+        line = self.line(name)
+        paths = [p for f in line.fields for p in f.source if p.is_lookup]
+        paths += [parse_path(c) for cond in line.filter for c in cond.columns() if "." in c]
+        return list(dict.fromkeys([line.source.parent_column, *(p.attribute for p in paths)]))
+
     def line(self, name: str) -> LineSpec:
         for line in self.lines:
             if line.name == name:
@@ -703,28 +774,31 @@ class MappingSpec(_Strict):
         """What the caller must resolve before ``apply``: one request per lookup path whose first hop is an
         EntityRef in the record. Put each answer in ``resolved[request.path]``."""
         fields = self.line(line).fields if line else self.fields
+        conditions = self.line(line).filter if line else self.filter
+        paths = [p for f in fields for p in f.source]
+        paths += [parse_path(c) for cond in conditions for c in cond.columns() if "." in c]
         out: dict[str, LookupRequest] = {}
-        for f in fields:
-            for path in f.source:
-                if not path.is_lookup or path.text in out:
-                    continue
-                ref = record.get(path.attribute)
-                if not is_entity_ref(ref):
-                    continue
-                column = path.column_for(ref.logical_name)
-                if column is None:
-                    continue
-                entity_set = self.source.lookup_entity_sets.get(ref.logical_name) or default_entity_set(
-                    ref.logical_name
-                )
-                out[path.text] = LookupRequest(
-                    path.text, path.attribute, ref.logical_name, str(ref.id), column, entity_set
-                )
+        for path in paths:
+            if not path.is_lookup or path.text in out:
+                continue
+            ref = record.get(path.attribute)
+            if not is_entity_ref(ref):
+                continue
+            column = path.column_for(ref.logical_name)
+            if column is None:
+                continue
+            entity_set = self.source.lookup_entity_sets.get(ref.logical_name) or default_entity_set(ref.logical_name)
+            out[path.text] = LookupRequest(path.text, path.attribute, ref.logical_name, str(ref.id), column, entity_set)
         return list(out.values())
 
-    def filter_reason(self, record: Mapping[str, Any], *, line: str | None = None) -> str | None:
-        """None when the record passes the filter, else why not (e.g. "statecode is 1, expected 0")."""
+    def filter_reason(
+        self, record: Mapping[str, Any], *, line: str | None = None, resolved: Mapping[str, Any] = MappingProxyType({})
+    ) -> str | None:
+        """None when the record passes the filter, else why not (e.g. "statecode is 1, expected 0"). ``resolved``
+        answers the conditions on 'lookup.column' paths (as for ``apply``)."""
         conditions = self.line(line).filter if line else self.filter
+        if resolved:
+            record = {**record, **resolved}
         for cond in conditions:
             for column in cond.columns():
                 value = record.get(column)

@@ -80,9 +80,13 @@ USERCLAIM_NONE = 1
 MODE_ASYNCHRONOUS = 1
 STAGE_POST_OPERATION = 40
 DEPLOYMENT_SERVER = 0
+IMAGETYPE_PRE = 0
 IMAGETYPE_POST = 1
 #: The message property a post image is taken from (Create: the new id; Update: the target).
 MESSAGE_PROPERTY = {"Create": "Id", "Update": "Target"}
+#: The message property a pre image is taken from: a Delete's Target (an EntityReference, so the image is the only
+#: place a deleted document line still names its document).
+PRE_IMAGE_PROPERTY = {"Delete": "Target"}
 
 ENDPOINT, STEP, IMAGE = "serviceendpoint", "sdkmessageprocessingstep", "sdkmessageprocessingstepimage"
 Kind = Literal["serviceendpoint", "sdkmessageprocessingstep", "sdkmessageprocessingstepimage"]
@@ -155,7 +159,8 @@ class EndpointSpec(_Model):
 
 
 class ImageSpec(_Model):
-    """A post image (``sdkmessageprocessingstepimage``) of the columns the flows read."""
+    """A post image (``sdkmessageprocessingstepimage``) of the columns the flows read, or the pre image of a
+    document line's Delete (its parent lookup, so the delete reaches its document)."""
 
     entityalias: str = IMAGE_ALIAS
     messagepropertyname: str
@@ -229,6 +234,29 @@ def steps_for(spec: MappingSpec) -> list[StepSpec]:
         image = (ImageSpec(messagepropertyname=MESSAGE_PROPERTY[message], attributes=read)
                  if message in MESSAGE_PROPERTY else None)
         steps.append(StepSpec(table=spec.source.table, message=message, flows=[spec.flow], image=image,
+                              filteringattributes=filtering if message == "Update" else []))
+    for line in spec.lines:
+        steps += _line_steps(spec, line.name)
+    return steps
+
+
+def _line_steps(spec: MappingSpec, name: str) -> list[StepSpec]:
+    """The steps of a document's line table: Create and Update with a post image of what the line mapping reads
+    (the parent lookup included: it names the document the event syncs), Delete with a pre image of the parent
+    lookup and the version column (a Delete's Target is only a reference)."""
+    line = spec.line(name)
+    read = [column for column in spec.line_source_columns(name) if column != line.source.id_column]
+    filtering = [column for column in read if column != line.source.version_field]
+    steps = []
+    for message in dict.fromkeys(line.source.triggers):
+        image = None
+        if message in MESSAGE_PROPERTY:
+            image = ImageSpec(messagepropertyname=MESSAGE_PROPERTY[message], attributes=read)
+        elif message in PRE_IMAGE_PROPERTY:
+            pre = [c for c in (line.source.parent_column, line.source.version_field) if c]
+            image = ImageSpec(messagepropertyname=PRE_IMAGE_PROPERTY[message], attributes=pre,
+                              imagetype=IMAGETYPE_PRE)
+        steps.append(StepSpec(table=line.source.table, message=message, flows=[spec.flow], image=image,
                               filteringattributes=filtering if message == "Update" else []))
     return steps
 

@@ -37,6 +37,18 @@ RowRef = str | Mapping[str, Any]  # a GUID or {alternate key column: value}
 
 UNSUPPORTED_KEY_CHARS = set("/<>*%&:\\?+")
 
+#: Document lines: line table -> (parent lookup column, parent table, parent states in which lines can change).
+#: A quote's products can be changed only while the quote is a Draft: once activated it is read-only ("Activating
+#: the quote changes its status to Read-Only", Microsoft Q&A) and a line write fails with the platform's "The
+#: detail cannot be updated because the parent is not editable." (a captured message; its code is [Inferred]).
+#: Orders (Active = 0) and invoices (Active = 0) take line changes while active.
+DOCUMENT_LINES: dict[str, tuple[str, str, frozenset[int]]] = {
+    "quotedetail": ("quoteid", "quote", frozenset({0})),
+    "salesorderdetail": ("salesorderid", "salesorder", frozenset({0})),
+    "invoicedetail": ("invoiceid", "invoice", frozenset({0})),
+}
+PARENT_NOT_EDITABLE = ("0x80040203", "The detail cannot be updated because the parent is not editable.")
+
 
 class DataverseError(Exception):
     """A Web API error: status plus the `{"error": {"code", "message"}}` body."""
@@ -115,6 +127,7 @@ class Dataverse:
         self._rows: dict[str, dict[str, dict[str, Any]]] = {}
         self.registrations = Registrations(lambda: self._rows, self.tables)
         self._versions = itertools.count(1)
+        self._line_numbers: dict[tuple[str, str], int] = {}  # (line table, document id) -> last sequencenumber
         self._seed()
         from sandbox.dataverse_api import build_app  # the HTTP layer depends on this module
 
@@ -252,6 +265,7 @@ class Dataverse:
             kept = {} if webhooks else {name: self._rows.get(name, {}) for name in WEBHOOK_TABLES}
             self._rows = {}
             self._versions = itertools.count(1)
+            self._line_numbers = {}
             self._seed()
             for name, rows in kept.items():
                 self._rows[name].update(rows)
@@ -459,6 +473,8 @@ class Dataverse:
         me = LookupValue(table="systemuser", id=user.id)
         row: dict[str, Any] = {table.primary_id: record_id}
         row.update(values)
+        self._check_parent_editable(table, row)
+        self._number_line(table, row)
         if (table.money_columns and "transactioncurrencyid" in table.columns
                 and row.get("transactioncurrencyid") is None):
             row["transactioncurrencyid"] = LookupValue(table="transactioncurrency", id=USD_CURRENCY_ID)
@@ -491,6 +507,9 @@ class Dataverse:
                 bypass_async: bool = False) -> WriteResult:
         values = {k: v for k, v in values.items() if not self._is_system(table, k) and k != table.primary_id}
         before = self._rows[table.logical_name][record_id]
+        self._check_parent_editable(table, {**before, **values})
+        if table.logical_name in DOCUMENT_LINES and DOCUMENT_LINES[table.logical_name][0] in values:
+            self._check_parent_editable(table, before)  # moving a line out of a read-only document
         now = self._now()
         me = LookupValue(table="systemuser", id=user.id)
         changes = dict(values)
@@ -511,12 +530,63 @@ class Dataverse:
 
     def delete_row(self, table: Table, record_id: str, user: DataverseUser, *, tag: str | None = None,
                 key_attributes: KeyValues | None = None, bypass_async: bool = False) -> None:
+        self._check_parent_editable(table, self._rows[table.logical_name][record_id])
         for logical_name, dependant_id in self.registrations.dependants(table, record_id):
             self._rows[logical_name].pop(dependant_id, None)  # a step's images, an endpoint's steps
         before = self._rows[table.logical_name].pop(record_id)
         self._sync_webhooks(table)
         self._publish("Delete", table, record_id, {}, dict(before), None, key_attributes or {}, user, tag,
                       bypass_async, self._now())
+
+    def _check_parent_editable(self, table: Table, row: Mapping[str, Any]) -> None:
+        """A document line can be written only while its document takes changes (a quote: Draft)."""
+        rule = DOCUMENT_LINES.get(table.logical_name)
+        if rule is None:
+            return
+        column, parent_table, editable = rule
+        parent = row.get(column)
+        if not isinstance(parent, LookupValue):
+            return
+        parent_row = self._rows.get(parent_table, {}).get(parent.id)
+        if parent_row is not None and parent_row.get("statecode") not in editable:
+            raise DataverseError(400, *PARENT_NOT_EDITABLE)
+
+    def _number_line(self, table: Table, row: dict[str, Any]) -> None:
+        """A new line without a sequencenumber gets the next one of its document. [Inferred] the platform numbers
+        lines in creation order (the P2C templates key lines on it, as F&O's LineCreationSequenceNumber)."""
+        rule = DOCUMENT_LINES.get(table.logical_name)
+        if rule is None or not isinstance(row.get(rule[0]), LookupValue):
+            return
+        mark = (table.logical_name, row[rule[0]].id)
+        if row.get("sequencenumber") is None:  # never reused, even after a line is removed
+            row["sequencenumber"] = self._line_numbers.get(mark, 0) + 1
+        self._line_numbers[mark] = max(self._line_numbers.get(mark, 0), int(row["sequencenumber"]))
+
+    def revise_quote(self, quote_id: str, *, user: str | None = None) -> str:
+        """What Sales' Revise does (ReviseQuote): the active quote is closed as Revised (statecode 3, statuscode 7)
+        and a new Draft quote with the same number, revision + 1 and copies of its lines (same sequence numbers)
+        is created; returns the new quote's id. Only an active (or won/closed) quote can be revised."""
+        quote_table, line_table = self.table("quote"), self.table("quotedetail")
+        caller = self._user(user)
+        with self.lock:
+            record_id = self.require(quote_table, quote_id)
+            old = self._rows["quote"][record_id]
+            if old.get("statecode") == 0:
+                raise DataverseError(400, "0x80040203", "A draft quote cannot be revised.")
+            lines = [dict(row) for row in self._rows["quotedetail"].values()
+                     if row.get("quoteid") == LookupValue(table="quote", id=record_id)]
+            self.update_row(quote_table, record_id, {"statecode": 3, "statuscode": 7}, caller)
+            skip = {"quoteid", "statecode", "statuscode", "ownerid", "owningbusinessunit"}
+            copy = {k: v for k, v in old.items() if k not in skip and not self._is_system(quote_table, k)}
+            copy["revisionnumber"] = int(old.get("revisionnumber") or 0) + 1
+            new_id = self.create_row(quote_table, copy, caller).record_id
+            for line in lines:
+                values = {k: v for k, v in line.items()
+                          if k != "quotedetailid" and not self._is_system(line_table, k)
+                          and k not in ("ownerid", "owningbusinessunit", "statecode", "statuscode")}
+                values["quoteid"] = LookupValue(table="quote", id=new_id)
+                self.create_row(line_table, values, caller)
+        return new_id
 
     def _check_registration(self, table: Table, row: dict[str, Any]) -> None:
         try:

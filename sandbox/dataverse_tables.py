@@ -288,8 +288,11 @@ def sales_tables() -> list[Table]:
                  "statecode": _state({0: "Active", 1: "Retired", 2: "Draft", 3: "Under Revision"}),
                  "statuscode": _status({1: "Active", 2: "Retired", 0: "Draft", 3: "Under Revision"})})
     quote = define_table(
-        "quote", "quotes", primary_name="name", alternate_keys=[["quotenumber"]],
-        columns={"quotenumber": S, "description": M, **money_totals, **_addresses("shipto", "billto"),
+        # A revised quote keeps its number (ReviseQuote closes the old one and opens revision + 1), so the
+        # number alone is no key: [Inferred] (quotenumber, revisionnumber).
+        "quote", "quotes", primary_name="name", alternate_keys=[["quotenumber", "revisionnumber"]],
+        columns={"quotenumber": S, "revisionnumber": I, "requestdeliveryby": DT, "expireson": DT,
+                 "description": M, **money_totals, **_addresses("shipto", "billto"),
                  "customerid": customer, "pricelevelid": _lookup("pricelevel"),
                  "transactioncurrencyid": _lookup("transactioncurrency"), "exchangerate": D,
                  "msdynce_hasexternallymaintainedproductsonly": B,

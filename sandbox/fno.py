@@ -92,6 +92,9 @@ class FnoSettings(BaseModel):
     * `batch_after_error`: whether `$batch` goes on with the next item after a failed one. [Inferred]
       "continue" (default): every item is answered; "stop": processing ends at the first failure unless the
       request says `Prefer: odata.continue-on-error` (the OData 4.01 default; ASP.NET Web API OData >= 5.7).
+    * `quotation_numbers`: the sales quotation number sequence. P2C requires it to allow manual numbers (quote
+      numbers come from Sales); "automatic" plays an environment where that prerequisite is missing: a create
+      that gives a number fails with an infolog [Inferred wording].
     * `batch_max_operations` / `batch_max_changeset`: F&O documents "a batch can contain up to 5000
       operations" (service protection API limits); ODataLib's own default quotas are 100 parts per batch and
       1000 operations per change set. Defaults follow the F&O doc; tests lower them to ODataLib's.
@@ -105,6 +108,7 @@ class FnoSettings(BaseModel):
     batch_after_error: Literal["continue", "stop"] = "continue"
     batch_max_operations: int = Field(default=5000, ge=1)
     batch_max_changeset: int = Field(default=5000, ge=1)
+    quotation_numbers: Literal["manual", "automatic"] = "manual"
 
 
 class FnoUser(BaseModel):
@@ -142,6 +146,49 @@ def customer_group_validator(entity: FnoEntity, row: Row, operation: str, fno: F
                 "'Customer groups'.",
                 f"validateField failed on field '{entity.table_name}.CustomerGroupId'."]
     return []
+
+
+def _related_missing(fno: FnO, entity_set: str, key: dict[str, Any]) -> bool:
+    entity = fno.entities.get(entity_set)
+    if entity is None:
+        return False
+    return fno._rows[entity_set].get(fno.key_tuple(entity, key)) is None
+
+
+def quotation_header_validator(entity: FnoEntity, row: Row, operation: str, fno: FnO) -> list[str]:
+    """CDSSalesQuotationHeaders: the customer must exist in the quotation's company (X++ validateField on the
+    customer account, the related-table wording of customer_group_validator); a number given on create needs a
+    number sequence that allows manual numbers (P2C prerequisite: quote numbers come from Sales)."""
+    problems: list[str] = []
+    if operation == "Create" and fno.settings.quotation_numbers == "automatic":
+        # [Inferred wording] F&O refuses a number typed into a sequence that is not set to Manual.
+        problems.append(f"Number sequence for sales quotations in company {row['dataAreaId']} does not allow manual "
+                        f"numbers; '{row.get('SalesQuotationNumber')}' cannot be used.")
+    account = row.get("RequestingCustomerAccountNumber") or ""
+    if account and _related_missing(fno, "CustomersV3", {"dataAreaId": row["dataAreaId"], "CustomerAccount": account}):
+        problems += [f"The value '{account}' in field 'Customer account' is not found in the related table "
+                     "'Customers'.",
+                     f"validateField failed on field '{entity.table_name}.RequestingCustomerAccountNumber'."]
+    return problems
+
+
+def quotation_line_validator(entity: FnoEntity, row: Row, operation: str, fno: FnO) -> list[str]:
+    """CDSSalesQuotationLines: a line belongs to an existing quotation and names a product released in its
+    company. [Inferred wording] of both messages, in the related-table form F&O uses for a missing reference."""
+    if operation == "Delete":
+        return []
+    problems: list[str] = []
+    number = row.get("SalesQuotationNumber") or ""
+    header = {"dataAreaId": row["dataAreaId"], "SalesQuotationNumber": number}
+    if _related_missing(fno, "CDSSalesQuotationHeaders", header):
+        problems.append(f"Sales quotation '{number}' does not exist in company {row['dataAreaId']}.")
+    product = row.get("ProductNumber") or ""
+    if product and _related_missing(fno, "CDSReleasedDistinctProducts",
+                                    {"dataAreaId": row["dataAreaId"], "ProductNumber": product}):
+        problems += [f"The value '{product}' in field 'Product number' is not found in the related table "
+                     "'Released products'.",
+                     f"validateField failed on field '{entity.table_name}.ProductNumber'."]
+    return problems
 
 
 def default_users() -> list[FnoUser]:
@@ -186,7 +233,11 @@ class FnO:
         self.protection = ServiceProtection(limits or ServiceProtectionLimits(max_concurrent=None,
                                                                               max_requests=None))
         self._initial_limits = self.protection.limits.model_copy()
-        self.validators: dict[str, list[Validator]] = {"CustomersV3": [customer_group_validator]}
+        self.validators: dict[str, list[Validator]] = {
+            "CustomersV3": [customer_group_validator],
+            "CDSSalesQuotationHeaders": [quotation_header_validator],
+            "CDSSalesQuotationLines": [quotation_line_validator],
+        }
         self._sinks: list[ChangeSink] = []
         self._rows: dict[str, dict[KeyTuple, Row]] = {name: {} for name in self.entities}
         self._versions: dict[str, dict[KeyTuple, int]] = {name: {} for name in self.entities}

@@ -173,8 +173,10 @@ class DataverseClient(ApiClient):
         page_size: int | None = None,
         *,
         orderby: str | None = None,
+        annotations: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Rows of an entity set, following ``@odata.nextLink`` page by page (``Prefer: odata.maxpagesize``)."""
+        """Rows of an entity set, following ``@odata.nextLink`` page by page (``Prefer: odata.maxpagesize``);
+        ``annotations="*"`` as for ``get`` (one Prefer header carries both preferences)."""
         params: dict[str, str] = {}
         if filter:
             params["$filter"] = filter
@@ -185,8 +187,11 @@ class DataverseClient(ApiClient):
         if orderby:
             params["$orderby"] = orderby
         headers = dict(_READ_HEADERS)
+        prefer = [f'odata.include-annotations="{annotations}"'] if annotations else []
         if page_size:
-            headers["Prefer"] = f"odata.maxpagesize={page_size}"
+            prefer.append(f"odata.maxpagesize={page_size}")
+        if prefer:
+            headers["Prefer"] = ",".join(prefer)
         async for row in self.paged_rows(self._path(entity_set), headers=headers, params=params or None, top=top):
             yield row
 
