@@ -5,7 +5,9 @@ goes through the queue and the accounts flow, and must end as an F&O customer wi
 One account has no account number: it cannot be keyed, so it must end in the dead-letter queue with that
 reason (nothing is dropped silently). Then contacts: a contact of an account becomes a contact person of its
 customer, an active customer a person customer, a contact of a contact is skipped with the reason, and one
-contact person becomes an active customer (its contact person is then marked inactive). The demo prints one
+contact person becomes an active customer (its contact person is then marked inactive). Then quotes: one saved
+with three lines and activated, then revised (a line changed, one removed, one added), both sides printed line by
+line; one with a product made in Sales, skipped with the reason. The demo prints one
 row per record with both sides and exits non-zero if any did not end as expected.
 """
 
@@ -211,12 +213,118 @@ def _print_contacts(contacts: list[DemoContact]) -> None:
     print()
 
 
+@dataclass
+class DemoQuote:
+    number: str
+    account: int  # index of its customer in the account plan
+    products: list[int]  # indexes into the demo catalogue
+    expected: str  # applied (F&O holds it as Sales has it) or skipped
+    revise: bool = False  # revised in Sales after activation: line 1 changed, line 2 removed, one line added
+    record_id: str = ""
+    outcome: str = "missing"
+    detail: str = ""
+    sales: list[str] = field(default_factory=list)
+    fno: list[str] = field(default_factory=list)
+
+
+#: Demo products: the first four came from F&O (externally maintained, released in usmf); the last was made in Sales.
+DEMO_PRODUCTS = [("D0001", "Mountain bike", True), ("D0002", "Helmet", True), ("D0003", "Lights", True),
+                 ("D0004", "Lock", True), ("SALES-1", "Gift card", False)]
+
+
+def _quote_plan() -> list[DemoQuote]:
+    return [DemoQuote("QUO-D01", account=0, products=[0, 1, 2], expected="applied", revise=True),
+            DemoQuote("QUO-D02", account=1, products=[0, 4], expected="skipped")]
+
+
+async def _play_quotes(stack: LocalStack, accounts: list[DemoAccount], quotes: list[DemoQuote]) -> None:
+    dataverse, fno = stack.sandbox.dataverse, stack.sandbox.fno
+
+    def catalogue() -> tuple[str, list[str]]:
+        uom = dataverse.create("uom", {"name": "Primary Unit", "quantity": 1})
+        ids = []
+        for number, name, external in DEMO_PRODUCTS:
+            ids.append(dataverse.create("product", {"name": name, "productnumber": number,
+                                                    "msdynce_ismaintainedexternally": external}))
+            if external:
+                fno.create("CDSReleasedDistinctProducts", {"dataAreaId": "usmf", "ProductNumber": number,
+                                                           "ProductName": name})
+        return uom, ids
+
+    uom, products = await asyncio.to_thread(catalogue)
+
+    def line(quote_id: str, product: int, quantity: int) -> dict:
+        return {"quoteid": ("quote", quote_id), "productid": ("product", products[product]), "uomid": ("uom", uom),
+                "quantity": quantity, "priceperunit": 100 + 10 * product}
+
+    def save(quote: DemoQuote) -> None:  # a quote saved with its lines, then activated
+        quote.record_id = dataverse.create("quote", {
+            "name": f"Quote for {accounts[quote.account].name}", "quotenumber": quote.number,
+            "customerid": ("account", accounts[quote.account].record_id), "shipto_country": "United States"})
+        for n, product in enumerate(quote.products, 1):
+            dataverse.create("quotedetail", line(quote.record_id, product, n))
+        dataverse.update("quote", quote.record_id, {"statecode": 1})
+
+    def revise(quote: DemoQuote) -> None:  # Revise, change line 1, remove line 2, add a line, activate
+        quote.record_id = dataverse.revise_quote(quote.record_id)
+        lines = {r["sequencenumber"]: r["quotedetailid"] for r in dataverse.rows("quotedetail")
+                 if r["_quoteid_value"] == quote.record_id}
+        dataverse.update("quotedetail", lines[1], {"quantity": 5})
+        dataverse.delete("quotedetail", lines[2])
+        dataverse.create("quotedetail", line(quote.record_id, 3, 2))
+        dataverse.update("quote", quote.record_id, {"statecode": 1})
+
+    for quote in quotes:
+        await asyncio.to_thread(save, quote)
+    await stack.wait_settled(timeout=25)
+    for quote in quotes:
+        if quote.revise:
+            await asyncio.to_thread(revise, quote)
+
+
+async def _verify_quotes(stack: LocalStack, quotes: list[DemoQuote]) -> None:
+    journal = await stack.ledger().journal_entries(limit=100_000)
+    dataverse, fno = stack.sandbox.dataverse, stack.sandbox.fno
+    numbers = {r["productid"]: r["productnumber"] for r in dataverse.rows("product")}
+    for quote in quotes:
+        sales = sorted((r["sequencenumber"], numbers[r["_productid_value"]], float(r["quantity"]))
+                       for r in dataverse.rows("quotedetail") if r["_quoteid_value"] == quote.record_id)
+        written = sorted((r["LineCreationSequenceNumber"], r["ProductNumber"], float(r["RequestedSalesQuantity"]))
+                         for r in fno.rows("CDSSalesQuotationLines", "usmf") if r["SalesQuotationNumber"] == quote.number)
+        quote.sales = [f"{n}:{p} x{q:g}" for n, p, q in sales]
+        quote.fno = [f"{n}:{p} x{q:g}" for n, p, q in written]
+        entries = [e for e in journal if e.record_key == f"quotes:quote:{quote.record_id}"]
+        header = fno.get("CDSSalesQuotationHeaders", {"dataAreaId": "usmf", "SalesQuotationNumber": quote.number})
+        if quote.expected == "applied":
+            quote.outcome = "applied" if header is not None and sales == written else "missing"
+            applied = [e for e in entries if e.outcome == "applied"]
+            quote.detail = (applied[-1].reason or "") if applied else ""
+        else:
+            skipped = [e for e in entries if e.outcome == "skipped" and "filtered out" in (e.reason or "")]
+            quote.outcome = "skipped" if skipped and header is None else "missing"
+            quote.detail = (skipped[-1].reason or "") if skipped else ""
+
+
+def _print_quotes(quotes: list[DemoQuote]) -> None:
+    header = f"{'quote':<8} {'Sales lines (seq:product xqty)':<40} {'F&O lines':<40} {'outcome':<9}"
+    print(header)
+    print("-" * len(header))
+    for q in quotes:
+        mark = "ok" if q.outcome == q.expected else "FAILED"
+        print(f"{q.number:<8} {' '.join(q.sales)[:40]:<40} {(' '.join(q.fno) or '(none)')[:40]:<40} "
+              f"{q.outcome:<9}  {mark}")
+        if q.detail:
+            print(f"{'':<9} {q.detail}")
+    print()
+
+
 async def run_demo(accounts: int = 8) -> int:
     started = time.perf_counter()
     workdir = ROOT / ".var" / "demo"
     shutil.rmtree(workdir, ignore_errors=True)
     plan = _plan(accounts)
     contacts = _contact_plan()
+    quotes = _quote_plan()
     async with LocalStack(workdir) as stack:
         print(f"sandbox: Dataverse {stack.sandbox.dataverse_url}, F&O {stack.sandbox.fno_url}")
         print(f"local host: {stack.host.base_url if stack.host else '?'} (webhook registered with a function key)")
@@ -227,17 +335,24 @@ async def run_demo(accounts: int = 8) -> int:
               "one contact person an active customer...\n")
         await _play_contacts(stack, plan, contacts)
         settled = await stack.wait_settled(timeout=25) and settled
+        print(f"saving {len(quotes)} quotes with their lines and activating them (one has a product made in Sales), "
+              "then revising one (a line changed, one removed, one added)...\n")
+        await _play_quotes(stack, plan, quotes)
+        settled = await stack.wait_settled(timeout=25) and settled
         await _verify(stack, plan)
         await _verify_contacts(stack, plan, contacts)
+        await _verify_quotes(stack, quotes)
+    _print_quotes(quotes)
     _print_contacts(contacts)
     _print(plan, time.perf_counter() - started)
     failed = [a for a in plan if a.outcome != a.expected] + [c for c in contacts if c.outcome != c.kind]
+    failed += [q for q in quotes if q.outcome != q.expected]
     if not settled:
         print("the queue did not drain in time")
     if failed or not settled:
         print(f"FAILED: {len(failed)} record(s) did not end as expected")
         return 1
-    print("all accounts and contacts ended as expected")
+    print("all accounts, contacts and quotes ended as expected")
     return 0
 
 
