@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from handlers import accounts, contacts, quotes
+from handlers import accounts, contacts, orders, quotes
 from handlers.base import FlowContext, FlowHandler, SalesToFnORecordSync
 from mappings import MappingSpec
 from p2csync.envelopes import ChangeEvent
@@ -17,6 +17,7 @@ FACTORIES: dict[str, Callable[[], FlowHandler]] = {
     accounts.FLOW: accounts.create_handler,
     contacts.FLOW: contacts.create_handler,
     quotes.FLOW: quotes.create_handler,
+    orders.FLOW: orders.create_handler,
 }
 
 

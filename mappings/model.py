@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .catalog import field_problem
+from .discounts import DiscountSplitError, split_line_discount
 from .errors import MappedValueError
 from .fno_values import DoesNotFit, TooLong, fit, key_value
 from .transforms import TransformError, TransformStep, parse_transforms, transform_json_schema
@@ -494,6 +495,18 @@ class Reference(_Strict):
     flow: str | None = Field(None, description="The flow that creates it, named in the reason (accounts).")
 
 
+class DiscountSplit(_Strict):
+    """Splits a line's full discount over its quantity (reference 6.6, mappings/discounts.py): the mapped field
+    ``total`` is replaced by ``per_unit`` (total / quantity, rounded toward zero) and ``remainder`` (the rounding
+    remainder, a charge: quantity x per_unit - remainder = total). Leave it out to send the total as it is."""
+
+    total: str = Field(description="Mapped field holding the full line discount (TotalDiscountAmount); not sent.")
+    quantity: str = Field(description="Mapped field holding the line quantity (OrderedSalesQuantity).")
+    per_unit: str = Field(description="Target field for the discount per unit (LineDiscountAmount).")
+    remainder: str = Field(description="Target field for the rounding remainder (FixedPriceCharges).")
+    decimals: int = Field(2, ge=0, le=6, description="Decimals of the amounts (the currency's precision).")
+
+
 class LineSpec(_Strict):
     """A child collection of the document (quote, order and invoice lines), mapped line by line. The lines go to
     the same company and system as their document."""
@@ -512,6 +525,9 @@ class LineSpec(_Strict):
     fields: list[FieldMap] = Field(min_length=1)
     references: list[Reference] = Field(
         default_factory=list, description="F&O records the lines name that must exist first (released products)."
+    )
+    discount_split: DiscountSplit | None = Field(
+        None, description="Split the full line discount into a per-unit discount and a charge (P2C orders, 6.6)."
     )
 
 
@@ -582,6 +598,7 @@ class MappingSpec(_Strict):
         problems += self._reference_problems((), self.references, self.fields)
         for n, line in enumerate(self.lines):
             problems += self._reference_problems(("lines", n), line.references, line.fields)
+            problems += self._split_problems(("lines", n, "discount_split"), line)
         if company_field and self.target.system == "dataverse":
             problems.append((("company", "target_field"), "a Dataverse target has no company field"))
         if company_field and self.target.system == "fno":
@@ -632,6 +649,24 @@ class MappingSpec(_Strict):
                 fit(self.target.entity_set, company_field, company.strip().lower())
             except DoesNotFit as exc:
                 problems.append((loc, f"company {company!r} does not fit {company_field}: {exc}"))
+        return problems
+
+    def _split_problems(self, at: tuple[Any, ...], line: LineSpec) -> list[tuple[tuple[Any, ...], str]]:
+        """The split reads two mapped fields and writes two fields the line entity has (not key fields)."""
+        split = line.discount_split
+        if split is None:
+            return []
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        mapped = {f.target for f in line.fields}
+        for name in ("total", "quantity"):
+            if getattr(split, name) not in mapped:
+                problems.append(((*at, name), f"'{getattr(split, name)}' is not a target field of this line set"))
+        for name in ("per_unit", "remainder"):
+            target = getattr(split, name)
+            if target in line.target.key or target in mapped:
+                problems.append(((*at, name), f"'{target}' is a key field or already mapped; the split writes it"))
+            elif self.target.system == "fno" and (msg := field_problem(line.target.entity_set, target)):
+                problems.append(((*at, name), msg))
         return problems
 
     def _check_fields(
@@ -866,10 +901,24 @@ class MappingSpec(_Strict):
     ) -> MappedRecord:
         """Map one line of the line set ``line``; ``company`` is the company of its document."""
         spec = self.line(line)
-        return self._map(
+        mapped = self._map(
             f"{self.flow}.{line}", spec.fields, spec.target.key, spec.target.entity_set, record, resolved,
             company.lower(),
         )
+        if spec.discount_split is not None:
+            self._split_discount(f"{self.flow}.{line}", spec.discount_split, mapped.payload)
+        return mapped
+
+    @staticmethod
+    def _split_discount(flow: str, split: DiscountSplit, payload: dict[str, Any]) -> None:
+        """Replace the full line discount by F&O's per-unit discount and remainder charge (reference 6.6)."""
+        total = payload.pop(split.total, None)
+        try:
+            parts = split_line_discount(total, payload.get(split.quantity), decimals=split.decimals)
+        except DiscountSplitError as error:
+            raise MappedValueError(flow, split.per_unit, f"{split.total} / {split.quantity}", str(error)) from None
+        payload[split.per_unit] = parts.per_unit
+        payload[split.remainder] = parts.charge
 
     def _map(
         self,
