@@ -47,6 +47,10 @@ DOCUMENT_LINES: dict[str, tuple[str, str, frozenset[int]]] = {
     "salesorderdetail": ("salesorderid", "salesorder", frozenset({0})),
     "invoicedetail": ("invoiceid", "invoice", frozenset({0})),
 }
+#: P2C's processing status of an order (msdynce_processingstatus, reference 6.7: 1 Draft, 2 Active, ...). An order
+#: still in Draft (or without a status) takes line changes; once activated "the Sales order is read-only" (P2C doc)
+#: and its lines fail like an active quote's. [Inferred] the option values (the sandbox numbers them in doc order).
+PROCESSING_STATUS, DRAFT = "msdynce_processingstatus", 1
 PARENT_NOT_EDITABLE = ("0x80040203", "The detail cannot be updated because the parent is not editable.")
 
 
@@ -548,7 +552,8 @@ class Dataverse:
         if not isinstance(parent, LookupValue):
             return
         parent_row = self._rows.get(parent_table, {}).get(parent.id)
-        if parent_row is not None and parent_row.get("statecode") not in editable:
+        if parent_row is not None and (parent_row.get("statecode") not in editable
+                                       or parent_row.get(PROCESSING_STATUS, DRAFT) not in (None, DRAFT)):
             raise DataverseError(400, *PARENT_NOT_EDITABLE)
 
     def _number_line(self, table: Table, row: dict[str, Any]) -> None:

@@ -95,6 +95,7 @@ class FnoSettings(BaseModel):
     * `quotation_numbers`: the sales quotation number sequence. P2C requires it to allow manual numbers (quote
       numbers come from Sales); "automatic" plays an environment where that prerequisite is missing: a create
       that gives a number fails with an infolog [Inferred wording].
+    * `order_numbers`: the same for the sales order number sequence (P2C: order numbers come from Sales).
     * `batch_max_operations` / `batch_max_changeset`: F&O documents "a batch can contain up to 5000
       operations" (service protection API limits); ODataLib's own default quotas are 100 parts per batch and
       1000 operations per change set. Defaults follow the F&O doc; tests lower them to ODataLib's.
@@ -109,6 +110,7 @@ class FnoSettings(BaseModel):
     batch_max_operations: int = Field(default=5000, ge=1)
     batch_max_changeset: int = Field(default=5000, ge=1)
     quotation_numbers: Literal["manual", "automatic"] = "manual"
+    order_numbers: Literal["manual", "automatic"] = "manual"
 
 
 class FnoUser(BaseModel):
@@ -191,6 +193,40 @@ def quotation_line_validator(entity: FnoEntity, row: Row, operation: str, fno: F
     return problems
 
 
+def order_header_validator(entity: FnoEntity, row: Row, operation: str, fno: FnO) -> list[str]:
+    """CDSSalesOrderHeaders: as a quotation header, with the ordering customer and the sales order number
+    sequence (P2C prerequisite: order numbers come from Sales, so the sequence allows manual numbers)."""
+    problems: list[str] = []
+    if operation == "Create" and fno.settings.order_numbers == "automatic":
+        # [Inferred wording] as for quotations.
+        problems.append(f"Number sequence for sales orders in company {row['dataAreaId']} does not allow manual "
+                        f"numbers; '{row.get('SalesOrderNumber')}' cannot be used.")
+    account = row.get("OrderingCustomerAccountNumber") or ""
+    if account and _related_missing(fno, "CustomersV3", {"dataAreaId": row["dataAreaId"], "CustomerAccount": account}):
+        problems += [f"The value '{account}' in field 'Customer account' is not found in the related table "
+                     "'Customers'.",
+                     f"validateField failed on field '{entity.table_name}.OrderingCustomerAccountNumber'."]
+    return problems
+
+
+def order_line_validator(entity: FnoEntity, row: Row, operation: str, fno: FnO) -> list[str]:
+    """CDSSalesOrderLines: a line belongs to an existing order and names a product released in its company
+    ([Inferred wording], as quotation lines)."""
+    if operation == "Delete":
+        return []
+    problems: list[str] = []
+    number = row.get("SalesOrderNumber") or ""
+    if _related_missing(fno, "CDSSalesOrderHeaders", {"dataAreaId": row["dataAreaId"], "SalesOrderNumber": number}):
+        problems.append(f"Sales order '{number}' does not exist in company {row['dataAreaId']}.")
+    product = row.get("ProductNumber") or ""
+    if product and _related_missing(fno, "CDSReleasedDistinctProducts",
+                                    {"dataAreaId": row["dataAreaId"], "ProductNumber": product}):
+        problems += [f"The value '{product}' in field 'Product number' is not found in the related table "
+                     "'Released products'.",
+                     f"validateField failed on field '{entity.table_name}.ProductNumber'."]
+    return problems
+
+
 def default_users() -> list[FnoUser]:
     return [FnoUser(user_id="p2csync-integration", token="sandbox-integration-user", default_company="usmf"),
             FnoUser(user_id="sam.seller", token="sandbox-sales-user", default_company="usmf")]
@@ -237,6 +273,8 @@ class FnO:
             "CustomersV3": [customer_group_validator],
             "CDSSalesQuotationHeaders": [quotation_header_validator],
             "CDSSalesQuotationLines": [quotation_line_validator],
+            "CDSSalesOrderHeaders": [order_header_validator],
+            "CDSSalesOrderLines": [order_line_validator],
         }
         self._sinks: list[ChangeSink] = []
         self._rows: dict[str, dict[KeyTuple, Row]] = {name: {} for name in self.entities}

@@ -169,6 +169,9 @@ def test_delete(fo: httpx.Client) -> None:
 def test_other_entities_and_composite_keys(fo: httpx.Client) -> None:
     line = {"dataAreaId": "usmf", "SalesOrderNumber": "SO-1", "LineCreationSequenceNumber": 3,
             "ProductNumber": "P-1", "OrderedSalesQuantity": 2}
+    assert fo.post("CDSSalesOrderLines", json=line).status_code == 500  # no order SO-1, no released P-1
+    assert fo.post("CDSSalesOrderHeaders", json={"dataAreaId": "usmf", "SalesOrderNumber": "SO-1"}).status_code == 201
+    assert fo.post("CDSReleasedDistinctProducts", json={"dataAreaId": "usmf", "ProductNumber": "P-1"}).status_code == 201
     assert fo.post("CDSSalesOrderLines", json=line).status_code == 201
     url = "CDSSalesOrderLines(dataAreaId='usmf',SalesOrderNumber='SO-1',LineCreationSequenceNumber=3)"
     assert fo.get(url).json()["OrderedSalesQuantity"] == 2

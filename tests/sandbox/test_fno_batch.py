@@ -69,6 +69,14 @@ def line_url(n: int, number: str = "SO-1") -> str:
             "?cross-company=true")
 
 
+@pytest.fixture(autouse=True)
+def without_order_rules(sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about $batch itself; the order entities' own rules (customer, released product, order
+    exists) are tested in test_order_rules.py."""
+    monkeypatch.setitem(sandbox.fno.validators, H, [])
+    monkeypatch.setitem(sandbox.fno.validators, L, [])
+
+
 @pytest.fixture
 def events(sandbox: SandboxServer) -> Iterator[list[FnoChange]]:
     seen: list[FnoChange] = []
