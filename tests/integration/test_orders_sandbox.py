@@ -1,0 +1,151 @@
+"""The orders flow (a document: order + order products) against the sandbox over real loopback HTTP.
+
+Every Sales change goes through the registered webhook, the ingress and the runtime. Covered: an order saved with
+20 lines and activated (22 webhooks) written header and lines, with the discount split of reference 6.6, in at most
+3 F&O calls (counted from the sandbox's request log) and nothing when replayed; a later Sales change of an order F&O
+owns skipped with that reason and no call; a draft order and an order with a product made in Sales skipped with the
+reason; a customer missing in F&O deferred (naming it) and applied once it exists."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from p2csync.outcomes import Applied, Deferred, Skipped
+from p2csync.runtime import InboundMessage, SyncRuntime
+from sandbox import USD_CURRENCY_ID, SandboxServer
+from tests.integration.runtime_world import Capture, Runtimes, as_inbound, created_account, sales_change, scheduled
+from tests.integration.test_quotes_sandbox import (  # noqa: F401  (fixtures)
+    Catalogue,
+    catalogue,
+    fno_calls,
+    handled,
+    registered,
+    synced_account,
+)
+
+HEADERS, LINES = "CDSSalesOrderHeaders", "CDSSalesOrderLines"
+DRAFT, ACTIVE = 1, 2  # msdynce_processingstatus (reference 6.7)
+
+
+def order_attrs(number: str, account_id: str, **extra: Any) -> dict[str, Any]:
+    return {"name": f"Order {number}", "ordernumber": number, "customerid": ("account", account_id),
+            "transactioncurrencyid": ("transactioncurrency", USD_CURRENCY_ID), "shipto_line1": "1 Main St",
+            "shipto_city": "Redmond", "shipto_postalcode": "98052", "shipto_country": "United States",
+            "msdynce_processingstatus": DRAFT, **extra}
+
+
+def order_line(catalogue: Catalogue, order_id: str, number: str, quantity: int = 3, **extra: Any) -> dict[str, Any]:
+    return {"salesorderid": ("salesorder", order_id), "productid": ("product", catalogue.products[number]),
+            "uomid": ("uom", catalogue.uom), "quantity": quantity, "priceperunit": 12.5,
+            "manualdiscountamount": 10, **extra}
+
+
+async def draft_order(sandbox: SandboxServer, capture: Capture, catalogue: Catalogue, number: str, account_id: str,
+                      products: list[str]) -> tuple[str, list[InboundMessage]]:
+    """A draft order saved with its lines: one webhook for the order, one per line."""
+    made: dict[str, str] = {}
+
+    def act() -> None:
+        made["id"] = sandbox.dataverse.create("salesorder", order_attrs(number, account_id))
+        for product in products:
+            sandbox.dataverse.create("salesorderdetail", order_line(catalogue, made["id"], product))
+
+    messages = await sales_change(sandbox, capture, act, expect=1 + len(products))
+    return made["id"], messages
+
+
+async def activate(sandbox: SandboxServer, capture: Capture, order_id: str) -> InboundMessage:
+    """Activate as P2C does: the processing status goes from Draft to Active (the order stays statecode 0)."""
+    [message] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.update(
+        "salesorder", order_id, {"msdynce_processingstatus": ACTIVE}))
+    return message
+
+
+def fno_lines(sandbox: SandboxServer, number: str) -> dict[int, dict[str, Any]]:
+    return {row["LineCreationSequenceNumber"]: row for row in sandbox.fno.rows(LINES, "usmf")
+            if row["SalesOrderNumber"] == number}
+
+
+def fno_header(sandbox: SandboxServer, number: str) -> dict[str, Any] | None:
+    return sandbox.fno.get(HEADERS, {"dataAreaId": "usmf", "SalesOrderNumber": number})
+
+
+async def test_an_order_activated_with_20_lines_costs_at_most_3_fno_calls_then_f_and_o_owns_it(
+        registered: SandboxServer, capture: Capture, runtime: SyncRuntime, catalogue: Catalogue) -> None:
+    sandbox = registered
+    account_id = await synced_account(sandbox, capture, runtime, "ACC-O01")
+    products = [f"D{n:04d}" for n in range(1, 21)]
+    order_id, drafts = await draft_order(sandbox, capture, catalogue, "ORD-1001", account_id, products)
+    assert len(drafts) == 21
+    events = [*drafts, await activate(sandbox, capture, order_id)]
+    sandbox.fno.request_log.clear()
+    outcomes = [await handled(runtime, message) for message in events]
+    applied = [o for o in outcomes if isinstance(o, Applied)]
+    assert len(applied) == 1, outcomes
+    assert applied[0].detail.startswith("created CDSSalesOrderHeaders(dataAreaId=usmf,SalesOrderNumber=ORD-1001) "
+                                        "with 20 lines in one change set of 21 operations")
+    # 22 events, one document sync: a $batch of reads (header, customer, 20 products) and one change set.
+    assert fno_calls(sandbox) == [("POST", "$batch"), ("POST", "$batch")]
+    header = fno_header(sandbox, "ORD-1001")
+    assert header is not None and header["OrderingCustomerAccountNumber"] == "ACC-O01"
+    assert header["CustomersOrderReference"] == "Order ORD-1001"
+    lines = fno_lines(sandbox, "ORD-1001")
+    assert sorted(lines) == list(range(1, 21))
+    one = lines[1]  # reference 6.6: qty 3, discount $10.00 -> line discount 3.33, charge -0.01
+    assert (one["ProductNumber"], Decimal(str(one["OrderedSalesQuantity"]))) == ("D0001", Decimal(3))
+    assert (Decimal(str(one["LineDiscountAmount"])), Decimal(str(one["FixedPriceCharges"]))) == \
+        (Decimal("3.33"), Decimal("-0.01"))
+    assert one["SalesUnitSymbol"] == "ea" and Decimal(str(one["SalesPrice"])) == Decimal("12.5")
+
+    sandbox.fno.request_log.clear()
+    replays = [await handled(runtime, message) for message in events]  # at-least-once delivery: all again
+    assert all(isinstance(o, Skipped) and o.reason.startswith("duplicate") for o in replays)
+    [later] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.update(
+        "salesorder", order_id, {"name": "Renamed after activation"}))
+    outcome = await handled(runtime, later)
+    assert isinstance(outcome, Skipped)
+    assert outcome.reason.startswith("owned by F&O: CDSSalesOrderHeaders")
+    assert "after activation F&O is the master of the order" in outcome.reason
+    assert fno_calls(sandbox) == []
+    assert fno_header(sandbox, "ORD-1001")["CustomersOrderReference"] == "Order ORD-1001"  # type: ignore[index]
+
+
+async def test_a_draft_order_and_an_order_with_a_sales_product_are_skipped_with_the_reason(
+        registered: SandboxServer, capture: Capture, runtime: SyncRuntime, catalogue: Catalogue) -> None:
+    sandbox = registered
+    account_id = await synced_account(sandbox, capture, runtime, "ACC-O02")
+    catalogue.product("S-200", external=False, released=False)  # made in Sales
+    order_id, drafts = await draft_order(sandbox, capture, catalogue, "ORD-2001", account_id, ["D0001", "S-200"])
+    sandbox.fno.request_log.clear()
+    first = await handled(runtime, drafts[0])
+    assert isinstance(first, Skipped) and first.reason == "filtered out: msdynce_processingstatus is 1, expected 2"
+    outcome = await handled(runtime, await activate(sandbox, capture, order_id))
+    assert isinstance(outcome, Skipped)
+    assert outcome.reason.startswith("filtered out: salesorderdetail 2 (S-200")
+    assert outcome.reason.endswith("the whole salesorder is not synced")
+    assert fno_calls(sandbox) == []
+
+
+async def test_a_customer_missing_in_fno_defers_naming_it_then_the_order_is_applied(
+        registered: SandboxServer, capture: Capture, runtimes: Runtimes, runtime: SyncRuntime,
+        catalogue: Catalogue) -> None:
+    sandbox = registered
+    account_message = await created_account(sandbox, capture, "ACC-O03")  # not synced yet
+    account_id = str(json.loads(account_message.body)["PrimaryEntityId"])
+    order_id, drafts = await draft_order(sandbox, capture, catalogue, "ORD-3001", account_id, ["D0001", "D0002"])
+    for message in drafts:
+        await handled(runtime, message)
+    sandbox.fno.request_log.clear()
+    outcome = await handled(runtime, await activate(sandbox, capture, order_id))
+    assert isinstance(outcome, Deferred)
+    assert "CustomersV3(dataAreaId=usmf,CustomerAccount=ACC-O03) does not exist in F&O yet" in outcome.reason
+    assert fno_calls(sandbox) == [("POST", "$batch")]  # the reads only
+    assert fno_header(sandbox, "ORD-3001") is None
+
+    assert isinstance(await handled(runtime, account_message), Applied)  # the accounts flow catches up
+    [retry] = scheduled(runtime)
+    outcome = await handled(runtime, as_inbound(retry))
+    assert isinstance(outcome, Applied), outcome
+    assert sorted(fno_lines(sandbox, "ORD-3001")) == [1, 2]
