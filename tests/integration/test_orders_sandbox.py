@@ -16,14 +16,11 @@ from p2csync.outcomes import Applied, Deferred, Skipped
 from p2csync.runtime import InboundMessage, SyncRuntime
 from sandbox import USD_CURRENCY_ID, SandboxServer
 from tests.integration.runtime_world import Capture, Runtimes, as_inbound, created_account, sales_change, scheduled
-from tests.integration.test_quotes_sandbox import (  # noqa: F401  (fixtures)
-    Catalogue,
-    catalogue,
-    fno_calls,
-    handled,
-    registered,
-    synced_account,
-)
+from tests.integration import test_quotes_sandbox as quotes
+from tests.integration.test_quotes_sandbox import Catalogue, fno_calls, handled, synced_account
+
+registered = quotes.registered  # fixtures shared with the quotes flow: every mapping registered, 20 products
+catalogue = quotes.catalogue
 
 HEADERS, LINES = "CDSSalesOrderHeaders", "CDSSalesOrderLines"
 DRAFT, ACTIVE = 1, 2  # msdynce_processingstatus (reference 6.7)

@@ -292,15 +292,15 @@ def test_cli_dry_run_then_apply(sandbox: SandboxServer) -> None:
     assert result.returncode == 0, result.stderr
     assert "Webhook registration plan for service endpoint 'p2c-sync webhook' (dry run" in result.stdout
     assert "  create     endpoint  p2c-sync webhook" in result.stdout
-    # The endpoint, then per table (account, contact: the two contact templates share their steps; quote) a Create
-    # and an Update step with their post images and a Delete step; quotedetail the same plus its Delete step's pre
-    # image (the line's quote): 1 + 3 * 5 + 6.
-    assert "Plan: 22 to create, 0 to update, 0 to delete, 0 unchanged." in result.stdout
+    # The endpoint, then per table (account, contact: the two contact templates share their steps; quote,
+    # salesorder) a Create and an Update step with their post images and a Delete step; quotedetail and
+    # salesorderdetail the same plus its Delete step's pre image (the line's document): 1 + 4 * 5 + 2 * 6.
+    assert "Plan: 33 to create, 0 to update, 0 to delete, 0 unchanged." in result.stdout
     assert rows(sandbox) == {table: [] for table in TABLES}
 
     applied = cli(sandbox, "--webhook-url", receiver_url(), key=KEY)
     assert applied.returncode == 0, applied.stderr
-    assert applied.stdout.count("created ") == 22 and KEY not in applied.stdout + applied.stderr
+    assert applied.stdout.count("created ") == 33 and KEY not in applied.stdout + applied.stderr
     again = cli(sandbox, "--key-stdin", stdin="stdin-key\n")
     assert again.returncode == 0, again.stderr
     assert "updated endpoint p2c-sync webhook: authvalue" in again.stdout and "stdin-key" not in again.stdout
