@@ -16,13 +16,13 @@ from typing import Any, Protocol
 
 from mappings import MappedValueError, MappingSpec, payload_hash
 from mappings.model import default_entity_set
-from mappings.values import is_entity_ref
+from mappings.values import is_empty, is_entity_ref
 from p2csync.connectors.dataverse import DataverseClient
 from p2csync.connectors.fno import FnOClient, format_key
 from p2csync.envelopes import ChangeEvent
 from p2csync.envelopes.dataverse import EntityRef
 from p2csync.ledger.base import Ledger, RecordState
-from p2csync.outcomes import Applied, Outcome, Rejected, Skipped
+from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped
 from p2csync.records import epoch_ms, record_from_webapi, webapi_select
 from p2csync.settings import Settings
 
@@ -46,6 +46,10 @@ class FlowContext:
 
 #: How long a business unit's name is trusted (renames are rare; a stale name would route to another company).
 BUSINESS_UNIT_NAME_TTL = 600.0
+#: [Inferred] How long a record waits for its parent's counterpart (company.parent, must_exist) before it looks
+#: again: an account normally reaches F&O within seconds of its own event; P2C_MAX_DEFERRALS (20) such waits is
+#: about 10 minutes, after which the message is dead-lettered naming the parent.
+PARENT_WAIT_SECONDS = 30.0
 #: The column holding the display name of the tables a company routing column can point at.
 PRIMARY_NAME_COLUMNS = {"businessunit": "name", "team": "name", "systemuser": "fullname"}
 
@@ -226,6 +230,63 @@ class SalesToFnORecordSync:
                                    f"{ref.logical_name} {ref.id} has no name Dataverse returns to this user, and "
                                    "company.business_units routes by name")
         return {**record, column: EntityRef(id=str(ref.id), logical_name=ref.logical_name, name=str(name))}
+
+    async def _parent_company(
+        self, spec: MappingSpec, record: Mapping[str, Any], ctx: FlowContext
+    ) -> tuple[str, dict[str, Any]] | Deferred:
+        """The company of the record's parent (routed by the parent flow's mapping), the parent's columns the
+        record's lookup paths read (fresh: a renumbered account must not leave a stale number), or a Deferred
+        naming the parent while its counterpart is not in F&O yet."""
+        parent_rule = spec.company.parent
+        assert parent_rule is not None
+        ref = record.get(parent_rule.lookup)
+        if not is_entity_ref(ref):  # the filter normally says so first
+            raise MappedValueError(spec.flow, spec.company_target_field or "company", parent_rule.lookup,
+                                   "no parent row to route by")
+        parent_spec = ctx.mappings.get(parent_rule.flow_for(ref.logical_name), spec)
+        paths = [p for f in spec.fields for p in f.source if p.attribute == parent_rule.lookup and p.is_lookup]
+        columns = [c for p in paths if (c := p.column_for(ref.logical_name)) is not None]
+        routing_column = parent_spec.company_source_column
+        lookups = {routing_column} if routing_column else set()
+        own_set = parent_spec.source.entity_set if parent_spec.source.table == ref.logical_name else None
+        entity_set = (spec.source.lookup_entity_sets.get(ref.logical_name) or own_set
+                      or default_entity_set(ref.logical_name))
+        select = webapi_select(list(dict.fromkeys([*columns, *lookups])), lookups)
+        row = await ctx.dataverse.get(entity_set, str(ref.id), select=select, annotations="*")
+        name = f"{ref.logical_name} {ref.id}" + (f" ({ref.name})" if ref.name else "")
+        if row is None:
+            return Deferred(delay=PARENT_WAIT_SECONDS, reason=f"waiting for {name}: it is not readable in "
+                            "Dataverse (deleted, or not shared with the integration user)")
+        parent = record_from_webapi(row)
+        known = {p.text: parent.get(c) for p in paths if (c := p.column_for(ref.logical_name)) is not None}
+        parent = await self._resolve_company_name(parent_spec, parent, ctx)
+        company = parent_spec.route_company(parent, ctx.settings.fno_default_company)
+        if parent_rule.must_exist:
+            number = next((v for v in known.values() if not is_empty(v)), None)
+            if number is None:
+                return Deferred(delay=PARENT_WAIT_SECONDS,
+                                reason=f"waiting for {name}: it has no {', '.join(columns)} yet, so it has no "
+                                       f"F&O counterpart for this {spec.source.table} to belong to")
+            missing = await self._parent_missing(parent_spec, company, str(number), ctx)
+            if missing:
+                return Deferred(delay=PARENT_WAIT_SECONDS,
+                                reason=f"waiting for {name}: {missing} does not exist in F&O yet (the "
+                                       f"{parent_spec.flow} flow creates it)")
+        return company, known
+
+    @staticmethod
+    async def _parent_missing(parent_spec: MappingSpec, company: str, number: str, ctx: FlowContext) -> str | None:
+        """``CustomersV3(dataAreaId=usmf,CustomerAccount=X)`` when the parent's counterpart is not in F&O, else
+        None. The parent flow's key is its company field plus one number field."""
+        company_field = parent_spec.company_target_field
+        others = [name for name in parent_spec.target.key if name != company_field]
+        if company_field is None or len(others) != 1:
+            return None  # not a (company, number) key: nothing this check can address
+        key = {company_field: company, others[0]: number}
+        row = await ctx.fno.get(parent_spec.target.entity_set, key, select=list(key))
+        if row is not None:
+            return None
+        return f"{parent_spec.target.entity_set}({company_field}={company},{others[0]}={number})"
 
     async def _newest_state(
         self, event: ChangeEvent, state: RecordState, spec: MappingSpec | Sequence[MappingSpec], ctx: FlowContext

@@ -144,6 +144,8 @@ class DocumentSync(SalesToFnORecordSync):
             return kept.model_copy(update={"version": version})
 
         mapped = await self._map(spec, document, kept, ctx)
+        if isinstance(mapped, Deferred):  # the customer is not readable in Dataverse (company.parent routing)
+            return mapped
         target = target_key("fno", spec.target.entity_set, mapped.header.key)
         if conflict := await self._claim_document(event, state, target, record_key, spec, ctx):
             return conflict
@@ -268,11 +270,22 @@ class DocumentSync(SalesToFnORecordSync):
         return kept
 
     async def _map(self, spec: MappingSpec, document: SalesDocument, kept: dict[str, list[int]],
-                   ctx: FlowContext) -> MappedDocument:
+                   ctx: FlowContext) -> MappedDocument | Deferred:
+        """The mapped document. With ``company.parent`` (a document lands in its customer's company) the company
+        is the one the customer's own flow routes the customer to: the account's, or the contact's."""
         header = document.header
-        resolved = await self._resolve_lookups(spec, header, ctx)
-        header = await self._resolve_company_name(spec, header, ctx)
-        mapped = spec.apply(header, resolved=resolved, default_company=ctx.settings.fno_default_company)
+        company: str | None = None
+        known: dict[str, Any] = {}
+        if spec.company.parent is not None:
+            routed = await self._parent_company(spec, header, ctx)
+            if isinstance(routed, Deferred):
+                return routed
+            company, known = routed
+        resolved = await self._resolve_lookups(spec, header, ctx, known)
+        if company is None:
+            header = await self._resolve_company_name(spec, header, ctx)
+        mapped = spec.apply(header, resolved=resolved, default_company=ctx.settings.fno_default_company,
+                            company=company)
         lines = {line.name: [spec.apply_line(line.name, document.lines[line.name][i], company=mapped.company,
                                              resolved=document.resolved[line.name][i])
                              for i in kept[line.name]]

@@ -217,12 +217,21 @@ class ParentRouting(_Strict):
 
     lookup: str = Field(description="Lookup column pointing to the parent row (parentcustomerid).")
     flow: str = Field(description="Flow whose company routing the parent row follows (accounts).")
+    flows: dict[str, str] = Field(
+        default_factory=dict,
+        description="For a lookup to several tables (customerid: account or contact): table -> flow whose routing "
+        "a parent row of that table follows; tables not listed follow 'flow'.",
+    )
     must_exist: bool = Field(
         True,
         description="true: the parent's counterpart (that flow's target, keyed by the parent's number) must "
         "exist in F&O before this record is written; until it does the message is deferred with a reason "
         "naming the parent, and dead-lettered after the deferral limit.",
     )
+
+
+    def flow_for(self, table: str) -> str:
+        return self.flows.get(table, self.flow)
 
 
 class CompanyRouting(_Strict):

@@ -4,16 +4,22 @@ Every Sales change goes through the registered webhook, the ingress and the runt
 20 lines and activated (22 webhooks) written header and lines, with the discount split of reference 6.6, in at most
 3 F&O calls (counted from the sandbox's request log) and nothing when replayed; a later Sales change of an order F&O
 owns skipped with that reason and no call; a draft order and an order with a product made in Sales skipped with the
-reason; a customer missing in F&O deferred (naming it) and applied once it exists."""
+reason; a customer missing in F&O deferred (naming it) and applied once it exists; a quote and an order landing
+in their customer's company (an account's, a contact's), not their own business unit's."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from p2csync.outcomes import Applied, Deferred, Skipped
 from p2csync.runtime import InboundMessage, SyncRuntime
+from p2csync.settings import ROOT
 from sandbox import USD_CURRENCY_ID, SandboxServer
 from tests.integration.runtime_world import Capture, Runtimes, as_inbound, created_account, sales_change, scheduled
 from tests.integration import test_quotes_sandbox as quotes
@@ -146,3 +152,55 @@ async def test_a_customer_missing_in_fno_defers_naming_it_then_the_order_is_appl
     outcome = await handled(runtime, as_inbound(retry))
     assert isinstance(outcome, Applied), outcome
     assert sorted(fno_lines(sandbox, "ORD-3001")) == [1, 2]
+
+
+@pytest.fixture
+def customers_routed(tmp_path: Path) -> Path:
+    """The shipped mappings with the sandbox's business unit routed to usrt for accounts and to demf for contact
+    customers; quotes and orders list no business units (they follow their customer)."""
+    mappings = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", mappings, ignore=shutil.ignore_patterns("*.py", "__pycache__", "catalog"))
+    for name, company in (("accounts.yaml", "usrt"), ("contacts_customers.yaml", "demf")):
+        text = (mappings / name).read_text(encoding="utf-8")
+        assert "  business_units: {}\n" in text
+        (mappings / name).write_text(text.replace(
+            "  business_units: {}\n", f'  business_units:\n    "P2CSyncSandbox": {company}\n'), encoding="utf-8")
+    return mappings
+
+
+async def test_a_quote_and_an_order_land_in_their_customer_s_company(
+        registered: SandboxServer, capture: Capture, runtimes: Runtimes, catalogue: Catalogue,
+        customers_routed: Path) -> None:
+    sandbox = registered
+    runtime = runtimes.build(P2C_MAPPINGS_DIR=str(customers_routed))
+    for company in ("usrt", "demf"):
+        sandbox.fno.create("CDSReleasedDistinctProducts", {"dataAreaId": company, "ProductNumber": "D0001"})
+    account_id = await synced_account(sandbox, capture, runtime, "ACC-O04")
+    [contact] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.create("contact", {
+        "firstname": "Nancy", "lastname": "Davolio", "msdynce_contactnumber": "CON-O04",
+        "msdynce_isactivecustomer": True}))
+    assert isinstance(await handled(runtime, contact), Applied)
+    assert {r["CustomerAccount"]: r["dataAreaId"] for r in sandbox.fno.rows("CustomersV3")} == {
+        "ACC-O04": "usrt", "CON-O04": "demf"}
+
+    # A quote of the account: in usrt, where the account's customer is (its own business unit would say usmf).
+    quote_id, drafts = await quotes.draft_quote(sandbox, capture, catalogue, "QUO-O04", account_id, ["D0001"])
+    for message in [*drafts, await quotes.activate(sandbox, capture, quote_id)]:
+        await handled(runtime, message)
+    assert [(r["dataAreaId"], r["SalesQuotationNumber"]) for r in sandbox.fno.rows("CDSSalesQuotationHeaders")] == [
+        ("usrt", "QUO-O04")]
+    # An order of the contact: in demf, where the contact's customer is.
+    contact_id = str(json.loads(contact.body)["PrimaryEntityId"])
+    made: dict[str, str] = {}
+
+    def order() -> None:
+        made["id"] = sandbox.dataverse.create("salesorder", order_attrs(
+            "ORD-4001", account_id, customerid=("contact", contact_id)))
+        sandbox.dataverse.create("salesorderdetail", order_line(catalogue, made["id"], "D0001"))
+
+    messages = await sales_change(sandbox, capture, order, expect=2)
+    outcomes = [await handled(runtime, m) for m in [*messages, await activate(sandbox, capture, made["id"])]]
+    assert sum(isinstance(o, Applied) for o in outcomes) == 1, outcomes  # the first event reads the active order
+    assert [(r["dataAreaId"], r["OrderingCustomerAccountNumber"]) for r in sandbox.fno.rows(HEADERS)] == [
+        ("demf", "CON-O04")]
+    assert [r["dataAreaId"] for r in sandbox.fno.rows(LINES)] == ["demf"]
