@@ -7,7 +7,9 @@ reason (nothing is dropped silently). Then contacts: a contact of an account bec
 customer, an active customer a person customer, a contact of a contact is skipped with the reason, and one
 contact person becomes an active customer (its contact person is then marked inactive). Then quotes: one saved
 with three lines and activated, then revised (a line changed, one removed, one added), both sides printed line by
-line; one with a product made in Sales, skipped with the reason. The demo prints one
+line; one with a product made in Sales, skipped with the reason. Then a sales order saved as a draft with four
+lines and activated: both sides printed line by line (Sales' discount, F&O's per-unit discount and charge). The
+demo prints one
 row per record with both sides and exits non-zero if any did not end as expected.
 """
 
@@ -318,6 +320,65 @@ def _print_quotes(quotes: list[DemoQuote]) -> None:
     print()
 
 
+@dataclass
+class DemoOrder:
+    number: str
+    account: int  # index of its customer in the account plan
+    products: list[str]  # product numbers of the demo catalogue (made by the quotes part)
+    record_id: str = ""
+    outcome: str = "missing"
+    detail: str = ""
+    sales: list[str] = field(default_factory=list)
+    fno: list[str] = field(default_factory=list)
+
+
+async def _play_order(stack: LocalStack, accounts: list[DemoAccount], order: DemoOrder) -> None:
+    """A draft order saved with its lines (quantity 3, a $10.00 discount each), then activated (P2C processing
+    status Active); F&O owns it afterwards."""
+    dataverse = stack.sandbox.dataverse
+
+    def save() -> None:
+        ids = {r["productnumber"]: r["productid"] for r in dataverse.rows("product")}
+        uom = next(r["uomid"] for r in dataverse.rows("uom"))
+        order.record_id = dataverse.create("salesorder", {
+            "name": f"Order for {accounts[order.account].name}", "ordernumber": order.number,
+            "customerid": ("account", accounts[order.account].record_id), "shipto_country": "United States",
+            "msdynce_processingstatus": 1})
+        for number in order.products:
+            dataverse.create("salesorderdetail", {"salesorderid": ("salesorder", order.record_id),
+                                                  "productid": ("product", ids[number]), "uomid": ("uom", uom),
+                                                  "quantity": 3, "priceperunit": 100, "manualdiscountamount": 10})
+        dataverse.update("salesorder", order.record_id, {"msdynce_processingstatus": 2})
+
+    await asyncio.to_thread(save)
+
+
+async def _verify_order(stack: LocalStack, order: DemoOrder) -> None:
+    journal = await stack.ledger().journal_entries(limit=100_000)
+    dataverse, fno = stack.sandbox.dataverse, stack.sandbox.fno
+    numbers = {r["productid"]: r["productnumber"] for r in dataverse.rows("product")}
+    sales = sorted((r["sequencenumber"], numbers[r["_productid_value"]], float(r["quantity"]),
+                    float(r["manualdiscountamount"] or 0))
+                   for r in dataverse.rows("salesorderdetail") if r["_salesorderid_value"] == order.record_id)
+    written = sorted((r["LineCreationSequenceNumber"], r["ProductNumber"], float(r["OrderedSalesQuantity"]),
+                      float(r["LineDiscountAmount"]), float(r["FixedPriceCharges"]))
+                     for r in fno.rows("CDSSalesOrderLines", "usmf") if r["SalesOrderNumber"] == order.number)
+    order.sales = [f"{n}:{p} x{q:g} disc {d:g}" for n, p, q, d in sales]
+    order.fno = [f"{n}:{p} x{q:g} disc {d:g}/unit charge {c:g}" for n, p, q, d, c in written]
+    applied = [e for e in journal if e.record_key == f"orders:salesorder:{order.record_id}" and e.outcome == "applied"]
+    order.detail = (applied[-1].reason or "") if applied else ""
+    recombined = [(n, p, q, round(q * d - c, 2)) for n, p, q, d, c in written]  # reference 6.6: 3 x 3.33 + 0.01
+    order.outcome = "applied" if applied and recombined == sales else "missing"
+
+
+def _print_order(order: DemoOrder) -> None:
+    mark = "ok" if order.outcome == "applied" else "FAILED"
+    print(f"order {order.number}: {order.outcome}  {mark}\n  {order.detail}")
+    for sales, written in zip(order.sales, order.fno + [""] * len(order.sales), strict=False):
+        print(f"  Sales {sales:<28} F&O {written}")
+    print()
+
+
 async def run_demo(accounts: int = 8) -> int:
     started = time.perf_counter()
     workdir = ROOT / ".var" / "demo"
@@ -325,6 +386,7 @@ async def run_demo(accounts: int = 8) -> int:
     plan = _plan(accounts)
     contacts = _contact_plan()
     quotes = _quote_plan()
+    order = DemoOrder("ORD-D01", account=2, products=["D0001", "D0002", "D0003", "D0004"])
     async with LocalStack(workdir) as stack:
         print(f"sandbox: Dataverse {stack.sandbox.dataverse_url}, F&O {stack.sandbox.fno_url}")
         print(f"local host: {stack.host.base_url if stack.host else '?'} (webhook registered with a function key)")
@@ -339,20 +401,27 @@ async def run_demo(accounts: int = 8) -> int:
               "then revising one (a line changed, one removed, one added)...\n")
         await _play_quotes(stack, plan, quotes)
         settled = await stack.wait_settled(timeout=25) and settled
+        print(f"saving sales order {order.number} with {len(order.products)} lines as a draft, then activating it "
+              "(F&O owns it afterwards)...\n")
+        await _play_order(stack, plan, order)
+        settled = await stack.wait_settled(timeout=25) and settled
         await _verify(stack, plan)
         await _verify_contacts(stack, plan, contacts)
         await _verify_quotes(stack, quotes)
+        await _verify_order(stack, order)
     _print_quotes(quotes)
+    _print_order(order)
     _print_contacts(contacts)
     _print(plan, time.perf_counter() - started)
     failed = [a for a in plan if a.outcome != a.expected] + [c for c in contacts if c.outcome != c.kind]
     failed += [q for q in quotes if q.outcome != q.expected]
+    failed += [order] if order.outcome != "applied" else []
     if not settled:
         print("the queue did not drain in time")
     if failed or not settled:
         print(f"FAILED: {len(failed)} record(s) did not end as expected")
         return 1
-    print("all accounts, contacts and quotes ended as expected")
+    print("all accounts, contacts, quotes and the order ended as expected")
     return 0
 
 
