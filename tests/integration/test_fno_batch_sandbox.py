@@ -33,6 +33,14 @@ ORDER = "SO/2026-001"  # a '/' in the number: keys go double-encoded inside the 
 HEADER_KEY = {"dataAreaId": "usmf", "SalesOrderNumber": ORDER}
 
 
+@pytest.fixture(autouse=True)
+def without_order_rules(sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the connector's $batch; the order entities' own rules (customer, released product,
+    order exists) are tested in tests/sandbox/test_order_rules.py and through the orders flow."""
+    monkeypatch.setitem(sandbox.fno.validators, H, [])
+    monkeypatch.setitem(sandbox.fno.validators, L, [])
+
+
 def line_key(n: int) -> dict[str, Any]:
     return {**HEADER_KEY, "LineCreationSequenceNumber": n}
 
