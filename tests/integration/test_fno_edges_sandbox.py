@@ -97,7 +97,9 @@ async def test_composite_keys_with_reserved_characters_address_the_right_line(
 ) -> None:
     lines = "CDSSalesOrderLines"
     order = "SO/2024+1 50%"
+    sandbox.fno.create("CDSSalesOrderHeaders", {"dataAreaId": "usmf", "SalesOrderNumber": order})  # lines need it
     for number in (1, 2):
+        sandbox.fno.create("CDSReleasedDistinctProducts", {"dataAreaId": "usmf", "ProductNumber": f"P-{number}"})
         created = await fno.upsert(lines, {"dataAreaId": "usmf", "SalesOrderNumber": order,
                                            "LineCreationSequenceNumber": number},
                                    {"ProductNumber": f"P-{number}", "OrderedSalesQuantity": Decimal(number)})
