@@ -39,6 +39,8 @@ class FlowContext:
     mappings: dict[str, MappingSpec]
     ledger: Ledger
     lookup_cache: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    #: Parent levels a missing parent may still be synced through (handlers/pull.py); 0 inside a pulled parent.
+    pull_depth: int = 1
 
     def mapping(self, flow: str) -> MappingSpec:
         return self.mappings[flow]
@@ -232,11 +234,12 @@ class SalesToFnORecordSync:
         return {**record, column: EntityRef(id=str(ref.id), logical_name=ref.logical_name, name=str(name))}
 
     async def _parent_company(
-        self, spec: MappingSpec, record: Mapping[str, Any], ctx: FlowContext
+        self, spec: MappingSpec, record: Mapping[str, Any], ctx: FlowContext, child: ChangeEvent | None = None
     ) -> tuple[str, dict[str, Any]] | Deferred:
         """The company of the record's parent (routed by the parent flow's mapping), the parent's columns the
         record's lookup paths read (fresh: a renumbered account must not leave a stale number), or a Deferred
-        naming the parent while its counterpart is not in F&O yet."""
+        naming the parent while its counterpart is not in F&O yet. With ``child`` (the event being synced) a
+        missing counterpart is first synced through the parent's own flow (handlers/pull.py)."""
         parent_rule = spec.company.parent
         assert parent_rule is not None
         ref = record.get(parent_rule.lookup)
@@ -268,6 +271,13 @@ class SalesToFnORecordSync:
                                 reason=f"waiting for {name}: it has no {', '.join(columns)} yet, so it has no "
                                        f"F&O counterpart for this {spec.source.table} to belong to")
             missing = await self._parent_missing(parent_spec, company, str(number), ctx)
+            if missing and child is not None:
+                from handlers.pull import pull_parent  # pull imports this module
+
+                why = await pull_parent(ctx, ref.logical_name, str(ref.id), child)
+                if why is None:
+                    return company, known
+                missing += f" and could not be pulled through ({why})"
             if missing:
                 return Deferred(delay=PARENT_WAIT_SECONDS,
                                 reason=f"waiting for {name}: {missing} does not exist in F&O yet (the "

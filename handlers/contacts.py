@@ -23,8 +23,9 @@ the file that wrote it.
 The Applied outcome's detail says which of these happened.
 
 Company: a person customer routes by the contact's own business unit (like accounts); a contact person by its
-account, with the accounts flow's routing (``company.parent`` in contacts_persons.yaml), and waits (Deferred,
-naming the account) until that account's customer exists in F&O. Deletes are not synced (as for accounts).
+account, with the accounts flow's routing (``company.parent`` in contacts_persons.yaml). When that account's
+customer is not in F&O, the account is synced first through the accounts flow (pull-through, handlers/pull.py);
+if it cannot be (no account number yet, filtered out, busy), the contact waits (Deferred, naming the account). Deletes are not synced (as for accounts).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class ContactSync(SalesToFnORecordSync):
         company: str | None = None
         known: dict[str, Any] = {}
         if spec.company.parent is not None:
-            routed = await self._parent_company(spec, record, ctx)
+            routed = await self._parent_company(spec, record, ctx, event)
             if isinstance(routed, Deferred):
                 return routed
             company, known = routed

@@ -18,8 +18,10 @@ must not become 21 syncs. So:
   differs. A document costs at most 3 F&O calls; none when the ledger shows it unchanged.
 * Never half-written: a change set is all-or-nothing; a host that dies between the reads and the write wrote
   nothing, and the next delivery diffs against what F&O holds and converges.
-* References (``references:`` in the mapping): a missing one defers the message naming it, as contacts wait
-  for their account; after the deferral limit it is dead-lettered naming the reference that never appeared.
+* References (``references:`` in the mapping): a missing one whose source is in Sales (``pull:``, the customer)
+  is synced first through its own flow, under its own ledger record (handlers/pull.py; one more F&O read of the
+  references follows). A missing one that cannot be pulled defers the message naming it (and why it was not
+  pulled); after the deferral limit it is dead-lettered naming the reference that never appeared.
 
 Everything flow-specific (tables, fields, filters, keys, references) is in the mapping file.
 """
@@ -154,7 +156,7 @@ class DocumentSync(SalesToFnORecordSync):
             return Skipped(reason="unchanged: the mapped document equals the last one written", version=version,
                            payload_hash=digest, target_key=target)
 
-        outcome = await self._write(spec, mapped, version, digest, target, ctx)
+        outcome = await self._write(spec, mapped, version, digest, target, ctx, document.header, event)
         if not owned:  # a line's own record: the document's state and claim stay with the document's record
             outcome = outcome.model_copy(update={"payload_hash": None, "target_key": None})
         return outcome
@@ -322,13 +324,15 @@ class DocumentSync(SalesToFnORecordSync):
     # ------------------------------------------------------------------------------------------------ F&O
 
     async def _write(self, spec: MappingSpec, mapped: MappedDocument, version: int | None, digest: str,
-                     target: str, ctx: FlowContext) -> Outcome:
+                     target: str, ctx: FlowContext, header: Mapping[str, Any], event: ChangeEvent) -> Outcome:
         header_set = spec.target.entity_set
         current_header, missing = await self._read_target(spec, mapped, ctx)
+        if any(ref.pull for ref, _ in missing):
+            current_header, missing = await self._pull_references(spec, mapped, ctx, header, event, missing)
         if missing:
             return Deferred(delay=REFERENCE_WAIT_SECONDS,
-                            reason=f"waiting for {'; '.join(missing)} (a {self.table} is written only when "
-                                   "everything it names exists in F&O)")
+                            reason=f"waiting for {'; '.join(text for _, text in missing)} (a {self.table} is "
+                                   "written only when everything it names exists in F&O)")
         ops: list[BatchOperation] = []
         header_fields: list[str] = []
         if current_header is None:
@@ -369,8 +373,31 @@ class DocumentSync(SalesToFnORecordSync):
         return Applied(detail=f"{verb} in one change set of {len(ops)} operations", version=version,
                        payload_hash=digest, target_key=target)
 
+    async def _pull_references(self, spec: MappingSpec, mapped: MappedDocument, ctx: FlowContext,
+                               header: Mapping[str, Any], event: ChangeEvent, missing: list[tuple[Reference, str]]
+                               ) -> tuple[dict[str, Any] | None, list[tuple[Reference, str]]]:
+        """Sync the Sales rows behind missing ``pull:`` references through their own flows, then read F&O's
+        side again. A row that could not be pulled stays missing, its reason saying why."""
+        from handlers.pull import pull_parent  # pull imports handlers.base, as this module does
+
+        failed: dict[str, str] = {}
+        pulled = False
+        for column in dict.fromkeys(ref.pull for ref, _ in missing if ref.pull):
+            row = header.get(column)
+            if not is_entity_ref(row):
+                failed[column] = f"{column} names no row"
+            elif (why := await pull_parent(ctx, row.logical_name, str(row.id), event)) is None:
+                pulled = True
+            else:
+                failed[column] = f"{row.logical_name} {row.id}: {why}"
+        current_header: dict[str, Any] | None = None
+        if pulled:
+            current_header, missing = await self._read_target(spec, mapped, ctx)
+        return current_header, [(ref, text + (f" and could not be pulled through ({failed[ref.pull]})"
+                                              if ref.pull in failed else "")) for ref, text in missing]
+
     async def _read_target(self, spec: MappingSpec, mapped: MappedDocument,
-                           ctx: FlowContext) -> tuple[dict[str, Any] | None, list[str]]:
+                           ctx: FlowContext) -> tuple[dict[str, Any] | None, list[tuple[Reference, str]]]:
         """F&O's header and whether every reference exists, in one non-atomic ``$batch`` of reads."""
         company = mapped.header.company
         company_field = spec.company_target_field or "dataAreaId"
@@ -393,8 +420,8 @@ class DocumentSync(SalesToFnORecordSync):
             if result.record is None:
                 ref = checks[(entity_set, key_field, value)]
                 made_by = f" (the {ref.flow} flow creates it)" if ref.flow else ""
-                missing.append(f"{entity_set}({company_field}={company},{key_field}={value}) does not exist in "
-                               f"F&O yet{made_by}")
+                missing.append((ref, f"{entity_set}({company_field}={company},{key_field}={value}) does not "
+                                     f"exist in F&O yet{made_by}"))
         return results[0].record, missing
 
     @staticmethod

@@ -502,6 +502,12 @@ class Reference(_Strict):
     key_field: str = Field(description="Field of that entity set holding the same value (CustomerAccount); its "
                            "other key field is dataAreaId = the document's company.")
     flow: str | None = Field(None, description="The flow that creates it, named in the reason (accounts).")
+    pull: str | None = Field(
+        None,
+        description="Header lookup column whose row is the reference's source in Sales (customerid): while the "
+        "reference is missing, that row is synced first through its own flow, in the same delivery (pull-through, "
+        "handlers/pull.py). Header references only; leave it out to wait for the reference instead.",
+    )
 
 
 class DiscountSplit(_Strict):

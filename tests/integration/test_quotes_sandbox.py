@@ -4,12 +4,15 @@ Every Sales change goes through the registered webhook, the ingress and the runt
 written header and lines in one change set; a quote saved with 20 lines (21 webhooks) plus its activation costing
 at most 3 F&O calls and one write, and nothing at all when replayed; a revision whose header and lines changed
 (line added, changed, removed) written in one change set; a draft quote and a quote with a product made in Sales
-skipped with the reason; a customer missing in F&O deferred (naming it) and applied once it exists; a product not
+skipped with the reason; a customer never synced pulled through (synced first, the quote applied in one delivery,
+the account's own later events handled normally); a customer that cannot be pulled deferred naming it, then
+dead-lettered; a product not
 released in F&O deferred; the line Delete routed to its document through the pre image."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,9 +20,9 @@ import pytest
 
 from mappings import load_mappings
 from p2csync.connectors import DataverseClient, StaticTokenProvider
-from p2csync.outcomes import Applied, Deferred, Outcome, Skipped
+from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped
 from p2csync.registration import register
-from p2csync.runtime import InboundMessage, SyncRuntime
+from p2csync.runtime import DEFERRALS, InboundMessage, SyncRuntime
 from p2csync.settings import ROOT
 from sandbox import INTEGRATION_TOKEN, USD_CURRENCY_ID, SandboxServer
 from tests.integration.runtime_world import (
@@ -251,28 +254,81 @@ async def test_a_draft_quote_and_a_quote_with_a_sales_product_are_skipped_with_t
     assert fno_calls(sandbox) == []
 
 
-async def test_a_customer_missing_in_fno_defers_naming_it_then_the_quote_is_applied(
-        registered: SandboxServer, capture: Capture, runtimes: Runtimes, runtime: SyncRuntime,
-        catalogue: Catalogue) -> None:
+async def test_a_customer_never_synced_is_pulled_through_and_the_quote_applied_in_one_delivery(
+        registered: SandboxServer, capture: Capture, runtime: SyncRuntime, catalogue: Catalogue) -> None:
+    """An account made before the webhook was registered has no event of its own: the quote syncs it first,
+    through the accounts flow and under the account's own ledger record, then lands in the same delivery."""
     sandbox = registered
-    account_message = await created_account(sandbox, capture, "ACC-Q05")  # not synced yet
+    account_message = await created_account(sandbox, capture, "ACC-Q05")  # its event is never delivered
     account_id = str(json.loads(account_message.body)["PrimaryEntityId"])
     quote_id, drafts = await draft_quote(sandbox, capture, catalogue, "QUO-5001", account_id, ["D0001"])
     for message in drafts:
         await handled(runtime, message)
     sandbox.fno.request_log.clear()
-    outcome = await handled(runtime, await activate(sandbox, capture, quote_id))
-    assert isinstance(outcome, Deferred)
-    assert "CustomersV3(dataAreaId=usmf,CustomerAccount=ACC-Q05) does not exist in F&O yet (the accounts or " \
-           "contacts_customers flow creates it)" in outcome.reason
-    assert [c for c in fno_calls(sandbox) if c[0] != "GET"] == [("POST", "$batch")]  # the reads only
-    assert fno_header(sandbox, "QUO-5001") is None
-
-    assert isinstance(await handled(runtime, account_message), Applied)  # the accounts flow catches up
-    [retry] = scheduled(runtime)
-    outcome = await handled(runtime, as_inbound(retry))
+    activated = await activate(sandbox, capture, quote_id)
+    outcome = await handled(runtime, activated)
     assert isinstance(outcome, Applied), outcome
     assert sorted(fno_lines(sandbox, "QUO-5001")) == [1]
+    assert scheduled(runtime) == []  # nothing deferred
+    writes = [c for c in fno_calls(sandbox) if c[0] != "GET"]
+    assert writes.index(("POST", "CustomersV3")) < len(writes) - 1 and writes[-1] == ("POST", "$batch")
+    state = await runtime.ledger.acquire(f"accounts:account:{account_id}", "test", timedelta(seconds=1))
+    await runtime.ledger.release(f"accounts:account:{account_id}", "test")
+    assert state.target_key == "fno:CustomersV3:(dataAreaId='usmf',CustomerAccount='acc-q05')"
+    assert await runtime.ledger.message_outcome(  # the parent's outcome names the pull-through
+        f"accounts:account:{account_id}", f"pull:{_event(activated).dedupe_key}") is not None
+
+    # The account's own event, delivered late, and its next real change: handled as for any synced account.
+    sandbox.fno.request_log.clear()
+    late = await handled(runtime, account_message)
+    assert isinstance(late, Skipped) and late.reason.startswith("unchanged"), late
+    assert [c for c in fno_calls(sandbox) if c[0] != "GET"] == []  # no second write
+    [changed] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.update(
+        "account", account_id, {"telephone1": "+1 425 555 0199"}))
+    assert isinstance(await handled(runtime, changed), Applied)
+    assert [c for c in fno_calls(sandbox) if c[0] != "GET"] == [("PATCH", "CustomersV3(dataAreaId='usmf',"
+                                                                          "CustomerAccount='ACC-Q05')")]
+
+
+async def test_a_customer_that_cannot_be_pulled_defers_naming_it_then_dead_letters(
+        registered: SandboxServer, capture: Capture, runtime: SyncRuntime, catalogue: Catalogue) -> None:
+    """A contact customer that neither contacts file takes (not an active customer, no company) is filtered out
+    by its own flow: the quote waits, naming the contact and why it was not pulled, and is dead-lettered naming
+    it after the deferral limit."""
+    sandbox = registered
+    [made] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.create("contact", {
+        "firstname": "Ann", "lastname": "Pull", "msdynce_contactnumber": "CON-Q07", "msdynce_isactivecustomer": False}))
+    contact_id = str(json.loads(made.body)["PrimaryEntityId"])
+    made_quote: dict[str, str] = {}
+
+    def act() -> None:
+        made_quote["id"] = sandbox.dataverse.create("quote", {**quote_attrs("QUO-7001", contact_id),
+                                                              "customerid": ("contact", contact_id)})
+        sandbox.dataverse.create("quotedetail", catalogue.line(made_quote["id"], "D0001"))
+
+    await sales_change(sandbox, capture, act, expect=2)
+    activated = await activate(sandbox, capture, made_quote["id"])
+    outcome = await handled(runtime, activated)
+    assert isinstance(outcome, Deferred), outcome
+    assert "CustomersV3(dataAreaId=usmf,CustomerAccount=CON-Q07) does not exist in F&O yet" in outcome.reason
+    assert f"could not be pulled through (contact {contact_id}: skipped: filtered out: not contacts_customers" \
+        in outcome.reason
+    assert fno_header(sandbox, "QUO-7001") is None and customer_row(sandbox, "CON-Q07") is None
+    assert await runtime.ledger.message_outcome(f"contacts:contact:{contact_id}",
+                                                f"pull:{_event(activated).dedupe_key}") is None
+
+    [retry] = scheduled(runtime)
+    last = as_inbound(retry)
+    last = InboundMessage(**{**last.__dict__, "application_properties": {
+        **last.application_properties, DEFERRALS: runtime.settings.max_deferrals}})
+    actions = RecordingActions()
+    outcome = await runtime.handle(last, last, actions)
+    assert isinstance(outcome, Rejected) and outcome.reason == "MaxDeferralsExceeded"
+    assert "CustomersV3(dataAreaId=usmf,CustomerAccount=CON-Q07) does not exist in F&O yet" in outcome.description
+
+
+def customer_row(sandbox: SandboxServer, number: str) -> dict[str, Any] | None:
+    return sandbox.fno.get("CustomersV3", {"dataAreaId": "usmf", "CustomerAccount": number})
 
 
 async def test_a_product_not_released_in_the_company_defers_naming_it(
