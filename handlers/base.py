@@ -277,11 +277,11 @@ class SalesToFnORecordSync:
                 why = await pull_parent(ctx, ref.logical_name, str(ref.id), child)
                 if why is None:
                     return company, known
-                missing += f" and could not be pulled through ({why})"
             if missing:
+                pulled = f"; it could not be pulled through ({why})" if child is not None else ""
                 return Deferred(delay=PARENT_WAIT_SECONDS,
                                 reason=f"waiting for {name}: {missing} does not exist in F&O yet (the "
-                                       f"{parent_spec.flow} flow creates it)")
+                                       f"{parent_spec.flow} flow creates it){pulled}")
         return company, known
 
     @staticmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -140,22 +141,60 @@ async def test_a_contact_neither_template_takes_is_skipped_with_the_reason(
     assert sandbox.fno.rows(PERSONS) == [] and customer(sandbox, "CON-F01") is None
 
 
-async def test_a_contact_whose_account_is_not_in_fno_yet_is_deferred_naming_it_then_applied(
+async def test_a_contact_whose_account_was_never_synced_pulls_it_through_in_one_delivery(
     registered: SandboxServer, capture: Capture, runtime: SyncRuntime
 ) -> None:
     sandbox = registered
-    account = await created_account(sandbox, capture, "ACC-D01")  # in Sales, not yet synced
+    account = await created_account(sandbox, capture, "ACC-D01")  # in Sales; its event is never delivered
     created = await create_contact(sandbox, capture, person_contact("CON-D01", _id(account)))
+    sandbox.fno.request_log.clear()
+    outcome = await handled(runtime, created)
+    assert isinstance(outcome, Applied), outcome
+    assert contact_person(sandbox, "CON-D01", "ACC-D01") is not None
+    writes = [r.path.rsplit("/", 1)[-1] for r in sandbox.fno.request_log.entries() if r.method == "POST"]
+    assert writes == ["CustomersV3", "CDSContactPersonsV2"]  # the account's customer first
+    assert await runtime.ledger.message_outcome(  # type: ignore[attr-defined]
+        f"accounts:account:{_id(account)}", f"pull:{_event(created).dedupe_key}") is not None
+
+    sandbox.fno.request_log.clear()
+    late = await handled(runtime, account)  # the account's own event: already applied, nothing written again
+    assert isinstance(late, Skipped) and late.reason.startswith("unchanged"), late
+    assert [r for r in sandbox.fno.request_log.entries() if r.method != "GET"] == []
+
+
+async def test_a_contact_whose_account_is_busy_or_has_no_number_is_deferred_naming_it(
+    registered: SandboxServer, capture: Capture, runtime: SyncRuntime
+) -> None:
+    """The pull-through falls back to waiting: the account's lease is held by another worker (its own event is
+    being synced), or the account has no number yet (no counterpart to pull)."""
+    sandbox = registered
+    account = await created_account(sandbox, capture, "ACC-D02")
+    record_key = f"accounts:account:{_id(account)}"
+    await runtime.ledger.acquire(record_key, "another-worker", timedelta(seconds=60))
+    created = await create_contact(sandbox, capture, person_contact("CON-D02", _id(account)))
     outcome = await handled(runtime, created)
     assert isinstance(outcome, Deferred), outcome
     assert f"waiting for account {_id(account)}" in outcome.reason
-    assert "CustomersV3(dataAreaId=usmf,CustomerAccount=ACC-D01) does not exist in F&O yet" in outcome.reason
-    assert sandbox.fno.rows(PERSONS) == []
+    assert "CustomersV3(dataAreaId=usmf,CustomerAccount=ACC-D02) does not exist in F&O yet" in outcome.reason
+    assert f"it could not be pulled through ({record_key} is being synced by another worker)" in outcome.reason
+    assert sandbox.fno.rows(PERSONS) == [] and customer(sandbox, "ACC-D02") is None
 
+    await runtime.ledger.release(record_key, "another-worker")
     assert isinstance(await handled(runtime, account), Applied)  # the accounts flow creates the customer
     outcome = await handled(runtime, created)  # the deferred copy comes back
     assert isinstance(outcome, Applied), outcome
-    assert contact_person(sandbox, "CON-D01", "ACC-D01") is not None
+
+    numberless = await created_account(sandbox, capture, "ACC-D03", accountnumber=None)
+    created = await create_contact(sandbox, capture, person_contact("CON-D03", _id(numberless)))
+    outcome = await handled(runtime, created)
+    assert isinstance(outcome, Deferred), outcome
+    assert f"waiting for account {_id(numberless)}" in outcome.reason and "no accountnumber yet" in outcome.reason
+
+
+def _event(message: InboundMessage) -> Any:
+    from p2csync.envelopes import parse_change_event
+
+    return parse_change_event(message.body, message.application_properties, content_type=message.content_type)
 
 
 async def test_a_contact_person_that_becomes_an_active_customer_and_back(

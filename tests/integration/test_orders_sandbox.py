@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from p2csync.outcomes import Applied, Deferred, Skipped
+from p2csync.outcomes import Applied, Skipped
 from p2csync.runtime import InboundMessage, SyncRuntime
 from p2csync.settings import ROOT
 from sandbox import USD_CURRENCY_ID, SandboxServer
-from tests.integration.runtime_world import Capture, Runtimes, as_inbound, created_account, sales_change, scheduled
+from tests.integration.runtime_world import Capture, Runtimes, created_account, sales_change, scheduled
 from tests.integration import test_quotes_sandbox as quotes
 from tests.integration.test_quotes_sandbox import Catalogue, fno_calls, handled, synced_account
 
@@ -131,7 +131,7 @@ async def test_a_draft_order_and_an_order_with_a_sales_product_are_skipped_with_
     assert fno_calls(sandbox) == []
 
 
-async def test_a_customer_missing_in_fno_defers_naming_it_then_the_order_is_applied(
+async def test_a_customer_never_synced_is_pulled_through_and_the_order_applied_in_one_delivery(
         registered: SandboxServer, capture: Capture, runtimes: Runtimes, runtime: SyncRuntime,
         catalogue: Catalogue) -> None:
     sandbox = registered
@@ -142,16 +142,14 @@ async def test_a_customer_missing_in_fno_defers_naming_it_then_the_order_is_appl
         await handled(runtime, message)
     sandbox.fno.request_log.clear()
     outcome = await handled(runtime, await activate(sandbox, capture, order_id))
-    assert isinstance(outcome, Deferred)
-    assert "CustomersV3(dataAreaId=usmf,CustomerAccount=ACC-O03) does not exist in F&O yet" in outcome.reason
-    assert fno_calls(sandbox) == [("POST", "$batch")]  # the reads only
-    assert fno_header(sandbox, "ORD-3001") is None
-
-    assert isinstance(await handled(runtime, account_message), Applied)  # the accounts flow catches up
-    [retry] = scheduled(runtime)
-    outcome = await handled(runtime, as_inbound(retry))
-    assert isinstance(outcome, Applied), outcome
+    assert isinstance(outcome, Applied), outcome  # the account was synced first, in the same delivery
     assert sorted(fno_lines(sandbox, "ORD-3001")) == [1, 2]
+    writes = [c for c in fno_calls(sandbox) if c[0] != "GET"]
+    assert writes == [("POST", "$batch"), ("POST", "CustomersV3"), ("POST", "$batch"), ("POST", "$batch")]
+    assert scheduled(runtime) == []
+
+    late = await handled(runtime, account_message)  # the account's own event: already done, no second write
+    assert isinstance(late, Skipped) and late.reason.startswith("unchanged"), late
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ from sandbox import INTEGRATION_TOKEN, USD_CURRENCY_ID, SandboxServer
 from tests.integration.runtime_world import (
     Capture,
     RecordingActions,
-    Runtimes,
     as_inbound,
     created_account,
     sales_change,
