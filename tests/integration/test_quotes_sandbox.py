@@ -326,6 +326,35 @@ async def test_a_customer_that_cannot_be_pulled_defers_naming_it_then_dead_lette
     assert "CustomersV3(dataAreaId=usmf,CustomerAccount=CON-Q07) does not exist in F&O yet" in outcome.description
 
 
+async def test_pull_through_is_one_level_deep(
+        registered: SandboxServer, capture: Capture, runtime: SyncRuntime, catalogue: Catalogue) -> None:
+    """A quote's contact customer whose own account is not in F&O either: the quote pulls the contact, the pulled
+    contact does not pull its account in turn (depth 1), so nothing is written and the quote waits naming both."""
+    sandbox = registered
+    account_message = await created_account(sandbox, capture, "ACC-Q08")  # never synced
+    account_id = str(json.loads(account_message.body)["PrimaryEntityId"])
+    [made] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.create("contact", {
+        "firstname": "Bo", "lastname": "Deep", "msdynce_contactnumber": "CON-Q08", "msdynce_isactivecustomer": False,
+        "parentcustomerid": ("account", account_id)}))
+    contact_id = str(json.loads(made.body)["PrimaryEntityId"])
+    made_quote: dict[str, str] = {}
+
+    def act() -> None:
+        made_quote["id"] = sandbox.dataverse.create("quote", {**quote_attrs("QUO-8001", account_id),
+                                                              "customerid": ("contact", contact_id)})
+        sandbox.dataverse.create("quotedetail", catalogue.line(made_quote["id"], "D0001"))
+
+    await sales_change(sandbox, capture, act, expect=2)
+    sandbox.fno.request_log.clear()
+    outcome = await handled(runtime, await activate(sandbox, capture, made_quote["id"]))
+    assert isinstance(outcome, Deferred), outcome
+    assert f"could not be pulled through (contact {contact_id}: deferred" in outcome.reason
+    assert f"waiting for account {account_id}" in outcome.reason
+    assert "pull-through is limited to 1 level(s)" in outcome.reason
+    assert [c for c in fno_calls(sandbox) if c[0] != "GET"] == [("POST", "$batch")]  # the reads only
+    assert customer_row(sandbox, "ACC-Q08") is None
+
+
 def customer_row(sandbox: SandboxServer, number: str) -> dict[str, Any] | None:
     return sandbox.fno.get("CustomersV3", {"dataAreaId": "usmf", "CustomerAccount": number})
 
