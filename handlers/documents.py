@@ -49,6 +49,10 @@ log = logging.getLogger("p2csync.handlers.documents")
 #: [Inferred] How long a document waits for a missing reference (its customer, a released product) before it
 #: looks again: P2C_MAX_DEFERRALS (20) such waits is about 10 minutes, then the message is dead-lettered.
 REFERENCE_WAIT_SECONDS = 30.0
+#: [Inferred] Operations in the one change set of a document: a document is written all-or-nothing, so a larger
+#: one is refused rather than split. F&O documents 5,000 operations per batch; ODataLib's default change-set quota
+#: is 1,000; a real F&O spends seconds per line insert, so the practical ceiling is lower still.
+MAX_DOCUMENT_OPERATIONS = 1000
 #: GUIDs per ``$filter`` of related rows (products, units): short enough for any URL limit.
 IDS_PER_QUERY = 50
 #: The Sales states a closed-as-revised quote has (statecode Closed, statuscode Revised): its number lives on in
@@ -83,6 +87,10 @@ class MappedDocument:
 
 class DocumentSync(SalesToFnORecordSync):
     """Sync one Sales document (header + lines) to F&O through one mapping file with a ``lines:`` section."""
+
+    #: Write the document once, then leave it to F&O (orders after activation): an F&O header that exists
+    #: already means "owned by F&O", whatever the ledger says (it survives a lost or rebuilt ledger).
+    create_only: bool = False
 
     def __init__(self, flow: str) -> None:
         super().__init__(flow)
@@ -333,6 +341,10 @@ class DocumentSync(SalesToFnORecordSync):
             return Deferred(delay=REFERENCE_WAIT_SECONDS,
                             reason=f"waiting for {'; '.join(text for _, text in missing)} (a {self.table} is "
                                    "written only when everything it names exists in F&O)")
+        if self.create_only and current_header is not None:
+            return Skipped(reason=f"owned by F&O: {header_set}({_key_text(mapped.header.key)}) exists already; "
+                                  f"after it is written F&O is the master of the {self.table}, so Sales changes "
+                                  "are not synced", version=version, payload_hash=digest, target_key=target)
         ops: list[BatchOperation] = []
         header_fields: list[str] = []
         if current_header is None:
@@ -345,7 +357,16 @@ class DocumentSync(SalesToFnORecordSync):
         counts = {"added": 0, "changed": 0, "removed": 0}
         for line in spec.lines:
             current = {} if current_header is None else await self._current_lines(spec, line, mapped.header, ctx)
-            wanted = {_line_id(line, m.key, spec.target.key): m for m in mapped.lines[line.name]}
+            wanted: dict[Any, MappedRecord] = {}
+            for m in mapped.lines[line.name]:
+                number = _line_id(line, m.key, spec.target.key)
+                if number in wanted:  # two Sales lines, one F&O line: one of them would be lost silently
+                    shown = "/".join(str(part) for part in number) if isinstance(number, tuple) else number
+                    return Rejected(reason="DuplicateLineNumber", description=(
+                        f"two {line.source.table} rows of this {self.table} have line number {shown}; F&O keys "
+                        f"lines by it ({', '.join(line.target.key)}), so one would overwrite the other. Give "
+                        "them distinct sequence numbers in Sales, then replay this message."))
+                wanted[number] = m
             for number, row in current.items():
                 if number not in wanted:
                     key = {name: row[name] for name in line.target.key}
@@ -358,11 +379,16 @@ class DocumentSync(SalesToFnORecordSync):
                 elif changes := _changes(m, current[number]):
                     ops.append(Update(line.target.entity_set, m.key, changes))
                     counts["changed"] += 1
-        key_text = ",".join(f"{k}={v}" for k, v in mapped.header.key.items())
+        key_text = _key_text(mapped.header.key)
         if not ops:
             return Skipped(reason=f"unchanged: F&O already holds {header_set}({key_text}) as Sales has it",
                            version=version, payload_hash=digest, target_key=target)
-        results = await ctx.fno.batch_chunks(ops, atomic=True)
+        if len(ops) > MAX_DOCUMENT_OPERATIONS:  # more than one change set could leave F&O half-written
+            return Rejected(reason="DocumentTooLarge", description=(
+                f"{header_set}({key_text}) needs {len(ops)} operations; one change set (all-or-nothing) takes at "
+                f"most {MAX_DOCUMENT_OPERATIONS} here, and splitting it could leave the {self.table} half-written "
+                "in F&O. Split the document in Sales."))
+        results = await ctx.fno.batch(ops, atomic=True)
         _raise_failure(results)
         lines_text = ", ".join(f"{n} {what}" for what, n in counts.items() if n) or "lines unchanged"
         if current_header is None:
@@ -460,3 +486,7 @@ def _raise_failure(results: Sequence[BatchResult]) -> None:
         op = failed.operation
         log.info("document write failed at %s %s: %s", type(op).__name__, op.entity_set, error)
         raise error
+
+
+def _key_text(key: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in key.items())

@@ -27,7 +27,10 @@ FLOW = "orders"
 
 
 class OrderSync(DocumentSync):
-    """A document sync that writes an order once: after its first successful sync, F&O owns it."""
+    """A document sync that writes an order once: after its first successful sync, F&O owns it. Checked twice:
+    by the ledger (no call) and by F&O itself (an existing order header is never updated from Sales)."""
+
+    create_only = True
 
     async def sync(self, event: ChangeEvent, state: RecordState, ctx: FlowContext) -> Outcome:
         if state.target_key is not None and event.message_name != "Delete":

@@ -202,3 +202,23 @@ async def test_a_quote_and_an_order_land_in_their_customer_s_company(
     assert [(r["dataAreaId"], r["OrderingCustomerAccountNumber"]) for r in sandbox.fno.rows(HEADERS)] == [
         ("demf", "CON-O04")]
     assert [r["dataAreaId"] for r in sandbox.fno.rows(LINES)] == ["demf"]
+
+
+async def test_an_order_already_in_fno_is_never_updated_from_sales_even_when_the_ledger_forgot_it(
+        registered: SandboxServer, capture: Capture, runtime: SyncRuntime, catalogue: Catalogue) -> None:
+    sandbox = registered
+    account_id = await synced_account(sandbox, capture, runtime, "ACC-OWN")
+    order_id, _ = await draft_order(sandbox, capture, catalogue, "ORD-OWN", account_id, ["D0001"])
+    # F&O has the order already (written before a ledger was rebuilt, or confirmed and changed in F&O since).
+    sandbox.fno.create(HEADERS, {"dataAreaId": "usmf", "SalesOrderNumber": "ORD-OWN",
+                                 "OrderingCustomerAccountNumber": "ACC-OWN", "CurrencyCode": "USD"},
+                       user="p2csync-integration")
+    changes: list[Any] = []
+    sink = sandbox.fno.on_change(changes.append)
+    try:
+        outcome = await handled(runtime, await activate(sandbox, capture, order_id))
+    finally:
+        sandbox.fno._sinks.remove(sink)
+    assert isinstance(outcome, Skipped), outcome
+    assert outcome.reason.startswith("owned by F&O") and "exists already" in outcome.reason
+    assert changes == [] and fno_lines(sandbox, "ORD-OWN") == {}  # nothing written over F&O's order

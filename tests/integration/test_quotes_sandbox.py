@@ -371,3 +371,45 @@ async def test_a_product_not_released_in_the_company_defers_naming_it(
     assert isinstance(outcome, Deferred)
     assert f"{PRODUCTS}(dataAreaId=usmf,ProductNumber=D9999) does not exist in F&O yet" in outcome.reason
     assert fno_header(sandbox, "QUO-6001") is None and fno_lines(sandbox, "QUO-6001") == {}
+
+
+async def test_two_lines_with_one_line_number_are_refused_naming_it_not_collapsed(
+        registered: SandboxServer, capture: Capture, runtime: SyncRuntime, catalogue: Catalogue) -> None:
+    # Out of the box Dataverse has no alternate key on (quoteid, sequencenumber): duplicates can happen there.
+    sandbox = registered
+    table = sandbox.dataverse.tables["quotedetail"]
+    keys = list(table.alternate_keys)
+    table.alternate_keys.clear()
+    try:
+        account_id = await synced_account(sandbox, capture, runtime, "ACC-QDUP")
+        made: dict[str, str] = {}
+
+        def act() -> None:
+            made["id"] = sandbox.dataverse.create("quote", quote_attrs("QUO-DUP", account_id))
+            for product in ("D0001", "D0002"):
+                sandbox.dataverse.create("quotedetail", {**catalogue.line(made["id"], product), "sequencenumber": 1})
+
+        await sales_change(sandbox, capture, act, expect=3)
+        sandbox.fno.request_log.clear()
+        outcome = await handled(runtime, await activate(sandbox, capture, made["id"]))
+    finally:
+        table.alternate_keys.extend(keys)
+    assert isinstance(outcome, Rejected), outcome
+    assert outcome.reason == "DuplicateLineNumber" and "line number 1" in outcome.description
+    assert fno_header(sandbox, "QUO-DUP") is None  # nothing written: not one line silently lost
+
+
+async def test_a_document_larger_than_one_change_set_is_refused_not_half_written(
+        registered: SandboxServer, capture: Capture, runtime: SyncRuntime, catalogue: Catalogue,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import handlers.documents
+
+    monkeypatch.setattr(handlers.documents, "MAX_DOCUMENT_OPERATIONS", 3)  # header + 3 lines is 4 operations
+    sandbox = registered
+    account_id = await synced_account(sandbox, capture, runtime, "ACC-QBIG")
+    quote_id, _ = await draft_quote(sandbox, capture, catalogue, "QUO-BIG", account_id, ["D0001", "D0002", "D0003"])
+    sandbox.fno.request_log.clear()
+    outcome = await handled(runtime, await activate(sandbox, capture, quote_id))
+    assert isinstance(outcome, Rejected), outcome
+    assert outcome.reason == "DocumentTooLarge" and "needs 4 operations" in outcome.description
+    assert fno_header(sandbox, "QUO-BIG") is None and fno_lines(sandbox, "QUO-BIG") == {}
