@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mappings import MappedValueError, MappingSpec, payload_hash
+from mappings import MappedRecord, MappedValueError, MappingSpec, payload_hash
 from mappings.model import default_entity_set
 from mappings.values import is_empty, is_entity_ref
 from p2csync.connectors.dataverse import DataverseClient
@@ -41,6 +41,8 @@ class FlowContext:
     lookup_cache: dict[tuple[str, str, str], Any] = field(default_factory=dict)
     #: Parent levels a missing parent may still be synced through (handlers/pull.py); 0 inside a pulled parent.
     pull_depth: int = 1
+    #: The runtime's flow registry (a FlowRegistry), so a pull-through routes the parent without rebuilding it.
+    registry: Any = None
 
     def mapping(self, flow: str) -> MappingSpec:
         return self.mappings[flow]
@@ -65,13 +67,11 @@ def target_key(system: str, entity_set: str, key: dict[str, Any]) -> str:
     return f"{system}:{entity_set}:{format_key(folded)}"
 
 
-def _describe_target(target: str) -> str:
+def describe_target(target: str) -> str:
     """``fno:CustomersV3:(...)`` -> ``CustomersV3(...)``."""
     _, entity_set, key = target.split(":", 2)
     return f"{entity_set}{key}"
 
-
-describe_target = _describe_target
 
 _KEY_PART = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)=('(?:[^']|'')*'|[^,)]*)\s*(?:,|$)")
 
@@ -144,13 +144,9 @@ class SalesToFnORecordSync:
         return f"{self.flow}:{event.entity}:{event.record_id}"
 
     async def sync(self, event: ChangeEvent, state: RecordState, ctx: FlowContext) -> Outcome:
-        spec = ctx.mapping(self.flow)
         if event.message_name == "Delete" and not self.sync_deletes:
-            reason = f"{event.entity} deletes are not synced by the {self.flow} flow"
-            if state.target_key and await ctx.ledger.unclaim(state.target_key, self.record_key(event)):
-                # The F&O record stays; its number may now be used by another Sales record.
-                reason += f"; {_describe_target(state.target_key)} is no longer claimed by this {event.entity}"
-            return Skipped(reason=reason)
+            return await self._deleted(event, state, ctx)
+        spec = ctx.mapping(self.flow)
 
         record, version = await self._newest_state(event, state, spec, ctx)
         if record is None:
@@ -161,9 +157,9 @@ class SalesToFnORecordSync:
         if reason := spec.filter_reason(record):
             return Skipped(reason=f"filtered out: {reason}", version=version)
 
-        resolved = await self._resolve_lookups(spec, record, ctx)
-        record = await self._resolve_company_name(spec, record, ctx)
-        mapped = spec.apply(record, resolved=resolved, default_company=ctx.settings.fno_default_company)
+        mapped = await self._map_record(spec, record, ctx, event)
+        if isinstance(mapped, Deferred):
+            return mapped
         target = target_key("fno", spec.target.entity_set, mapped.key)
         if conflict := await self._claim(event, state, target, ctx):
             return conflict
@@ -177,6 +173,14 @@ class SalesToFnORecordSync:
         verb = "created" if result.created else ("updated" if result.changed else "already up to date")
         return Applied(detail=f"{verb} {spec.target.entity_set}({key_text})", version=version, payload_hash=digest,
                        target_key=target)
+
+    async def _deleted(self, event: ChangeEvent, state: RecordState, ctx: FlowContext) -> Outcome:
+        """Deletes are not synced (F&O records with transactions cannot go); the record's claim is released, so
+        its number may now be used by another Sales record."""
+        reason = f"{event.entity} deletes are not synced by the {self.flow} flow"
+        if state.target_key and await ctx.ledger.unclaim(state.target_key, self.record_key(event)):
+            reason += f"; {describe_target(state.target_key)} is no longer claimed by this {event.entity}"
+        return Skipped(reason=reason)
 
     async def _claim(self, event: ChangeEvent, state: RecordState, target: str, ctx: FlowContext) -> Outcome | None:
         """Make this source record the owner of its counterpart, before anything is written.
@@ -195,7 +199,7 @@ class SalesToFnORecordSync:
             reason="TargetConflict",
             description=(
                 f"{event.entity} {source_id(record_key)} and {event.entity} {source_id(owner)} both map to "
-                f"{_describe_target(target)}; it is already synced from {source_id(owner)}, so nothing was "
+                f"{describe_target(target)}; it is already synced from {source_id(owner)}, so nothing was "
                 f"written for {source_id(record_key)}. Two {event.entity} records must not share one F&O key "
                 "(duplicate numbers are not supported, as in the Prospect to cash templates): give one of them "
                 f"another number (or delete {source_id(owner)} in Sales, which frees the number), then replay "
@@ -232,6 +236,24 @@ class SalesToFnORecordSync:
                                    f"{ref.logical_name} {ref.id} has no name Dataverse returns to this user, and "
                                    "company.business_units routes by name")
         return {**record, column: EntityRef(id=str(ref.id), logical_name=ref.logical_name, name=str(name))}
+
+    async def _map_record(self, spec: MappingSpec, record: Mapping[str, Any], ctx: FlowContext,
+                          child: ChangeEvent | None = None) -> MappedRecord | Deferred:
+        """Route the record's company (by its parent row when the mapping says ``company.parent``, else by its
+        business unit, resolving the unit's name when routing by name), resolve its lookups, and map it; or a
+        Deferred while the parent's counterpart is not in F&O (``child`` lets the parent be pulled through)."""
+        company: str | None = None
+        known: dict[str, Any] = {}
+        if spec.company.parent is not None:
+            routed = await self._parent_company(spec, record, ctx, child)
+            if isinstance(routed, Deferred):
+                return routed
+            company, known = routed
+        resolved = await self._resolve_lookups(spec, record, ctx, known)
+        if company is None:
+            record = await self._resolve_company_name(spec, record, ctx)
+        return spec.apply(record, resolved=resolved, default_company=ctx.settings.fno_default_company,
+                          company=company)
 
     async def _parent_company(
         self, spec: MappingSpec, record: Mapping[str, Any], ctx: FlowContext, child: ChangeEvent | None = None

@@ -30,7 +30,6 @@ if it cannot be (no account number yet, filtered out, busy), the contact waits (
 
 from __future__ import annotations
 
-from typing import Any
 
 from handlers.base import FlowContext, SalesToFnORecordSync, describe_target, parse_target_key, target_key
 from mappings import MappedValueError, MappingSpec, payload_hash
@@ -88,18 +87,9 @@ class ContactSync(SalesToFnORecordSync):
                                    f"{event.entity}; their filters must exclude each other")
         spec = chosen[0]
 
-        company: str | None = None
-        known: dict[str, Any] = {}
-        if spec.company.parent is not None:
-            routed = await self._parent_company(spec, record, ctx, event)
-            if isinstance(routed, Deferred):
-                return routed
-            company, known = routed
-        resolved = await self._resolve_lookups(spec, record, ctx, known)
-        if company is None:
-            record = await self._resolve_company_name(spec, record, ctx)
-        mapped = spec.apply(record, resolved=resolved, default_company=ctx.settings.fno_default_company,
-                            company=company)
+        mapped = await self._map_record(spec, record, ctx, event)
+        if isinstance(mapped, Deferred):
+            return mapped
         target = target_key("fno", spec.target.entity_set, mapped.key)
         if conflict := await self._claim(event, state, target, ctx):
             return conflict
@@ -115,12 +105,6 @@ class ContactSync(SalesToFnORecordSync):
         if state.target_key and state.target_key != target:
             detail += "; " + await self._retire(state.target_key, specs, ctx)
         return Applied(detail=detail, version=version, payload_hash=digest, target_key=target)
-
-    async def _deleted(self, event: ChangeEvent, state: RecordState, ctx: FlowContext) -> Outcome:
-        reason = f"{event.entity} deletes are not synced by the {FLOW} flow"
-        if state.target_key and await ctx.ledger.unclaim(state.target_key, self.record_key(event)):
-            reason += f"; {describe_target(state.target_key)} is no longer claimed by this {event.entity}"
-        return Skipped(reason=reason)
 
     async def _retire(self, old_target: str, specs: list[MappingSpec], ctx: FlowContext) -> str:
         """Apply the ``retire`` block of the file that wrote ``old_target``; say what became of it."""

@@ -38,7 +38,17 @@ from mappings import MappedRecord, MappingSpec, payload_hash
 from mappings.model import LineSpec, Reference, default_entity_set
 from mappings.values import is_empty, is_entity_ref
 from p2csync.connectors.errors import ConnectorError
-from p2csync.connectors.fno import BatchOperation, BatchResult, Create, Delete, Read, Update, equals_filter, same_value
+from p2csync.connectors.fno import (
+    BatchOperation,
+    BatchResult,
+    Create,
+    Delete,
+    Read,
+    Update,
+    chunk_operations,
+    equals_filter,
+    same_value,
+)
 from p2csync.envelopes import ChangeEvent
 from p2csync.ledger.base import RecordState
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped
@@ -49,10 +59,6 @@ log = logging.getLogger("p2csync.handlers.documents")
 #: [Inferred] How long a document waits for a missing reference (its customer, a released product) before it
 #: looks again: P2C_MAX_DEFERRALS (20) such waits is about 10 minutes, then the message is dead-lettered.
 REFERENCE_WAIT_SECONDS = 30.0
-#: [Inferred] Operations in the one change set of a document: a document is written all-or-nothing, so a larger
-#: one is refused rather than split. F&O documents 5,000 operations per batch; ODataLib's default change-set quota
-#: is 1,000; a real F&O spends seconds per line insert, so the practical ceiling is lower still.
-MAX_DOCUMENT_OPERATIONS = 1000
 #: GUIDs per ``$filter`` of related rows (products, units): short enough for any URL limit.
 IDS_PER_QUERY = 50
 #: The Sales states a closed-as-revised quote has (statecode Closed, statuscode Revised): its number lives on in
@@ -283,19 +289,9 @@ class DocumentSync(SalesToFnORecordSync):
                    ctx: FlowContext) -> MappedDocument | Deferred:
         """The mapped document. With ``company.parent`` (a document lands in its customer's company) the company
         is the one the customer's own flow routes the customer to: the account's, or the contact's."""
-        header = document.header
-        company: str | None = None
-        known: dict[str, Any] = {}
-        if spec.company.parent is not None:
-            routed = await self._parent_company(spec, header, ctx)
-            if isinstance(routed, Deferred):
-                return routed
-            company, known = routed
-        resolved = await self._resolve_lookups(spec, header, ctx, known)
-        if company is None:
-            header = await self._resolve_company_name(spec, header, ctx)
-        mapped = spec.apply(header, resolved=resolved, default_company=ctx.settings.fno_default_company,
-                            company=company)
+        mapped = await self._map_record(spec, document.header, ctx)
+        if isinstance(mapped, Deferred):
+            return mapped
         lines = {line.name: [spec.apply_line(line.name, document.lines[line.name][i], company=mapped.company,
                                              resolved=document.resolved[line.name][i])
                              for i in kept[line.name]]
@@ -383,10 +379,11 @@ class DocumentSync(SalesToFnORecordSync):
         if not ops:
             return Skipped(reason=f"unchanged: F&O already holds {header_set}({key_text}) as Sales has it",
                            version=version, payload_hash=digest, target_key=target)
-        if len(ops) > MAX_DOCUMENT_OPERATIONS:  # more than one change set could leave F&O half-written
+        limit = ctx.fno.batch_size  # one change set: a document is never split (it could be left half-written)
+        if len(ops) > limit:
             return Rejected(reason="DocumentTooLarge", description=(
                 f"{header_set}({key_text}) needs {len(ops)} operations; one change set (all-or-nothing) takes at "
-                f"most {MAX_DOCUMENT_OPERATIONS} here, and splitting it could leave the {self.table} half-written "
+                f"most {limit} here, and splitting it could leave the {self.table} half-written "
                 "in F&O. Split the document in Sales."))
         results = await ctx.fno.batch(ops, atomic=True)
         _raise_failure(results)
@@ -439,7 +436,9 @@ class DocumentSync(SalesToFnORecordSync):
         reads: list[BatchOperation] = [Read(spec.target.entity_set, mapped.header.key)]
         reads += [Read(entity_set, {company_field: company, key_field: value}, select=[key_field])
                   for entity_set, key_field, value in checks]
-        results = await ctx.fno.batch(reads, atomic=False)
+        results: list[BatchResult] = []
+        for chunk in chunk_operations(reads, ctx.fno.batch_size):  # reads may be split: nothing to keep atomic
+            results += await ctx.fno.batch(chunk, atomic=False)
         _raise_failure(results)
         missing = []
         for (entity_set, key_field, value), result in zip(checks, results[1:], strict=True):

@@ -49,14 +49,17 @@ async def pull_parent(ctx: FlowContext, table: str, record_id: str, child: Chang
     (Applied); else why not, for the child's deferral reason."""
     if ctx.pull_depth <= 0:
         return f"pull-through is limited to {PULL_DEPTH} level(s)"
-    from handlers import build_registry  # the registry imports the flows, which import this module
-
     parent_event = ChangeEvent(
         source="dataverse", entity=table, record_id=record_id.lower(), message_name="Update",
         source_message_name="Update", dedupe_key=pull_key(child), version=None, attributes={}, is_complete=False,
         raw_size=0,
     )
-    handler = build_registry(ctx.mappings).route(parent_event)
+    registry = ctx.registry
+    if registry is None:  # a context built without a runtime (tests): build one
+        from handlers import build_registry  # the registry imports the flows, which import this module
+
+        registry = build_registry(ctx.mappings)
+    handler = registry.route(parent_event)
     if handler is None:
         return f"no flow syncs {table} (it cannot be pulled through)"
     record_key = handler.record_key(parent_event)

@@ -186,7 +186,8 @@ class SyncRuntime:
         self.mappings = mappings
         self.registry = registry or build_registry(mappings)
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.context = FlowContext(settings=settings, dataverse=dataverse, fno=fno, mappings=mappings, ledger=ledger)
+        self.context = FlowContext(settings=settings, dataverse=dataverse, fno=fno, mappings=mappings, ledger=ledger,
+                                   registry=self.registry)
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod

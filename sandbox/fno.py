@@ -157,74 +157,59 @@ def _related_missing(fno: FnO, entity_set: str, key: dict[str, Any]) -> bool:
     return fno._rows[entity_set].get(fno.key_tuple(entity, key)) is None
 
 
-def quotation_header_validator(entity: FnoEntity, row: Row, operation: str, fno: FnO) -> list[str]:
-    """CDSSalesQuotationHeaders: the customer must exist in the quotation's company (X++ validateField on the
-    customer account, the related-table wording of customer_group_validator); a number given on create needs a
-    number sequence that allows manual numbers (P2C prerequisite: quote numbers come from Sales)."""
-    problems: list[str] = []
-    if operation == "Create" and fno.settings.quotation_numbers == "automatic":
-        # [Inferred wording] F&O refuses a number typed into a sequence that is not set to Manual.
-        problems.append(f"Number sequence for sales quotations in company {row['dataAreaId']} does not allow manual "
-                        f"numbers; '{row.get('SalesQuotationNumber')}' cannot be used.")
-    account = row.get("RequestingCustomerAccountNumber") or ""
-    if account and _related_missing(fno, "CustomersV3", {"dataAreaId": row["dataAreaId"], "CustomerAccount": account}):
-        problems += [f"The value '{account}' in field 'Customer account' is not found in the related table "
-                     "'Customers'.",
-                     f"validateField failed on field '{entity.table_name}.RequestingCustomerAccountNumber'."]
-    return problems
+def _related_problems(fno: FnO, entity: FnoEntity, row: Row, field: str, related_set: str, related_field: str,
+                      label: str, table_label: str) -> list[str]:
+    """X++ validateField on a foreign key: the value must exist in the related table, in the row's company (the
+    related-table wording of customer_group_validator)."""
+    value = row.get(field) or ""
+    if value and _related_missing(fno, related_set, {"dataAreaId": row["dataAreaId"], related_field: value}):
+        return [f"The value '{value}' in field '{label}' is not found in the related table '{table_label}'.",
+                f"validateField failed on field '{entity.table_name}.{field}'."]
+    return []
 
 
-def quotation_line_validator(entity: FnoEntity, row: Row, operation: str, fno: FnO) -> list[str]:
-    """CDSSalesQuotationLines: a line belongs to an existing quotation and names a product released in its
-    company. [Inferred wording] of both messages, in the related-table form F&O uses for a missing reference."""
-    if operation == "Delete":
-        return []
-    problems: list[str] = []
-    number = row.get("SalesQuotationNumber") or ""
-    header = {"dataAreaId": row["dataAreaId"], "SalesQuotationNumber": number}
-    if _related_missing(fno, "CDSSalesQuotationHeaders", header):
-        problems.append(f"Sales quotation '{number}' does not exist in company {row['dataAreaId']}.")
-    product = row.get("ProductNumber") or ""
-    if product and _related_missing(fno, "CDSReleasedDistinctProducts",
-                                    {"dataAreaId": row["dataAreaId"], "ProductNumber": product}):
-        problems += [f"The value '{product}' in field 'Product number' is not found in the related table "
-                     "'Released products'.",
-                     f"validateField failed on field '{entity.table_name}.ProductNumber'."]
-    return problems
+def document_header_validator(noun: str, number_field: str, customer_field: str,
+                              numbers: Callable[[FnO], str]) -> Validator:
+    """CDSSalesQuotationHeaders / CDSSalesOrderHeaders: the customer must exist in the document's company; a
+    number given on create needs a number sequence that allows manual numbers (P2C prerequisite: document
+    numbers come from Sales). [Inferred wording] of the number-sequence refusal."""
+
+    def validate(entity: FnoEntity, row: Row, operation: str, fno: FnO) -> list[str]:
+        problems: list[str] = []
+        if operation == "Create" and numbers(fno) == "automatic":
+            problems.append(f"Number sequence for {noun}s in company {row['dataAreaId']} does not allow manual "
+                            f"numbers; '{row.get(number_field)}' cannot be used.")
+        return problems + _related_problems(fno, entity, row, customer_field, "CustomersV3", "CustomerAccount",
+                                            "Customer account", "Customers")
+
+    return validate
 
 
-def order_header_validator(entity: FnoEntity, row: Row, operation: str, fno: FnO) -> list[str]:
-    """CDSSalesOrderHeaders: as a quotation header, with the ordering customer and the sales order number
-    sequence (P2C prerequisite: order numbers come from Sales, so the sequence allows manual numbers)."""
-    problems: list[str] = []
-    if operation == "Create" and fno.settings.order_numbers == "automatic":
-        # [Inferred wording] as for quotations.
-        problems.append(f"Number sequence for sales orders in company {row['dataAreaId']} does not allow manual "
-                        f"numbers; '{row.get('SalesOrderNumber')}' cannot be used.")
-    account = row.get("OrderingCustomerAccountNumber") or ""
-    if account and _related_missing(fno, "CustomersV3", {"dataAreaId": row["dataAreaId"], "CustomerAccount": account}):
-        problems += [f"The value '{account}' in field 'Customer account' is not found in the related table "
-                     "'Customers'.",
-                     f"validateField failed on field '{entity.table_name}.OrderingCustomerAccountNumber'."]
-    return problems
+def document_line_validator(noun: str, header_set: str, number_field: str) -> Validator:
+    """CDSSalesQuotationLines / CDSSalesOrderLines: a line belongs to an existing document and names a product
+    released in its company. [Inferred wording] of the missing-document message."""
+
+    def validate(entity: FnoEntity, row: Row, operation: str, fno: FnO) -> list[str]:
+        if operation == "Delete":
+            return []
+        number = row.get(number_field) or ""
+        problems: list[str] = []
+        if _related_missing(fno, header_set, {"dataAreaId": row["dataAreaId"], number_field: number}):
+            problems.append(f"{noun.capitalize()} '{number}' does not exist in company {row['dataAreaId']}.")
+        return problems + _related_problems(fno, entity, row, "ProductNumber", "CDSReleasedDistinctProducts",
+                                            "ProductNumber", "Product number", "Released products")
+
+    return validate
 
 
-def order_line_validator(entity: FnoEntity, row: Row, operation: str, fno: FnO) -> list[str]:
-    """CDSSalesOrderLines: a line belongs to an existing order and names a product released in its company
-    ([Inferred wording], as quotation lines)."""
-    if operation == "Delete":
-        return []
-    problems: list[str] = []
-    number = row.get("SalesOrderNumber") or ""
-    if _related_missing(fno, "CDSSalesOrderHeaders", {"dataAreaId": row["dataAreaId"], "SalesOrderNumber": number}):
-        problems.append(f"Sales order '{number}' does not exist in company {row['dataAreaId']}.")
-    product = row.get("ProductNumber") or ""
-    if product and _related_missing(fno, "CDSReleasedDistinctProducts",
-                                    {"dataAreaId": row["dataAreaId"], "ProductNumber": product}):
-        problems += [f"The value '{product}' in field 'Product number' is not found in the related table "
-                     "'Released products'.",
-                     f"validateField failed on field '{entity.table_name}.ProductNumber'."]
-    return problems
+quotation_header_validator = document_header_validator(
+    "sales quotation", "SalesQuotationNumber", "RequestingCustomerAccountNumber",
+    lambda fno: fno.settings.quotation_numbers)
+quotation_line_validator = document_line_validator("sales quotation", "CDSSalesQuotationHeaders",
+                                                   "SalesQuotationNumber")
+order_header_validator = document_header_validator(
+    "sales order", "SalesOrderNumber", "OrderingCustomerAccountNumber", lambda fno: fno.settings.order_numbers)
+order_line_validator = document_line_validator("sales order", "CDSSalesOrderHeaders", "SalesOrderNumber")
 
 
 def default_users() -> list[FnoUser]:

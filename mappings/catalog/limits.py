@@ -52,6 +52,7 @@ def limits() -> Limits:
     return parse_limits(LIMITS_FILE.read_text(encoding="utf-8"), LIMITS_FILE.name)
 
 
+@cache  # called for every text field of every mapped record and line: the rule scan runs once per field
 def field_edt(entity_set: str, field: str) -> str | None:
     """The EDT whose length limits ``field`` of ``entity_set``: 'EntitySet.Field' first, then the plain name,
     then the longest matching '*Suffix'; None when the file does not know the field."""

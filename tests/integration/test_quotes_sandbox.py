@@ -402,9 +402,7 @@ async def test_two_lines_with_one_line_number_are_refused_naming_it_not_collapse
 async def test_a_document_larger_than_one_change_set_is_refused_not_half_written(
         registered: SandboxServer, capture: Capture, runtime: SyncRuntime, catalogue: Catalogue,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import handlers.documents
-
-    monkeypatch.setattr(handlers.documents, "MAX_DOCUMENT_OPERATIONS", 3)  # header + 3 lines is 4 operations
+    monkeypatch.setattr(runtime.fno, "batch_size", 3)  # one change set takes 3 here; header + 3 lines is 4
     sandbox = registered
     account_id = await synced_account(sandbox, capture, runtime, "ACC-QBIG")
     quote_id, _ = await draft_quote(sandbox, capture, catalogue, "QUO-BIG", account_id, ["D0001", "D0002", "D0003"])
