@@ -12,6 +12,11 @@ must not become 21 syncs. So:
   (stale: no calls); one of the same second re-reads, finds the mapped document unchanged (ledger hash) and
   writes nothing (no F&O call). A fetched document is the current one: it is never skipped as "stale" (a
   removed line can lower its largest ``modifiedon``).
+* Rows of one document carry the times of different transactions. ``modifiedon`` is stamped when a write
+  starts, not when it commits, so a line stamped before a row the read saw may commit just after the read. Its
+  event must not look stale: a document read less than P2C_DOCUMENT_SETTLE_SECONDS (5 s) after its newest
+  change records the read time minus that window as its version, so such a line's event re-reads the document
+  (Dataverse reads only; F&O is written only when the mapped document changed).
 * F&O is read in two calls (a non-atomic ``$batch`` of reads: the header and every reference the document
   names, e.g. the customer and the released products; one ``$filter`` query for the lines) and written in
   one atomic change set, header first, then removed, changed and added lines. Nothing is written when nothing
@@ -29,6 +34,7 @@ Everything flow-specific (tables, fields, filters, keys, references) is in the m
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,6 +186,7 @@ class DocumentSync(SalesToFnORecordSync):
     async def read_document(self, spec: MappingSpec, document_id: str, ctx: FlowContext) -> SalesDocument | None:
         """The header and all its lines as they are now, with the related rows the lines read (products, units).
         Two reads for the document, one per related table."""
+        read_at = int(time.time() * 1000)
         lookups = set(spec.lookup_columns())
         if spec.company_source_column:
             lookups.add(spec.company_source_column)
@@ -201,7 +208,8 @@ class DocumentSync(SalesToFnORecordSync):
             document.lines[line.name] = rows
             document.resolved[line.name] = await self._resolve_line_lookups(spec, line, header, rows, ctx)
         known = [v for v in versions if v is not None]
-        document.version = max(known) if known else None
+        settled = read_at - int(ctx.settings.document_settle_seconds * 1000)
+        document.version = min(max(known), settled) if known else None
         return document
 
     async def _read_lines(self, spec: MappingSpec, line: LineSpec, document_id: str,

@@ -97,6 +97,11 @@ class Settings(BaseModel):
         300.0, ge=0, description="How far ahead of this clock a source version (modifiedon, event time) may be "
         "and still be trusted; a version further ahead is re-read from the source instead"
     )
+    document_settle_seconds: float = Field(
+        5.0, ge=0, description="A document (quote, order) read less than this long after its newest change records "
+        "a version this long before the read, so a line whose transaction committed after the read (its modifiedon "
+        "is earlier than a row the read saw) is re-read, not skipped as stale"
+    )
     max_deferrals: int = Field(20, ge=1, description="Deferrals of one message before it is dead-lettered")
     max_lease_waits: int = Field(
         240, ge=1, description="Waits of one message for a record another worker keeps syncing (each at most one "
@@ -129,6 +134,7 @@ class Settings(BaseModel):
             "ledger_table_name": "LEDGER_TABLE_NAME",
             "lease_seconds": "P2C_LEASE_SECONDS",
             "max_future_seconds": "P2C_MAX_FUTURE_SECONDS",
+            "document_settle_seconds": "P2C_DOCUMENT_SETTLE_SECONDS",
             "max_deferrals": "P2C_MAX_DEFERRALS",
             "max_lease_waits": "P2C_MAX_LEASE_WAITS",
             "servicebus_max_message_bytes": "P2C_SERVICEBUS_MAX_MESSAGE_BYTES",

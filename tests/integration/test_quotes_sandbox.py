@@ -12,7 +12,7 @@ released in F&O deferred; the line Delete routed to its document through the pre
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -228,6 +228,32 @@ async def test_a_revision_changes_header_and_lines_in_one_change_set(
     assert sorted(after) == [1, 2, 4]
     assert after[2]["RequestedSalesQuantity"] == 7 and after[4]["ProductNumber"] == "D0004"
     assert fno_header(sandbox, "QUO-3001")["SalesQuotationName"] == "Bikes, revised"  # type: ignore[index]
+
+
+async def test_a_line_stamped_before_the_read_but_committed_after_it_is_not_skipped_as_stale(
+        registered: SandboxServer, capture: Capture, runtime: SyncRuntime, catalogue: Catalogue,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """modifiedon is stamped when a write starts, not when it commits: a line whose transaction began before the
+    quote's activation (so Dataverse let it in, and stamped it earlier than the activation) can commit after the
+    sync read the activated quote. Its event is older than the version that sync saw; it must still be synced."""
+    sandbox = registered
+    account_id = await synced_account(sandbox, capture, runtime, "ACC-Q09")
+    quote_id, drafts = await draft_quote(sandbox, capture, catalogue, "QUO-9001", account_id, ["D0001"])
+    activation = await activate(sandbox, capture, quote_id)
+    for message in [*drafts, activation]:
+        await handled(runtime, message)
+    assert sorted(fno_lines(sandbox, "QUO-9001")) == [1]
+    activated_at = datetime.fromisoformat(sandbox.dataverse.get("quote", quote_id)["modifiedon"])  # type: ignore[index]
+
+    # The late line: checked and stamped a second before the activation, committed (and announced) now.
+    monkeypatch.setattr(sandbox.dataverse, "_check_parent_editable", lambda table, row: None)
+    monkeypatch.setattr(sandbox.dataverse, "clock", lambda: activated_at - timedelta(seconds=1))
+    [late] = await sales_change(sandbox, capture,
+                                lambda: sandbox.dataverse.create("quotedetail", catalogue.line(quote_id, "D0002")))
+    monkeypatch.undo()
+    outcome = await handled(runtime, late)
+    assert isinstance(outcome, Applied), outcome
+    assert sorted(fno_lines(sandbox, "QUO-9001")) == [1, 2]
 
 
 def _event(message: InboundMessage) -> Any:
