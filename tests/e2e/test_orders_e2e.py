@@ -14,7 +14,9 @@ import pytest
 
 from p2csync.devstack import LocalStack
 from sandbox.dataverse import Dataverse
-from tests.e2e.test_quotes_e2e import catalogue
+from sandbox.fno import FnO
+from sandbox.server import SandboxServer
+from tests.e2e.test_quotes_e2e import catalogue, killed_mid_document, sandbox  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -27,14 +29,15 @@ async def stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
         yield local
 
 
-def draft_order(dataverse: Dataverse, number: str, account_id: str, uom: str, products: list[str]) -> str:
+def draft_order(dataverse: Dataverse, number: str, account_id: str, uom: str, products: list[str],
+                quantity: int = 3) -> str:
     """A draft order (P2C processing status Draft) with one line per product: quantity 3, discount $10.00."""
     order_id = dataverse.create("salesorder", {"name": f"Order {number}", "ordernumber": number,
                                                "customerid": ("account", account_id), "shipto_country": "USA",
                                                "msdynce_processingstatus": 1})
     for product in products:
         dataverse.create("salesorderdetail", {"salesorderid": ("salesorder", order_id), "productid": ("product", product),
-                                              "uomid": ("uom", uom), "quantity": 3, "priceperunit": 10,
+                                              "uomid": ("uom", uom), "quantity": quantity, "priceperunit": 10,
                                               "manualdiscountamount": 10})
     return order_id
 
@@ -63,3 +66,32 @@ async def test_an_order_activated_through_the_local_host_then_owned_by_fno(stack
     assert header is not None and header["CustomersOrderReference"] == "Order E2E-ORD-1"  # F&O owns the order
     dead = stack.queue.peek_dead_letters("sales-events")
     assert dead == [], [(m.dead_letter_reason, m.dead_letter_description) for m in dead]
+
+
+def order_lines_in_sales(dataverse: Dataverse, order_id: str) -> dict[int, tuple[str, Decimal]]:
+    numbers = {r["productid"]: r["productnumber"] for r in dataverse.rows("product")}
+    return {r["sequencenumber"]: (numbers[r["_productid_value"]], Decimal(str(r["quantity"])))
+            for r in dataverse.rows("salesorderdetail") if r["_salesorderid_value"] == order_id}
+
+
+def order_in_fno(fno: FnO, number: str) -> tuple[dict[str, object] | None, dict[int, tuple[str, Decimal]]]:
+    header = fno.get(HEADERS, {"dataAreaId": "usmf", "SalesOrderNumber": number})
+    return header, {r["LineCreationSequenceNumber"]: (r["ProductNumber"], Decimal(str(r["OrderedSalesQuantity"])))
+                    for r in fno.rows(LINES, "usmf") if r["SalesOrderNumber"] == number}
+
+
+async def test_a_host_killed_mid_order_leaves_no_half_order_and_converges(
+        sandbox: SandboxServer, tmp_path: Path) -> None:
+    """Orders are create-only: if the killed host's change set landed, the order is whole and the redelivery
+    leaves it to F&O; if it did not, the redelivery writes it whole."""
+    dataverse, fno = sandbox.dataverse, sandbox.fno
+
+    def save(account_id: str, uom: str, products: list[str]) -> str:
+        order_id = draft_order(dataverse, "CRO-ORD-1", account_id, uom, products, quantity=2)
+        dataverse.update("salesorder", order_id, {"msdynce_processingstatus": 2})
+        return order_id
+
+    await killed_mid_document(sandbox, tmp_path, "CRO", save=save,
+                              in_sales=lambda order_id: order_lines_in_sales(dataverse, order_id),
+                              in_fno=lambda: order_in_fno(fno, "CRO-ORD-1"))
+    assert len(fno.rows(HEADERS, "usmf")) == 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,23 @@ def sandbox() -> Iterator[SandboxServer]:
 async def test_a_host_killed_mid_quote_leaves_no_half_quotation_and_converges(
         sandbox: SandboxServer, tmp_path: Path) -> None:
     dataverse, fno = sandbox.dataverse, sandbox.fno
+    await killed_mid_document(
+        sandbox, tmp_path, "CRQ",
+        save=lambda account_id, uom, products: save_quote(dataverse, "CRQ-QUO-1", account_id, uom, products),
+        in_sales=lambda quote_id: sales_lines(dataverse, quote_id),
+        in_fno=lambda: (fno.get(HEADERS, {"dataAreaId": "usmf", "SalesQuotationNumber": "CRQ-QUO-1"}),
+                        fno_lines(fno, "CRQ-QUO-1")))
+    assert len(fno.rows(HEADERS, "usmf")) == 1
+
+
+async def killed_mid_document(sandbox: SandboxServer, tmp_path: Path, prefix: str, *,
+                              save: Callable[[str, str, list[str]], str],
+                              in_sales: Callable[[str], dict[int, Any]],
+                              in_fno: Callable[[], tuple[dict[str, Any] | None, dict[int, Any]]]) -> None:
+    """A host process killed (SIGKILL) while it syncs a 20-line document: F&O then holds nothing or the whole
+    document, and a restarted host converges to the Sales document. ``save`` creates the document in Sales from
+    (account id, unit, products) and returns its id; ``in_fno`` returns F&O's header and lines of it."""
+    dataverse, fno = sandbox.dataverse, sandbox.fno
     env = {**os.environ, "DATAVERSE_URL": sandbox.dataverse_url, "FNO_URL": sandbox.fno_url,
            "P2C_AUTH_MODE": "static", "P2C_STATIC_TOKEN": dataverse.integration_user.token,
            "INTEGRATION_USER_IDS": dataverse.integration_user.id,
@@ -131,34 +148,32 @@ async def test_a_host_killed_mid_quote_leaves_no_half_quotation_and_converges(
                        url=f"http://127.0.0.1:{port}/api/dataverse/webhook")
     try:
         host.start()
-        account_id = dataverse.create("account", {"name": "Crash quotes", "accountnumber": "CRQ-001"})
-        await _until(lambda: fno.get("CustomersV3", {"dataAreaId": "usmf", "CustomerAccount": "CRQ-001"}), 20)
+        account_id = dataverse.create("account", {"name": f"Crash {prefix}", "accountnumber": f"{prefix}-001"})
+        await _until(lambda: fno.get("CustomersV3", {"dataAreaId": "usmf", "CustomerAccount": f"{prefix}-001"}), 20)
         uom, products = catalogue(dataverse, fno, 20)
         # Slow F&O batches: the sync's read batch answers after 2 s, and the host is killed as soon as it has;
         # the change set is then unsent or in flight.
         fno.faults.latency(2.0, path_contains="$batch")
         fno.request_log.clear()
-        quote_id = save_quote(dataverse, "CRQ-QUO-1", account_id, uom, products)
+        document_id = save(account_id, uom, products)
         await _until(lambda: any("$batch" in r.path for r in fno.request_log.entries()), 30)
         host.kill()
         await asyncio.sleep(2.5)  # a change set already in flight lands (or not) as a whole
-        written = fno_lines(fno, "CRQ-QUO-1")
-        header = fno.get(HEADERS, {"dataAreaId": "usmf", "SalesQuotationNumber": "CRQ-QUO-1"})
+        header, written = in_fno()
         assert (header is None and written == {}) or (header is not None and len(written) == 20), written
-        print(f"after the kill: {'nothing' if header is None else 'the whole quotation'} in F&O")
+        print(f"after the kill: {'nothing' if header is None else 'the whole document'} in F&O")
 
         fno.faults.clear()
         host.start()
-        expected = sales_lines(dataverse, quote_id)
-        await _until(lambda: fno_lines(fno, "CRQ-QUO-1") == expected or None, 45)
+        expected = in_sales(document_id)
+        await _until(lambda: in_fno()[1] == expected or None, 45)
         queue = EmbeddedQueue(tmp_path / "queue.sqlite")
         await _until(lambda: (lambda c: c.active == c.scheduled == c.locked == 0 or None)(
             queue.counts("sales-events")), 45)
         assert queue.peek_dead_letters("sales-events") == []
     finally:
         host.stop()
-    assert fno_lines(fno, "CRQ-QUO-1") == sales_lines(dataverse, quote_id)
-    assert len(fno.rows(HEADERS, "usmf")) == 1
+    assert in_fno()[1] == in_sales(document_id)
 
 
 async def _until(probe: Any, seconds: float) -> Any:
