@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,11 +72,6 @@ class HostProcess:
                 self.proc.kill()
                 self.proc.wait(5)
 
-
-@pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer() as server:
-        yield server
 
 
 async def test_killed_host_restarts_and_every_accepted_event_ends_applied_or_dead_lettered(

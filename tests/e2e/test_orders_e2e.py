@@ -16,7 +16,7 @@ from p2csync.devstack import LocalStack
 from sandbox.dataverse import Dataverse
 from sandbox.fno import FnO
 from sandbox.server import SandboxServer
-from tests.e2e.test_quotes_e2e import catalogue, killed_mid_document, sandbox  # noqa: F401 (fixture)
+from tests.e2e.test_quotes_e2e import catalogue, killed_mid_document
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -108,11 +108,6 @@ async def test_a_quote_and_its_revision_through_the_local_host(stack: LocalStack
 
 # ------------------------------------------------------------------------------------------------ the kill
 
-
-@pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer() as server:
-        yield server
 
 
 async def test_a_host_killed_mid_quote_leaves_no_half_quotation_and_converges(
