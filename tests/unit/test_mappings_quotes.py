@@ -35,7 +35,8 @@ def spec():
 
 
 def header(**changes: Any) -> dict[str, Any]:
-    return {"quoteid": QUOTE_ID, "modifiedon": datetime(2026, 3, 2, 10, 0, tzinfo=UTC), "quotenumber": "QUO-01001",
+    return {"quoteid": QUOTE_ID, "modifiedon": datetime(2026, 3, 2, 10, 0, tzinfo=UTC),
+            "createdon": datetime(2026, 3, 2, 8, 0, tzinfo=UTC), "quotenumber": "QUO-01001",
             "name": "Bikes", "customerid": Ref("acc-1", "account"), "transactioncurrencyid": Ref("usd", "transactioncurrency"),
             "totalamount": Decimal("250.0000"), "shipto_line1": "1 Main St", "shipto_line2": "Suite 5",
             "shipto_postalcode": "98052", "shipto_city": "Redmond", "shipto_stateorprovince": "WA",
@@ -69,7 +70,9 @@ def test_the_header_follows_reference_5_1_with_the_decisions_written_in_the_file
     assert (payload["DeliveryAddressStreetNumber"], payload["DeliveryAddressZipCode"]) == ("Suite 5", "98052")
     assert payload["IsDeliveryAddressOrderSpecific"] == "Yes"
     assert payload["DeliveryAddressName"] == "Bikes"  # no ship-to name: the quote's name
-    assert payload["RequestedShippingDate"] == "2020-01-01T00:00:00Z"  # documented default, with a zone
+    assert payload["RequestedShippingDate"] == "2026-03-02T08:00:00Z"  # no Due By: when the quote was created
+    undated = spec.apply(header(createdon=None), resolved=RESOLVED)
+    assert undated.payload["RequestedShippingDate"] == "2020-01-01T00:00:00Z"  # documented default, with a zone
     due = spec.apply(header(requestdeliveryby=datetime(2026, 4, 1, 15, 30, tzinfo=UTC)), resolved=RESOLVED)
     assert due.payload["RequestedShippingDate"] == "2026-04-01T15:30:00Z"
     assert spec.apply(header(shipto_country=None), resolved=RESOLVED).payload[
