@@ -277,7 +277,8 @@ async def test_a_draft_quote_and_a_quote_with_a_sales_product_are_skipped_with_t
     assert isinstance(outcome, Skipped)
     assert outcome.reason.startswith("filtered out: quotedetail 2 (S-100")
     assert "msdynce_ismaintainedexternally is False, expected True" in outcome.reason
-    assert outcome.reason.endswith("the whole quote is not synced")
+    assert "the whole quote is not synced; an active quote is read-only in Sales" in outcome.reason
+    assert outcome.reason.endswith("Revise the quote and activate the revision to sync it")
     assert fno_calls(sandbox) == []
 
 
