@@ -184,6 +184,12 @@ class Source(_Strict):
         description="Web API entity set of a related table whose set name is not the usual plural of its "
         "logical name (table -> entity set). Lookup paths use it to fetch the related row.",
     )
+    key: list[str] = Field(
+        default_factory=list,
+        description="F&O sources: the fields that identify a row of entity_set (dataAreaId first), e.g. "
+        "[dataAreaId, ProductNumber]. Each event names them (a data event as mserp_<field, lower case>, a "
+        "business event by the field's name); the row is then read from F&O by this key.",
+    )
 
 
 def default_entity_set(logical_name: str) -> str:
@@ -593,6 +599,18 @@ class MappingSpec(_Strict):
             problems.append((("source", "system"), f"must be '{expected[0]}' for direction {self.direction}"))
         if self.target.system != expected[1]:
             problems.append((("target", "system"), f"must be '{expected[1]}' for direction {self.direction}"))
+        if self.source.system == "fno":
+            if not self.source.key:
+                problems.append((("source", "key"), "an F&O source needs its key fields, e.g. [dataAreaId, "
+                                 "ProductNumber]: events name the row by them"))
+            if not self.source.entity_set:
+                problems.append((("source", "entity_set"), "an F&O source needs the entity set its rows are "
+                                 "read from"))
+            for j, name in enumerate(self.source.key):
+                if msg := field_problem(self.source.entity_set or "", name):
+                    problems.append((("source", "key", j), msg))
+        elif self.source.key:
+            problems.append((("source", "key"), "only F&O sources take a key (Dataverse rows are named by id)"))
         company_field = self.company_target_field
         problems += self._check_fields(
             (), self.fields, self.target.key, self.target.entity_set, self.source.entity_set, self.filter

@@ -354,7 +354,7 @@ def test_company_comes_from_the_default_company_parameter_before_the_file():
 FNO_TO_SALES = """\
 flow: orders_back
 direction: fno_to_sales
-source: {system: fno, table: SalesOrderHeaderCDSEntity, entity_set: CdsSalesOrderHeaders}
+source: {system: fno, table: SalesOrderHeaderCDSEntity, entity_set: CdsSalesOrderHeaders, key: [dataAreaId, SalesOrderNumber]}
 target: {system: dataverse, entity_set: salesorders, table: salesorder, key: [ordernumber]}
 filter:
   - {field: OrderingCustomerIsExternallyMaintained, equals: "Yes"}

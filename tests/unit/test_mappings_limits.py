@@ -57,7 +57,8 @@ def test_the_date_transform_writes_midnight_utc_to_a_datetimeoffset_field(value:
 def test_the_date_transform_writes_a_plain_date_to_dataverse() -> None:
     spec = parse_mapping(
         "flow: back\ndirection: fno_to_sales\n"
-        "source: {system: fno, table: SalesInvoiceHeaderV2, entity_set: SalesInvoiceHeadersV2}\n"
+        "source: {system: fno, table: SalesInvoiceHeaderV2, entity_set: SalesInvoiceHeadersV2,\n"
+        "         key: [dataAreaId, InvoiceNumber]}\n"
         "target: {system: dataverse, entity_set: invoices, table: invoice, key: [invoicenumber]}\n"
         "fields:\n  - {target: invoicenumber, source: InvoiceNumber}\n"
         "  - {target: datedelivered, source: InvoiceDate, transform: date}\n",

@@ -269,3 +269,17 @@ def test_parse_mapping_names_the_given_file():
     assert str(info.value).startswith("mappings/demo.yaml: flow: String should match pattern")
     assert info.value.file == "mappings/demo.yaml"
     assert info.value.problems[0].path == "flow"
+
+
+def test_an_fno_source_names_its_key_fields_checked_against_the_catalogue() -> None:
+    text = ("flow: products\ndirection: fno_to_sales\n"
+            "source: {system: fno, table: mserp_ecoresreleaseddistinctproductcdsentity, "
+            "entity_set: CDSReleasedDistinctProducts, key: [dataAreaId, ProductNumber]}\n"
+            "target: {system: dataverse, entity_set: products, table: product, key: [productnumber]}\n"
+            "fields:\n  - {target: productnumber, source: ProductNumber}\n")
+    assert parse_mapping(text, "products.yaml").source.key == ["dataAreaId", "ProductNumber"]
+    with pytest.raises(MappingError, match=r"source.key: an F&O source needs its key fields"):
+        parse_mapping(text.replace(", key: [dataAreaId, ProductNumber]", ""), "products.yaml")
+    with pytest.raises(MappingError, match=r"source.key\[1\]: .ProductNumbr. is not a field of F&O entity set CDSReleasedDistinctProducts; did you mean"):
+        parse_mapping(text.replace("key: [dataAreaId, ProductNumber]", "key: [dataAreaId, ProductNumbr]"),
+                      "products.yaml")
