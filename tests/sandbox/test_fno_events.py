@@ -13,6 +13,7 @@ import pytest
 
 from p2csync.envelopes.event import CLAIM_ENTITY_LOGICAL_NAME, CLAIM_INITIATING_USER_AGENT, CLAIM_REQUEST_NAME
 from p2csync.envelopes.event import ChangeEvent, parse_change_event
+from mappings.catalog import fno_fields
 from p2csync.envelopes.fno import EndpointTestMessage
 from sandbox import SALES_TOKEN, SandboxServer
 from sandbox.fno_events import FnoMessage
@@ -215,3 +216,21 @@ def test_an_event_the_endpoint_refuses_is_retried_then_kept_in_the_errors_tab(
     events.resend(error.id)
     settle(sandbox)
     assert events.errors() == [] and parsed(sink.messages[0]).entity == PRODUCT_TABLE
+
+
+@pytest.mark.parametrize("entity_set,key", [
+    ("CDSReleasedDistinctProducts", ["dataAreaId", "ProductNumber"]),
+    ("CDSSalesOrderHeaders", ["dataAreaId", "SalesOrderNumber"]),
+    ("CDSSalesOrderLines", ["dataAreaId", "SalesOrderNumber", "LineCreationSequenceNumber"]),
+    ("SalesInvoiceHeadersV2", ["dataAreaId", "InvoiceNumber", "InvoiceDate", "LedgerVoucher"]),
+    ("SalesInvoiceLinesV2", ["dataAreaId", "InvoiceNumber", "LineCreationSequenceNumber", "InvoiceDate",
+                             "LedgerVoucher"]),
+])
+def test_the_entities_the_fno_to_sales_flows_read_have_the_reference_keys_and_catalog_fields(
+        sandbox: SandboxServer, entity_set: str, key: list[str]) -> None:
+    entity = sandbox.fno.entity(entity_set)
+    assert entity.key == key  # wire-formats 4.3
+    assert entity.fields == fno_fields(entity_set)
+    for status in ("SalesOrderProcessingStatus", "AreTotalsUpdated", "OrderTotalAmount", "OrderTotalTaxAmount",
+                   "OrderHeaderTaxAmount"):
+        assert entity_set != "CDSSalesOrderHeaders" or status in entity.fields
