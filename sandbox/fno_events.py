@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -91,9 +91,6 @@ class FnoMessage(BaseModel):
     #: The event id (business events: EventId; data events: the relayed context's OperationId [Inferred]).
     message_id: str
     content_type: str = "application/json"
-
-    def json(self) -> dict[str, Any]:  # type: ignore[override]
-        return json.loads(self.body)
 
 
 Sink = Callable[[FnoMessage], None]
@@ -212,7 +209,7 @@ class FnoEvents:
             # ControlNumber: increasing, not sequential (3.1: gaps allowed).
             self._control += 1 + self._random.randint(0, 3)
             control = self._control
-        now = self.fno.clock()
+        now = self.fno.clock().astimezone(timezone.utc)
         event_id = str(uuid.uuid4()).upper()
         contract = {
             "BusinessEventId": business_event_id,
