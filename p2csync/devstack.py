@@ -3,7 +3,8 @@
 Used by ``make demo`` and by the end-to-end tests, so both exercise exactly the path a deployment runs:
 Sales sandbox -> webhook POST over loopback HTTP -> embedded queue -> queue trigger -> runtime -> F&O
 sandbox over loopback HTTP. The webhook itself is registered by the code of ``python -m p2csync register``,
-through the sandbox's Web API.
+through the sandbox's Web API. The other way, the F&O sandbox's business events endpoint sends to the
+``fno-events`` queue, with the business events and data events the F&O-sourced mappings need activated.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from mappings import load_mappings
+from mappings import MappingSpec, load_mappings
 from p2csync.connectors import DataverseClient, StaticTokenProvider
 from p2csync.ledger.sqlite import SqliteLedger
 from p2csync.localhost import LocalHost
 from p2csync.queue.embedded import EmbeddedQueue, EmbeddedTransport
 from p2csync.registration import Plan, register
-from p2csync.queue.base import QueueConsumer
+from p2csync.queue.base import OutboundMessage, QueueConsumer
 from p2csync.queue.servicebus import ServiceBusTransport
 from p2csync.runtime import SyncRuntime, close_runtimes, get_runtime, reset_runtimes
 from p2csync.settings import ROOT
+from sandbox.fno_events import BUSINESS_EVENTS, FnoMessage, virtual_table
 from sandbox.server import SandboxServer
 
 
@@ -116,6 +118,7 @@ class LocalStack:
             self._serving = asyncio.create_task(self.host.serve())
             await asyncio.wait_for(self.host.started.wait(), 10)
             await self.register_webhook()
+            self.connect_fno_events(runtime)
         except BaseException:
             await self._teardown()
             raise
@@ -128,6 +131,9 @@ class LocalStack:
         if self.host is not None and self._serving is not None:
             self.host.stop()
             await asyncio.wait_for(self._serving, 15)
+        events = self.sandbox.fno.events
+        events.deactivate_all()
+        events.endpoint = None  # its sink sends to this stack's queue
         await close_runtimes()
         await asyncio.to_thread(self.sandbox.stop)
         for key, value in self._saved_env.items():
@@ -145,6 +151,31 @@ class LocalStack:
             return await register(dv, load_mappings(ROOT / "mappings"), url=self.webhook_url.split("?")[0],
                                   key=self.function_key, out=lambda line: None)
 
+    def connect_fno_events(self, runtime: SyncRuntime) -> None:
+        """What a customer sets up in F&O: an endpoint on the ``fno-events`` queue (Business events >
+        Endpoints), and on it the business events and data events the F&O-sourced mappings name."""
+        queue = runtime.settings.fno_events_queue
+        loop = asyncio.get_running_loop()
+        transport = runtime.transport if self.servicebus_namespace else None
+
+        def send(message: FnoMessage) -> None:
+            # MessageId = the event id, so a redelivered event is dropped by duplicate detection.
+            outbound = OutboundMessage(body=message.body, message_id=message.message_id,
+                                       content_type=message.content_type,
+                                       application_properties=dict(message.application_properties))
+            if transport is None:
+                self.queue.send(queue, outbound)
+            else:  # the delivery thread hands the message to the Service Bus sender on the stack's loop
+                asyncio.run_coroutine_threadsafe(transport.send(queue, outbound), loop).result(30)
+
+        events = self.sandbox.fno.events
+        events.set_endpoint(send, queue=queue)
+        business, data = fno_activations(load_mappings(ROOT / "mappings").values(), self.sandbox)
+        for event_id in sorted(business):
+            events.activate_business_event(event_id)
+        for entity_set in sorted(data):
+            events.activate_data_event(entity_set)
+
     def ledger(self) -> SqliteLedger:
         return SqliteLedger(self.ledger_path)
 
@@ -155,9 +186,33 @@ class LocalStack:
         deadline = loop.time() + timeout
         if not await self.sandbox.dataverse.wait_idle_async(timeout):
             return False
+        if not await asyncio.to_thread(self.sandbox.fno.events.wait_idle, timeout):
+            return False
         while loop.time() < deadline:
-            counts = await asyncio.to_thread(self.queue.counts, "sales-events")
-            if counts.active == 0 and counts.scheduled == 0 and counts.locked == 0:
+            counts = [await asyncio.to_thread(self.queue.counts, q) for q in ("sales-events", "fno-events")]
+            if all(c.active == 0 and c.scheduled == 0 and c.locked == 0 for c in counts):
                 return True
             await asyncio.sleep(0.05)
         return False
+
+
+def fno_activations(specs: Any, sandbox: SandboxServer) -> tuple[set[str], set[str]]:
+    """(business event ids, entity sets for data events) that the F&O-sourced mappings trigger on: a trigger
+    that is a business event id of the catalog activates that event; a message (Create, Update, Delete) a data
+    event on the mapping's entity (its OData entity set, or the entity whose virtual table it names)."""
+    entities = sandbox.fno.entities
+    by_table = {virtual_table(entity): name for name, entity in entities.items()}
+    business: set[str] = set()
+    data: set[str] = set()
+    for spec in specs:
+        if not isinstance(spec, MappingSpec) or spec.source.system != "fno":
+            continue
+        sources = [(spec.source.entity_set, spec.source.table, spec.source.triggers)]
+        sources += [(line.source.entity_set, line.source.table, line.source.triggers) for line in spec.lines]
+        for entity_set, table, triggers in sources:
+            business.update(t for t in triggers if t in BUSINESS_EVENTS)
+            name = entity_set if entity_set in entities else by_table.get(table.lower()) or \
+                (table if table in entities else None)
+            if name and any(t not in BUSINESS_EVENTS for t in triggers):
+                data.add(name)
+    return business, data

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import itertools
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -49,6 +50,15 @@ DEFAULT_COMPANIES = ("usmf", "usrt", "demf")
 DEFAULT_CUSTOMER_GROUPS = ("10", "20", "30", "80", "90")
 
 Row = dict[str, Any]
+#: What F&O fills in on a new row beyond type defaults: a new sales order is an open order (SalesStatus
+#: Backorder) with processing status Active and no totals calculated yet (sales-status-map.md: Active =
+#: Open order / document status None).
+CREATE_DEFAULTS: dict[str, Row] = {
+    "CDSSalesOrderHeaders": {"SalesOrderStatus": "Backorder", "SalesOrderProcessingStatus": "Active",
+                             "AreTotalsUpdated": "No"},
+    "CDSSalesOrderLines": {"SalesOrderLineStatus": "Backorder", "SalesOrderProcessingStatus": "Active",
+                           "AreTotalsCalculated": "No", "AreSalesOrderTotalsUpdated": "No"},
+}
 KeyTuple = tuple[Any, ...]
 StringOverflow = Literal["error", "truncate"]
 
@@ -96,6 +106,8 @@ class FnoSettings(BaseModel):
       numbers come from Sales); "automatic" plays an environment where that prerequisite is missing: a create
       that gives a number fails with an infolog [Inferred wording].
     * `order_numbers`: the same for the sales order number sequence (P2C: order numbers come from Sales).
+    * `sales_tax_percent`: [Inferred] the sandbox has no tax engine; "Calculate sales totals" and invoice
+      posting charge this rate on every line amount (0 by default).
     * `batch_max_operations` / `batch_max_changeset`: F&O documents "a batch can contain up to 5000
       operations" (service protection API limits); ODataLib's own default quotas are 100 parts per batch and
       1000 operations per change set. Defaults follow the F&O doc; tests lower them to ODataLib's.
@@ -111,6 +123,7 @@ class FnoSettings(BaseModel):
     batch_max_changeset: int = Field(default=5000, ge=1)
     quotation_numbers: Literal["manual", "automatic"] = "manual"
     order_numbers: Literal["manual", "automatic"] = "manual"
+    sales_tax_percent: float = Field(default=0.0, ge=0, le=100)
 
 
 class FnoUser(BaseModel):
@@ -118,6 +131,14 @@ class FnoUser(BaseModel):
     token: str
     default_company: str = "usmf"
     companies: list[str] | None = None  # None = every configured company
+    #: The user's Microsoft Entra object id (business events carry it as InitiatingUserAADObjectId).
+    aad_object_id: str = ""
+
+    @model_validator(mode="after")
+    def _default_object_id(self) -> FnoUser:
+        if not self.aad_object_id:  # [Inferred] a stable id per sandbox user
+            self.aad_object_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"fno-user-aad:{self.user_id}"))
+        return self
 
 
 class FnoChange(BaseModel):
@@ -129,6 +150,7 @@ class FnoChange(BaseModel):
     operation: Literal["Create", "Update", "Delete"]
     row: Row  # the row after the write (before it, for Delete)
     changed: list[str]  # properties in the request (Create: all set properties)
+    before: Row | None = None  # Update: the row before the write
     user: str
     company: str
     time: datetime
@@ -266,6 +288,11 @@ class FnO:
         self._versions: dict[str, dict[KeyTuple, int]] = {name: {} for name in self.entities}
         self._rec_versions = itertools.count(22565421176)
         self._held: dict[int, list[FnoChange]] = {}  # thread id -> changes of an open change set
+        self._sequences: dict[tuple[str, str], int] = {}
+        from sandbox.fno_events import FnoEvents
+
+        self.events = FnoEvents(self, seed=seed)
+        self.on_change(self.events.on_change)
         from sandbox.fno_api import build_app
 
         self.app = build_app(self)
@@ -329,6 +356,17 @@ class FnO:
         self.protection.configure(self._initial_limits.model_copy())
         self.protection.reset()
         self.settings = self._initial_settings.model_copy()
+        with self.lock:
+            self._sequences.clear()
+        self.events.clear()
+
+    def next_number(self, sequence: str, company: str, prefix: str) -> str:
+        """The next number of a number sequence per company (e.g. `CIV-000001`), as F&O's number sequences
+        hand out; [Inferred] formats."""
+        with self.lock:
+            key = (sequence, company.lower())
+            self._sequences[key] = self._sequences.get(key, 0) + 1
+            return f"{prefix}{self._sequences[key]:06d}"
 
     # =====================================================================================
     # FrontedSimulator protocol
@@ -359,7 +397,9 @@ class FnO:
                     return JSONResponse({"error": str(exc)}, status_code=400)
             return JSONResponse(self.settings.model_dump())
 
-        return [Route(f"{ADMIN_PREFIX}/settings", settings, methods=["GET", "POST"])]
+        from sandbox.fno_actions import action_routes
+
+        return [Route(f"{ADMIN_PREFIX}/settings", settings, methods=["GET", "POST"]), *action_routes(self)]
 
     @property
     def string_overflow(self) -> StringOverflow:
@@ -484,6 +524,7 @@ class FnO:
             if values.get(name) in (None, "") and entity.fields[name] == "Edm.String":
                 raise self.write_failed(entity, f"Error: Field '{name}' must be filled in.")
         row = {name: default_value(edm_type) for name, edm_type in entity.fields.items()}
+        row.update(CREATE_DEFAULTS.get(entity.entity_set, {}))
         row.update(values)
         key = self._row_key(entity, row)
         with self.lock:
@@ -521,7 +562,7 @@ class FnO:
             self._versions[entity.entity_set][key] = next(self._rec_versions)
             change = FnoChange(entity_set=entity.entity_set, operation="Update", row=dict(row),
                                changed=sorted(values), user=user.user_id, company=row["dataAreaId"],
-                               time=self.clock())
+                               time=self.clock(), before=dict(current))
             return dict(row), change
 
     def delete_row(self, entity: FnoEntity, key: KeyTuple, user: FnoUser, *, companies: Sequence[str],

@@ -202,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"F&O token          {fno_user.token!r} -> user {fno_user.user_id} "
               f"(default company {fno_user.default_company})")
     print("Admin: POST /_sandbox/reset, /_sandbox/faults; GET /_sandbox/requests (both); "
-          "POST /_sandbox/webhooks (Dataverse). Ctrl+C stops.", flush=True)
+          "POST /_sandbox/webhooks (Dataverse); POST /_sandbox/actions/confirm-sales-order, "
+          "/_sandbox/actions/calculate-sales-totals, /_sandbox/actions/post-sales-invoice (F&O). Ctrl+C stops.",
+          flush=True)
     try:
         while True:
             time.sleep(1)
