@@ -29,7 +29,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
 def _spec(flow: str, table: str, entity_set: str, triggers: list[str]) -> MappingSpec:
     return MappingSpec.model_validate({
         "flow": flow, "direction": "fno_to_sales",
-        "source": {"system": "fno", "table": table, "entity_set": entity_set, "triggers": triggers},
+        "source": {"system": "fno", "table": table, "entity_set": entity_set, "triggers": triggers,
+                   "key": ["dataAreaId"]},
         "target": {"system": "dataverse", "entity_set": "products", "table": "product", "key": ["productnumber"]},
         "fields": [{"target": "productnumber", "source": "dataAreaId"}]})
 
