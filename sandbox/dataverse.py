@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
@@ -81,6 +82,16 @@ def does_not_exist(table: Table, ident: RowRef) -> DataverseError:
                           f"A record with the specified key values does not exist in {table.logical_name} entity")
 
 
+class ChangeSet:
+    """The handle of an open `Dataverse.change_set()`."""
+
+    def __init__(self) -> None:
+        self.rolled_back = False
+
+    def rollback(self) -> None:
+        self.rolled_back = True
+
+
 class WriteResult:
     def __init__(self, record_id: str, created: bool, row: dict[str, Any]) -> None:
         self.record_id = record_id
@@ -101,6 +112,12 @@ class Dataverse:
         webhook_timeout / webhook_retry_delay: delivery timeout (60 s documented) and pause before the
             single retry of a 502/503/504.
         default_page_size: page size without `Prefer: odata.maxpagesize`.
+        batch_failed_changeset: how `$batch` answers a failed change set: "single" (the failing request's
+            answer as one `application/http` part, as ASP.NET OData writes it) or "changeset" (that answer
+            inside a change set response). [Inferred] both: no capture of Dataverse's own was found.
+        create_products_active: Organization.CreateProductsWithoutParentInActiveState. "By default, a product
+            record is in the Draft state when you create it"; the column is 0 (false) "for a fresh
+            installation" (Sales developer guide, product lifecycle), so the default here is Draft.
     """
 
     def __init__(self, *, tables: list[Table] | None = None, users: list[DataverseUser] | None = None,
@@ -108,8 +125,13 @@ class Dataverse:
                  clock: Callable[[], datetime] | None = None,
                  timestamp_precision: Literal["second", "millisecond"] = "second",
                  webhook_timeout: float = 60.0, webhook_retry_delay: float = 0.2,
-                 default_page_size: int = 5000, seed: int = 0) -> None:
+                 default_page_size: int = 5000, seed: int = 0,
+                 batch_failed_changeset: Literal["single", "changeset"] = "single",
+                 create_products_active: bool = False) -> None:
         self.lock = threading.RLock()
+        self.batch_failed_changeset = batch_failed_changeset
+        self.create_products_active = create_products_active
+        self._held: dict[int, list[Change]] = {}  # thread -> webhook events of its open change set
         self.tables: dict[str, Table] = {t.logical_name: t for t in (tables or default_tables())}
         for platform_table in registration_tables():  # webhooks are registered in these, always present
             self.tables.setdefault(platform_table.logical_name, platform_table)
@@ -604,6 +626,34 @@ class Dataverse:
         if table is None or table.logical_name in WEBHOOK_TABLES:
             self.webhooks.set_registrations(self.registrations.webhook_registrations())
 
+    @contextmanager
+    def change_set(self) -> Iterator[ChangeSet]:
+        """All-or-nothing writes, as a `$batch` change set (ExecuteTransaction): the store lock is held
+        throughout, webhook events are held back, and `ChangeSet.rollback()` (or an exception) restores every
+        row as it was and raises no event. On commit the held events are published in write order, after the
+        lock is released ("after commit", as Dataverse runs async steps only for committed operations).
+
+        The caller must not yield to the event loop inside (the lock is re-entrant on this thread)."""
+        state = ChangeSet()
+        thread = threading.get_ident()
+        with self.lock:
+            saved_rows = {name: dict(rows) for name, rows in self._rows.items()}
+            saved_lines = dict(self._line_numbers)
+            self._held[thread] = []
+            try:
+                yield state
+            except BaseException:
+                state.rolled_back = True
+                raise
+            finally:
+                held = self._held.pop(thread)
+                if state.rolled_back:
+                    self._rows, self._line_numbers = saved_rows, saved_lines
+                    self._sync_webhooks()
+        if not state.rolled_back:
+            for change in held:
+                self.webhooks.publish(change)
+
     def _publish(self, message: Literal["Create", "Update", "Delete"], table: Table, record_id: str,
                  target: dict[str, Any], pre: dict[str, Any] | None, post: dict[str, Any] | None,
                  keys: KeyValues, user: DataverseUser, tag: str | None, bypass_async: bool,
@@ -612,10 +662,15 @@ class Dataverse:
         if keys:
             columns = self.key_columns(table, list(keys))
             key_values = {col: self.coerce(table, col, value) for col, value in zip(columns, keys.values())}
-        self.webhooks.publish(Change(
+        change = Change(
             message=message, table=table, record_id=record_id, target=target, pre=pre, post=post,
             key_attributes=key_values, user=user, tag=tag, correlation_id=str(uuid.uuid4()),
-            request_id=str(uuid.uuid4()), time=now, bypass_async=bypass_async))
+            request_id=str(uuid.uuid4()), time=now, bypass_async=bypass_async)
+        held = self._held.get(threading.get_ident())
+        if held is not None:
+            held.append(change)
+            return
+        self.webhooks.publish(change)
 
     # =====================================================================================
     # Values

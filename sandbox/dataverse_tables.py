@@ -315,9 +315,12 @@ def sales_tables() -> list[Table]:
                  "statecode": _state({0: "Active", 1: "Submitted", 2: "Canceled", 3: "Fulfilled", 4: "Invoiced"}),
                  "statuscode": _status({1: "New", 2: "Pending", 3: "In Progress", 4: "No Money", 100001: "Complete",
                                         100002: "Partial", 100003: "Invoiced"})})
+    # Lines also have a key on the copy of their document number (msdynce_ordernumber / msdynce_invoicenumber,
+    # which the P2C templates write): [Inferred] the key an integration upserts lines on in the same change set as
+    # a new header, whose GUID it does not know yet.
     salesorderdetail = define_table(
         "salesorderdetail", "salesorderdetails", primary_name="productdescription",
-        alternate_keys=[["salesorderid", "sequencenumber"]],
+        alternate_keys=[["salesorderid", "sequencenumber"], ["msdynce_ordernumber", "sequencenumber"]],
         columns={**line, "salesorderid": _lookup("salesorder"), "msdynce_ordernumber": S})
     invoice = define_table(
         "invoice", "invoices", primary_name="name", alternate_keys=[["invoicenumber"]],
@@ -330,7 +333,7 @@ def sales_tables() -> list[Table]:
                                         6: "Installed", 100001: "Complete", 100002: "Partial", 100003: "Canceled"})})
     invoicedetail = define_table(
         "invoicedetail", "invoicedetails", primary_name="productdescription",
-        alternate_keys=[["invoiceid", "sequencenumber"]],
+        alternate_keys=[["invoiceid", "sequencenumber"], ["msdynce_invoicenumber", "sequencenumber"]],
         columns={**line, "invoiceid": _lookup("invoice"), "msdynce_invoicenumber": S})
     return [uomschedule, uom, pricelevel, product, quote, quotedetail, salesorder, salesorderdetail, invoice,
             invoicedetail]
