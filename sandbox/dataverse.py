@@ -53,6 +53,12 @@ DOCUMENT_LINES: dict[str, tuple[str, str, frozenset[int]]] = {
 #: and its lines fail like an active quote's. [Inferred] the option values (the sandbox numbers them in doc order).
 PROCESSING_STATUS, DRAFT = "msdynce_processingstatus", 1
 PARENT_NOT_EDITABLE = ("0x80040203", "The detail cannot be updated because the parent is not editable.")
+#: Dataverse's "invalid argument" code; [Inferred] for the catalogue rules (no capture of their codes found).
+INVALID_ARGUMENT = "0x80040203"
+#: Lines priced from their document's price list (the F&O -> Sales flows write these).
+PRICED_LINES = frozenset({"salesorderdetail", "invoicedetail"})
+#: product statecode/statuscode of a Draft product.
+PRODUCT_DRAFT = (2, 0)
 
 
 class DataverseError(Exception):
@@ -499,11 +505,13 @@ class Dataverse:
         me = LookupValue(table="systemuser", id=user.id)
         row: dict[str, Any] = {table.primary_id: record_id}
         row.update(values)
-        self._check_parent_editable(table, row)
+        self._check_parent_editable(table, row, user)
         self._number_line(table, row)
         if (table.money_columns and "transactioncurrencyid" in table.columns
                 and row.get("transactioncurrencyid") is None):
             row["transactioncurrencyid"] = LookupValue(table="transactioncurrency", id=USD_CURRENCY_ID)
+        if table.logical_name == "product" and row.get("statecode") is None and not self.create_products_active:
+            row["statecode"], row["statuscode"] = PRODUCT_DRAFT  # "By default, a product record is in the Draft state"
         row.setdefault("statecode", 0)
         row.update(self._computed(table, {}, row))
         row.setdefault("statuscode", 1)
@@ -516,6 +524,7 @@ class Dataverse:
         row.update({"createdon": now, "modifiedon": now, "createdby": me, "modifiedby": me,
                     "createdonbehalfby": None, "modifiedonbehalfby": None,
                     "versionnumber": next(self._versions)})
+        self._check_catalogue(table, row)
         self._check_alternate_keys(table, row, record_id)
         self._check_registration(table, row)
         self._rows[table.logical_name][record_id] = row
@@ -533,9 +542,9 @@ class Dataverse:
                 bypass_async: bool = False) -> WriteResult:
         values = {k: v for k, v in values.items() if not self._is_system(table, k) and k != table.primary_id}
         before = self._rows[table.logical_name][record_id]
-        self._check_parent_editable(table, {**before, **values})
+        self._check_parent_editable(table, {**before, **values}, user)
         if table.logical_name in DOCUMENT_LINES and DOCUMENT_LINES[table.logical_name][0] in values:
-            self._check_parent_editable(table, before)  # moving a line out of a read-only document
+            self._check_parent_editable(table, before, user)  # moving a line out of a read-only document
         now = self._now()
         me = LookupValue(table="systemuser", id=user.id)
         changes = dict(values)
@@ -545,6 +554,7 @@ class Dataverse:
             if owner_user:
                 changes["owningbusinessunit"] = LookupValue(table="businessunit", id=owner_user.business_unit_id)
         after = {**before, **changes, "modifiedon": now, "modifiedby": me, "versionnumber": next(self._versions)}
+        self._check_catalogue(table, after)
         self._check_alternate_keys(table, after, record_id)
         self._check_registration(table, after)
         self._rows[table.logical_name][record_id] = after
@@ -556,7 +566,7 @@ class Dataverse:
 
     def delete_row(self, table: Table, record_id: str, user: DataverseUser, *, tag: str | None = None,
                 key_attributes: KeyValues | None = None, bypass_async: bool = False) -> None:
-        self._check_parent_editable(table, self._rows[table.logical_name][record_id])
+        self._check_parent_editable(table, self._rows[table.logical_name][record_id], user)
         for logical_name, dependant_id in self.registrations.dependants(table, record_id):
             self._rows[logical_name].pop(dependant_id, None)  # a step's images, an endpoint's steps
         before = self._rows[table.logical_name].pop(record_id)
@@ -564,7 +574,7 @@ class Dataverse:
         self._publish("Delete", table, record_id, {}, dict(before), None, key_attributes or {}, user, tag,
                       bypass_async, self._now())
 
-    def _check_parent_editable(self, table: Table, row: Mapping[str, Any]) -> None:
+    def _check_parent_editable(self, table: Table, row: Mapping[str, Any], user: DataverseUser | None = None) -> None:
         """A document line can be written only while its document takes changes (a quote: Draft)."""
         rule = DOCUMENT_LINES.get(table.logical_name)
         if rule is None:
@@ -574,9 +584,64 @@ class Dataverse:
         if not isinstance(parent, LookupValue):
             return
         parent_row = self._rows.get(parent_table, {}).get(parent.id)
+        if (parent_row is not None and parent_row.get("msdynce_ismaintainedexternally") is True
+                and parent_row.get("statecode") in editable and user is not None and user.application_id):
+            return  # [Inferred] F&O is the master of an externally maintained order: the integration writes its lines
         if parent_row is not None and (parent_row.get("statecode") not in editable
                                        or parent_row.get(PROCESSING_STATUS, DRAFT) not in (None, DRAFT)):
             raise DataverseError(400, *PARENT_NOT_EDITABLE)
+
+    def _check_catalogue(self, table: Table, row: Mapping[str, Any]) -> None:
+        """The product catalogue rules the F&O -> Sales flows would trip on (messages [Inferred]; the rules are
+        the documented ones: a product's default unit is one of its unit group's, a price list item prices a
+        product in a unit of the product's group, a line's product must be priced in its document's price
+        list unless the price is overridden (Sales' system pricing), a write-in line has a description and no
+        product)."""
+        name = table.logical_name
+        if name == "product":
+            unit, group = row.get("defaultuomid"), row.get("defaultuomscheduleid")
+            if isinstance(unit, LookupValue) and isinstance(group, LookupValue) and not self._unit_in_group(unit, group):
+                raise DataverseError(400, INVALID_ARGUMENT, "The default unit is not a member of the specified unit "
+                                                            "group.")
+        elif name == "productpricelevel":
+            for column in ("pricelevelid", "productid", "uomid"):
+                if not isinstance(row.get(column), LookupValue):
+                    raise DataverseError(400, INVALID_ARGUMENT, f"Required field '{column}' is missing.")
+            product = self._rows["product"].get(row["productid"].id, {})
+            group = product.get("defaultuomscheduleid")
+            if not isinstance(group, LookupValue) or not self._unit_in_group(row["uomid"], group):
+                raise DataverseError(400, INVALID_ARGUMENT, "The unit does not exist in the unit group of the "
+                                                            "product.")
+        elif name in PRICED_LINES:
+            self._check_priced_line(table, row)
+
+    def _unit_in_group(self, unit: LookupValue, group: LookupValue) -> bool:
+        unit_row = self._rows.get("uom", {}).get(unit.id)
+        return unit_row is not None and unit_row.get("uomscheduleid") == group
+
+    def _check_priced_line(self, table: Table, row: Mapping[str, Any]) -> None:
+        product = row.get("productid")
+        if row.get("isproductoverridden") is True:
+            if isinstance(product, LookupValue) or not row.get("productdescription"):
+                raise DataverseError(400, INVALID_ARGUMENT, "A write-in product line needs a productdescription and "
+                                                            "no productid.")
+            return
+        if not isinstance(product, LookupValue) or row.get("ispriceoverridden") is True:
+            return
+        parent_column, parent_table, _ = DOCUMENT_LINES[table.logical_name]
+        parent = row.get(parent_column)
+        parent_row = self._rows[parent_table].get(parent.id, {}) if isinstance(parent, LookupValue) else {}
+        price_list = parent_row.get("pricelevelid")
+        if not isinstance(price_list, LookupValue):
+            return
+        unit = row.get("uomid")
+        priced = any(item.get("pricelevelid") == price_list and item.get("productid") == product
+                     and (not isinstance(unit, LookupValue) or item.get("uomid") == unit)
+                     for item in self._rows["productpricelevel"].values())
+        if not priced:
+            raise DataverseError(400, INVALID_ARGUMENT, "The product is not in the price list of the "
+                                                        f"{parent_table}; add it to the price list or override the "
+                                                        "price (ispriceoverridden).")
 
     def _number_line(self, table: Table, row: dict[str, Any]) -> None:
         """A new line without a sequencenumber gets the next one of its document. [Inferred] the platform numbers
