@@ -90,14 +90,16 @@ class DataverseBatch:
 
     @staticmethod
     def check_quotas(items: list[Item]) -> None:
-        if len(items) > MAX_BATCH_REQUESTS or sum(len(item.parts) for item in items) > MAX_BATCH_REQUESTS:
-            raise BatchSyntaxError("The current batch message contains too many parts. A maximum number of "
-                                   f"'{MAX_BATCH_REQUESTS}' query operations and change sets are allowed in a "
-                                   "batch message.")
+        """The change set quota first (as ODataLib reads a change set), then the batch's: up to 1000 requests
+        in all, whether in change sets or not (the documented limit)."""
         for item in items:
             if item.changeset and len(item.parts) > MAX_BATCH_REQUESTS:
                 raise BatchSyntaxError("The current change set contains too many operations. A maximum number of "
                                        f"'{MAX_BATCH_REQUESTS}' operations are allowed in a change set.")
+        if sum(len(item.parts) for item in items) > MAX_BATCH_REQUESTS:
+            raise BatchSyntaxError("The current batch message contains too many parts. A maximum number of "
+                                   f"'{MAX_BATCH_REQUESTS}' query operations and change sets are allowed in a "
+                                   "batch message.")
 
     async def run_single(self, outer: Request, part: Part) -> tuple[bytes, int | None]:
         response = await self.dispatch(outer, part, {})
@@ -167,7 +169,7 @@ class DataverseBatch:
         """`$1/rest` -> the entity URI the request with Content-ID 1 created, plus `rest`; None when `text`
         is no reference. An undeclared reference is the documented 400."""
         match = _REFERENCE.match(text)
-        if match is None or match.group(1) == "batch":
+        if match is None or match.group(1) in ("batch", "metadata"):
             return None
         name, rest = match.groups()
         if name not in locations:
@@ -175,7 +177,9 @@ class DataverseBatch:
         return locations[name] + rest
 
     def _resolve(self, url: str, locations: dict[str, str]) -> str:
-        resolved = self._reference(url, locations) if url.startswith("$") else None
+        """`$1` (or `/api/data/v9.2/$1`) at the start of a URL names the row request 1 created."""
+        tail = url.split(API_ROOT, 1)[1] if API_ROOT in url else url
+        resolved = self._reference(tail, locations) if tail.startswith("$") else None
         return resolved if resolved is not None else url
 
     def _resolve_binds(self, body: bytes, locations: dict[str, str]) -> bytes:
