@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
@@ -52,6 +53,12 @@ DOCUMENT_LINES: dict[str, tuple[str, str, frozenset[int]]] = {
 #: and its lines fail like an active quote's. [Inferred] the option values (the sandbox numbers them in doc order).
 PROCESSING_STATUS, DRAFT = "msdynce_processingstatus", 1
 PARENT_NOT_EDITABLE = ("0x80040203", "The detail cannot be updated because the parent is not editable.")
+#: Dataverse's "invalid argument" code; [Inferred] for the catalogue rules (no capture of their codes found).
+INVALID_ARGUMENT = "0x80040203"
+#: Lines priced from their document's price list (the F&O -> Sales flows write these).
+PRICED_LINES = frozenset({"salesorderdetail", "invoicedetail"})
+#: product statecode/statuscode of a Draft product.
+PRODUCT_DRAFT = (2, 0)
 
 
 class DataverseError(Exception):
@@ -81,6 +88,16 @@ def does_not_exist(table: Table, ident: RowRef) -> DataverseError:
                           f"A record with the specified key values does not exist in {table.logical_name} entity")
 
 
+class ChangeSet:
+    """The handle of an open `Dataverse.change_set()`."""
+
+    def __init__(self) -> None:
+        self.rolled_back = False
+
+    def rollback(self) -> None:
+        self.rolled_back = True
+
+
 class WriteResult:
     def __init__(self, record_id: str, created: bool, row: dict[str, Any]) -> None:
         self.record_id = record_id
@@ -101,6 +118,12 @@ class Dataverse:
         webhook_timeout / webhook_retry_delay: delivery timeout (60 s documented) and pause before the
             single retry of a 502/503/504.
         default_page_size: page size without `Prefer: odata.maxpagesize`.
+        batch_failed_changeset: how `$batch` answers a failed change set: "single" (the failing request's
+            answer as one `application/http` part, as ASP.NET OData writes it) or "changeset" (that answer
+            inside a change set response). [Inferred] both: no capture of Dataverse's own was found.
+        create_products_active: Organization.CreateProductsWithoutParentInActiveState. "By default, a product
+            record is in the Draft state when you create it"; the column is 0 (false) "for a fresh
+            installation" (Sales developer guide, product lifecycle), so the default here is Draft.
     """
 
     def __init__(self, *, tables: list[Table] | None = None, users: list[DataverseUser] | None = None,
@@ -108,8 +131,13 @@ class Dataverse:
                  clock: Callable[[], datetime] | None = None,
                  timestamp_precision: Literal["second", "millisecond"] = "second",
                  webhook_timeout: float = 60.0, webhook_retry_delay: float = 0.2,
-                 default_page_size: int = 5000, seed: int = 0) -> None:
+                 default_page_size: int = 5000, seed: int = 0,
+                 batch_failed_changeset: Literal["single", "changeset"] = "single",
+                 create_products_active: bool = False) -> None:
         self.lock = threading.RLock()
+        self.batch_failed_changeset = batch_failed_changeset
+        self.create_products_active = create_products_active
+        self._held: dict[int, list[Change]] = {}  # thread -> webhook events of its open change set
         self.tables: dict[str, Table] = {t.logical_name: t for t in (tables or default_tables())}
         for platform_table in registration_tables():  # webhooks are registered in these, always present
             self.tables.setdefault(platform_table.logical_name, platform_table)
@@ -477,11 +505,13 @@ class Dataverse:
         me = LookupValue(table="systemuser", id=user.id)
         row: dict[str, Any] = {table.primary_id: record_id}
         row.update(values)
-        self._check_parent_editable(table, row)
+        self._check_parent_editable(table, row, user)
         self._number_line(table, row)
         if (table.money_columns and "transactioncurrencyid" in table.columns
                 and row.get("transactioncurrencyid") is None):
             row["transactioncurrencyid"] = LookupValue(table="transactioncurrency", id=USD_CURRENCY_ID)
+        if table.logical_name == "product" and row.get("statecode") is None and not self.create_products_active:
+            row["statecode"], row["statuscode"] = PRODUCT_DRAFT  # "By default, a product record is in the Draft state"
         row.setdefault("statecode", 0)
         row.update(self._computed(table, {}, row))
         row.setdefault("statuscode", 1)
@@ -494,6 +524,7 @@ class Dataverse:
         row.update({"createdon": now, "modifiedon": now, "createdby": me, "modifiedby": me,
                     "createdonbehalfby": None, "modifiedonbehalfby": None,
                     "versionnumber": next(self._versions)})
+        self._check_catalogue(table, row)
         self._check_alternate_keys(table, row, record_id)
         self._check_registration(table, row)
         self._rows[table.logical_name][record_id] = row
@@ -511,9 +542,9 @@ class Dataverse:
                 bypass_async: bool = False) -> WriteResult:
         values = {k: v for k, v in values.items() if not self._is_system(table, k) and k != table.primary_id}
         before = self._rows[table.logical_name][record_id]
-        self._check_parent_editable(table, {**before, **values})
+        self._check_parent_editable(table, {**before, **values}, user)
         if table.logical_name in DOCUMENT_LINES and DOCUMENT_LINES[table.logical_name][0] in values:
-            self._check_parent_editable(table, before)  # moving a line out of a read-only document
+            self._check_parent_editable(table, before, user)  # moving a line out of a read-only document
         now = self._now()
         me = LookupValue(table="systemuser", id=user.id)
         changes = dict(values)
@@ -523,6 +554,7 @@ class Dataverse:
             if owner_user:
                 changes["owningbusinessunit"] = LookupValue(table="businessunit", id=owner_user.business_unit_id)
         after = {**before, **changes, "modifiedon": now, "modifiedby": me, "versionnumber": next(self._versions)}
+        self._check_catalogue(table, after)
         self._check_alternate_keys(table, after, record_id)
         self._check_registration(table, after)
         self._rows[table.logical_name][record_id] = after
@@ -534,7 +566,7 @@ class Dataverse:
 
     def delete_row(self, table: Table, record_id: str, user: DataverseUser, *, tag: str | None = None,
                 key_attributes: KeyValues | None = None, bypass_async: bool = False) -> None:
-        self._check_parent_editable(table, self._rows[table.logical_name][record_id])
+        self._check_parent_editable(table, self._rows[table.logical_name][record_id], user)
         for logical_name, dependant_id in self.registrations.dependants(table, record_id):
             self._rows[logical_name].pop(dependant_id, None)  # a step's images, an endpoint's steps
         before = self._rows[table.logical_name].pop(record_id)
@@ -542,7 +574,7 @@ class Dataverse:
         self._publish("Delete", table, record_id, {}, dict(before), None, key_attributes or {}, user, tag,
                       bypass_async, self._now())
 
-    def _check_parent_editable(self, table: Table, row: Mapping[str, Any]) -> None:
+    def _check_parent_editable(self, table: Table, row: Mapping[str, Any], user: DataverseUser | None = None) -> None:
         """A document line can be written only while its document takes changes (a quote: Draft)."""
         rule = DOCUMENT_LINES.get(table.logical_name)
         if rule is None:
@@ -552,9 +584,64 @@ class Dataverse:
         if not isinstance(parent, LookupValue):
             return
         parent_row = self._rows.get(parent_table, {}).get(parent.id)
+        if (parent_row is not None and parent_row.get("msdynce_ismaintainedexternally") is True
+                and parent_row.get("statecode") in editable and user is not None and user.application_id):
+            return  # [Inferred] F&O is the master of an externally maintained order: the integration writes its lines
         if parent_row is not None and (parent_row.get("statecode") not in editable
                                        or parent_row.get(PROCESSING_STATUS, DRAFT) not in (None, DRAFT)):
             raise DataverseError(400, *PARENT_NOT_EDITABLE)
+
+    def _check_catalogue(self, table: Table, row: Mapping[str, Any]) -> None:
+        """The product catalogue rules the F&O -> Sales flows would trip on (messages [Inferred]; the rules are
+        the documented ones: a product's default unit is one of its unit group's, a price list item prices a
+        product in a unit of the product's group, a line's product must be priced in its document's price
+        list unless the price is overridden (Sales' system pricing), a write-in line has a description and no
+        product)."""
+        name = table.logical_name
+        if name == "product":
+            unit, group = row.get("defaultuomid"), row.get("defaultuomscheduleid")
+            if isinstance(unit, LookupValue) and isinstance(group, LookupValue) and not self._unit_in_group(unit, group):
+                raise DataverseError(400, INVALID_ARGUMENT, "The default unit is not a member of the specified unit "
+                                                            "group.")
+        elif name == "productpricelevel":
+            for column in ("pricelevelid", "productid", "uomid"):
+                if not isinstance(row.get(column), LookupValue):
+                    raise DataverseError(400, INVALID_ARGUMENT, f"Required field '{column}' is missing.")
+            product = self._rows["product"].get(row["productid"].id, {})
+            group = product.get("defaultuomscheduleid")
+            if not isinstance(group, LookupValue) or not self._unit_in_group(row["uomid"], group):
+                raise DataverseError(400, INVALID_ARGUMENT, "The unit does not exist in the unit group of the "
+                                                            "product.")
+        elif name in PRICED_LINES:
+            self._check_priced_line(table, row)
+
+    def _unit_in_group(self, unit: LookupValue, group: LookupValue) -> bool:
+        unit_row = self._rows.get("uom", {}).get(unit.id)
+        return unit_row is not None and unit_row.get("uomscheduleid") == group
+
+    def _check_priced_line(self, table: Table, row: Mapping[str, Any]) -> None:
+        product = row.get("productid")
+        if row.get("isproductoverridden") is True:
+            if isinstance(product, LookupValue) or not row.get("productdescription"):
+                raise DataverseError(400, INVALID_ARGUMENT, "A write-in product line needs a productdescription and "
+                                                            "no productid.")
+            return
+        if not isinstance(product, LookupValue) or row.get("ispriceoverridden") is True:
+            return
+        parent_column, parent_table, _ = DOCUMENT_LINES[table.logical_name]
+        parent = row.get(parent_column)
+        parent_row = self._rows[parent_table].get(parent.id, {}) if isinstance(parent, LookupValue) else {}
+        price_list = parent_row.get("pricelevelid")
+        if not isinstance(price_list, LookupValue):
+            return
+        unit = row.get("uomid")
+        priced = any(item.get("pricelevelid") == price_list and item.get("productid") == product
+                     and (not isinstance(unit, LookupValue) or item.get("uomid") == unit)
+                     for item in self._rows["productpricelevel"].values())
+        if not priced:
+            raise DataverseError(400, INVALID_ARGUMENT, "The product is not in the price list of the "
+                                                        f"{parent_table}; add it to the price list or override the "
+                                                        "price (ispriceoverridden).")
 
     def _number_line(self, table: Table, row: dict[str, Any]) -> None:
         """A new line without a sequencenumber gets the next one of its document. [Inferred] the platform numbers
@@ -604,6 +691,34 @@ class Dataverse:
         if table is None or table.logical_name in WEBHOOK_TABLES:
             self.webhooks.set_registrations(self.registrations.webhook_registrations())
 
+    @contextmanager
+    def change_set(self) -> Iterator[ChangeSet]:
+        """All-or-nothing writes, as a `$batch` change set (ExecuteTransaction): the store lock is held
+        throughout, webhook events are held back, and `ChangeSet.rollback()` (or an exception) restores every
+        row as it was and raises no event. On commit the held events are published in write order, after the
+        lock is released ("after commit", as Dataverse runs async steps only for committed operations).
+
+        The caller must not yield to the event loop inside (the lock is re-entrant on this thread)."""
+        state = ChangeSet()
+        thread = threading.get_ident()
+        with self.lock:
+            saved_rows = {name: dict(rows) for name, rows in self._rows.items()}
+            saved_lines = dict(self._line_numbers)
+            self._held[thread] = []
+            try:
+                yield state
+            except BaseException:
+                state.rolled_back = True
+                raise
+            finally:
+                held = self._held.pop(thread)
+                if state.rolled_back:
+                    self._rows, self._line_numbers = saved_rows, saved_lines
+                    self._sync_webhooks()
+        if not state.rolled_back:
+            for change in held:
+                self.webhooks.publish(change)
+
     def _publish(self, message: Literal["Create", "Update", "Delete"], table: Table, record_id: str,
                  target: dict[str, Any], pre: dict[str, Any] | None, post: dict[str, Any] | None,
                  keys: KeyValues, user: DataverseUser, tag: str | None, bypass_async: bool,
@@ -612,10 +727,15 @@ class Dataverse:
         if keys:
             columns = self.key_columns(table, list(keys))
             key_values = {col: self.coerce(table, col, value) for col, value in zip(columns, keys.values())}
-        self.webhooks.publish(Change(
+        change = Change(
             message=message, table=table, record_id=record_id, target=target, pre=pre, post=post,
             key_attributes=key_values, user=user, tag=tag, correlation_id=str(uuid.uuid4()),
-            request_id=str(uuid.uuid4()), time=now, bypass_async=bypass_async))
+            request_id=str(uuid.uuid4()), time=now, bypass_async=bypass_async)
+        held = self._held.get(threading.get_ident())
+        if held is not None:
+            held.append(change)
+            return
+        self.webhooks.publish(change)
 
     # =====================================================================================
     # Values

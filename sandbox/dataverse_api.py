@@ -67,7 +67,10 @@ class DataverseApi:
     """Request handlers bound to one simulator."""
 
     def __init__(self, dv: Dataverse) -> None:
+        from sandbox.dataverse_batch import DataverseBatch
+
         self.dv = dv
+        self.batch = DataverseBatch(self)
 
     # -- helpers -----------------------------------------------------------------------------------
     def ident(self, table: Table, segment: str) -> RowRef:
@@ -182,6 +185,12 @@ class DataverseApi:
     async def handle(self, request: Request) -> Response:
         path = request.path_params.get("path", "")
         table: Table | None = None
+        if path == "$batch":
+            if request.method != "POST":
+                return _error(405, "0x80060888", f"The requested resource does not support {request.method}.")
+            if request.scope.get("p2c_batch_part"):
+                return _error(400, "0x0", "Batch requests can't contain other batch requests.")
+            return await self.batch.handle(request)
         try:
             if path.rstrip("()") == "WhoAmI" and request.method == "GET":
                 user = self.dv.user_by_id(request_user(request))

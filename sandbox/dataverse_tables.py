@@ -269,13 +269,31 @@ def sales_tables() -> list[Table]:
         "sequencenumber": I, "quantity": D, "priceperunit": MONEY, "manualdiscountamount": MONEY, "tax": MONEY,
         "extendedamount": MONEY, "baseamount": MONEY, "ispriceoverridden": B, "productdescription": S,
         "productid": _lookup("product"), "uomid": _lookup("uom"), "transactioncurrencyid": _lookup("transactioncurrency"),
-        "exchangerate": D, "msdynce_ismaintainedexternally": B}
+        "exchangerate": D, "msdynce_ismaintainedexternally": B,
+        # Write-in lines: isproductoverridden Yes, a productdescription and no product (Sales' "Write-In").
+        "isproductoverridden": B, "description": M, **_addresses("shipto"),
+        "producttypecode": choice({1: "Product", 2: "Bundle", 3: "Required Bundle Product",
+                                   4: "Optional Bundle Product", 5: "Project-based Service"}),
+        "propertyconfigurationstatus": choice({0: "Edit", 1: "Rectify", 2: "Not Configured"})}
     uomschedule = define_table("uomschedule", "uomschedules", primary_name="name", ownership="organization",
                                columns={"baseuomname": S})
     uom = define_table("uom", "uoms", primary_name="name", ownership="organization",
                        columns={"uomscheduleid": _lookup("uomschedule"), "quantity": D, "isschedulebaseuom": B})
     pricelevel = define_table("pricelevel", "pricelevels", primary_name="name", ownership="organization",
-                              columns={"transactioncurrencyid": _lookup("transactioncurrency")})
+                              columns={"transactioncurrencyid": _lookup("transactioncurrency"), "description": M,
+                                       "begindate": DT, "enddate": DT})
+    # A product's price in a price list ("price list item"): one per (price list, product, unit). [Inferred] the
+    # alternate key an integration upserts on (Dataverse refuses a second item for the same combination).
+    productpricelevel = define_table(
+        "productpricelevel", "productpricelevels", primary_name="productnumber", ownership="organization",
+        alternate_keys=[["pricelevelid", "productid", "uomid"]],
+        columns={"pricelevelid": _lookup("pricelevel"), "productid": _lookup("product"), "uomid": _lookup("uom"),
+                 "uomscheduleid": _lookup("uomschedule"), "amount": MONEY, "percentage": D,
+                 "transactioncurrencyid": _lookup("transactioncurrency"), "exchangerate": D,
+                 "pricingmethodcode": choice({1: "Currency Amount", 2: "Percent of List", 3: "Percent Markup - Current Cost",
+                                              4: "Percent Margin - Current Cost", 5: "Percent Markup - Standard Cost",
+                                              6: "Percent Margin - Standard Cost"}),
+                 "quantitysellingcode": choice({1: "No Control", 2: "Whole", 3: "Whole and Fractional"})})
     product = define_table(
         "product", "products", primary_name="name", ownership="organization", alternate_keys=[["productnumber"]],
         columns={"productnumber": S, "description": M, "price": MONEY, "currentcost": MONEY, "standardcost": MONEY,
@@ -315,9 +333,12 @@ def sales_tables() -> list[Table]:
                  "statecode": _state({0: "Active", 1: "Submitted", 2: "Canceled", 3: "Fulfilled", 4: "Invoiced"}),
                  "statuscode": _status({1: "New", 2: "Pending", 3: "In Progress", 4: "No Money", 100001: "Complete",
                                         100002: "Partial", 100003: "Invoiced"})})
+    # Lines also have a key on the copy of their document number (msdynce_ordernumber / msdynce_invoicenumber,
+    # which the P2C templates write): [Inferred] the key an integration upserts lines on in the same change set as
+    # a new header, whose GUID it does not know yet.
     salesorderdetail = define_table(
         "salesorderdetail", "salesorderdetails", primary_name="productdescription",
-        alternate_keys=[["salesorderid", "sequencenumber"]],
+        alternate_keys=[["salesorderid", "sequencenumber"], ["msdynce_ordernumber", "sequencenumber"]],
         columns={**line, "salesorderid": _lookup("salesorder"), "msdynce_ordernumber": S})
     invoice = define_table(
         "invoice", "invoices", primary_name="name", alternate_keys=[["invoicenumber"]],
@@ -330,15 +351,34 @@ def sales_tables() -> list[Table]:
                                         6: "Installed", 100001: "Complete", 100002: "Partial", 100003: "Canceled"})})
     invoicedetail = define_table(
         "invoicedetail", "invoicedetails", primary_name="productdescription",
-        alternate_keys=[["invoiceid", "sequencenumber"]],
+        alternate_keys=[["invoiceid", "sequencenumber"], ["msdynce_invoicenumber", "sequencenumber"]],
         columns={**line, "invoiceid": _lookup("invoice"), "msdynce_invoicenumber": S})
-    return [uomschedule, uom, pricelevel, product, quote, quotedetail, salesorder, salesorderdetail, invoice,
+    return [uomschedule, uom, pricelevel, productpricelevel, product, quote, quotedetail, salesorder, salesorderdetail, invoice,
             invoicedetail]
+
+
+DEFAULT_UNIT_GROUP_ID = "d1e2f3a4-b5c6-4d7e-8f90-a1b2c3d4e501"
+PRIMARY_UNIT_ID = "d1e2f3a4-b5c6-4d7e-8f90-a1b2c3d4e502"
+EACH_UNIT_ID = "d1e2f3a4-b5c6-4d7e-8f90-a1b2c3d4e503"
+USD_PRICE_LIST_ID = "d1e2f3a4-b5c6-4d7e-8f90-a1b2c3d4e504"
+#: The P2C templates' defaults (reference 4.1 row 10, 6.3 row 26, 7.1 row 16): unit group "Default unit", price list
+#: "CRM Service USA (sample)" for USD. Units: the group's base unit, as Dataverse creates it, and "Each" (the
+#: Sales side of the mappings' unit value map, Each <-> ea).
+DEFAULT_UNIT_GROUP, USD_PRICE_LIST = "Default Unit", "CRM Service USA (sample)"
 
 
 def seed_rows() -> dict[str, list[dict[str, Any]]]:
     """Rows present after construction and after every reset (systemusers come from the user config)."""
+    group = ("uomschedule", DEFAULT_UNIT_GROUP_ID)
     return {
+        "uomschedule": [{"uomscheduleid": DEFAULT_UNIT_GROUP_ID, "name": DEFAULT_UNIT_GROUP,
+                         "baseuomname": "Primary Unit"}],
+        "uom": [{"uomid": PRIMARY_UNIT_ID, "name": "Primary Unit", "uomscheduleid": group, "quantity": 1,
+                 "isschedulebaseuom": True},
+                {"uomid": EACH_UNIT_ID, "name": "Each", "uomscheduleid": group, "quantity": 1,
+                 "isschedulebaseuom": False}],
+        "pricelevel": [{"pricelevelid": USD_PRICE_LIST_ID, "name": USD_PRICE_LIST,
+                        "transactioncurrencyid": ("transactioncurrency", USD_CURRENCY_ID)}],
         "businessunit": [{"businessunitid": ROOT_BUSINESS_UNIT_ID, "name": ORGANIZATION_NAME}],
         "transactioncurrency": [
             {"transactioncurrencyid": USD_CURRENCY_ID, "currencyname": "US Dollar", "isocurrencycode": "USD",

@@ -9,25 +9,56 @@ async with DataverseClient("https://contoso.crm.dynamics.com", tokens) as dv:
     result = await dv.upsert("accounts", {"accountnumber": "US-001"}, {"name": "Contoso"})
     result.created, result.record["accountid"]
 ```
+
+``batch`` sends many writes in one ``$batch`` request, by default as one change set: Dataverse applies all of
+them or none (a document's header and its lines), see ``DataverseClient.batch``.
+
+```python
+order = {"ordernumber": "SO-1"}
+results = await dv.batch([
+    Upsert("salesorders", order, {"name": "SO-1", "pricelevelid@odata.bind": bind("pricelevels", price_list_id)}),
+    Upsert("salesorderdetails", {"_salesorderid_value": ..., "sequencenumber": 1}, {...}),
+])
+```
 """
 
 from __future__ import annotations
 
+import json as jsonlib
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 from uuid import UUID
 
 import httpx
 
 from p2csync.connectors.auth import TokenProvider
-from p2csync.connectors.errors import InvalidKeyError, NotFoundError
-from p2csync.connectors.http import ApiClient, HttpOptions, json_body
-from p2csync.connectors.odata import encode_path_segment, is_guid, key_predicate, odata_literal, validate_entity_set
+from p2csync.connectors.errors import ConnectorError, InvalidKeyError, NotFoundError, PermanentError, TransientError
+from p2csync.connectors.http import ApiClient, HttpOptions, dumps_json, json_body
+from p2csync.connectors.odata import (
+    BatchFormatError,
+    BatchRequestPart,
+    BatchResponsePart,
+    decode_batch_response,
+    encode_batch,
+    encode_path_segment,
+    is_guid,
+    key_predicate,
+    odata_literal,
+    validate_entity_set,
+)
 from p2csync.connectors.results import UpsertResult
 
-__all__ = ["UNSUPPORTED_KEY_CHARACTERS", "DataverseClient", "format_key", "service_root"]
+__all__ = ["MAX_BATCH_REQUESTS", "UNSUPPORTED_KEY_CHARACTERS", "BatchResult", "Create", "DataverseClient",
+           "DataverseOperation", "Delete", "Upsert", "bind", "format_key", "service_root"]
+
+#: "Batch requests can contain up to 1000 individual requests and can't contain other batch requests"
+#: (Dataverse Web API, Execute batch operations). Captured over it: "The current change set contains too many
+#: operations. A maximum number of '1000' operations are allowed in a change set."
+MAX_BATCH_REQUESTS = 1000
 
 #: Characters Dataverse does not support in alternate-key values.
 UNSUPPORTED_KEY_CHARACTERS = frozenset("/<>*%&:\\?+")
@@ -102,6 +133,82 @@ def _select(select: Sequence[str] | str | None) -> str | None:
     return select if isinstance(select, str) else ",".join(select)
 
 
+def bind(entity_set: str, key: Key) -> str:
+    """The value of a ``<navigation property>@odata.bind``: ``/accounts(<guid>)`` or, by alternate key,
+    ``/accounts(accountnumber='US-001')`` (same key rules and encoding as a request URL)."""
+    validate_entity_set(entity_set)
+    return "/" + entity_set + encode_path_segment(format_key(key))
+
+
+# ------------------------------------------------------------------------------------------------ $batch
+
+
+@dataclass(frozen=True)
+class Upsert:
+    """PATCH the row at ``key`` (GUID or alternate key): created or updated, as ``DataverseClient.upsert``.
+
+    ``create_only`` sends ``If-None-Match: *``, ``update_only`` ``If-Match: *``, ``if_match`` an ETag.
+    """
+
+    entity_set: str
+    key: Key
+    body: Mapping[str, Any]
+    create_only: bool = False
+    update_only: bool = False
+    if_match: str | None = None
+
+
+@dataclass(frozen=True)
+class Create:
+    """POST a new row (a key violation fails it, and with it its change set)."""
+
+    entity_set: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Delete:
+    """DELETE the row at ``key`` (a missing row fails it: 404)."""
+
+    entity_set: str
+    key: Key
+    if_match: str | None = None
+
+
+DataverseOperation = Upsert | Create | Delete
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What became of one operation of a ``$batch``.
+
+    ``error`` is ``None`` when it was applied; ``created`` then tells a created row (201) from an updated one
+    (200; ``None`` for a delete), and ``record`` is the row as Dataverse returned it. In a failed change set
+    every operation carries the error that failed the set (nothing of it was applied); ``failed_here``
+    marks the rejected one, whose ``status`` is its own (``None`` for the others, which have no answer).
+    """
+
+    operation: DataverseOperation
+    status: int | None
+    created: bool | None = None
+    record: dict[str, Any] | None = None
+    etag: str | None = None
+    entity_id: str | None = None
+    error: ConnectorError | None = None
+    failed_here: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+_BATCH_METHODS: dict[type, str] = {Upsert: "PATCH", Create: "POST", Delete: "DELETE"}
+
+
+def _is_multipart(response: httpx.Response) -> bool:
+    return response.headers.get("Content-Type", "").lower().startswith("multipart/mixed")
+
+
 class DataverseClient(ApiClient):
     """Reads and writes Dataverse rows through the Web API, with the shared retry policy and limiter."""
 
@@ -121,6 +228,11 @@ class DataverseClient(ApiClient):
                          http=http)
         self.api_version = api_version
         self.tag = tag
+        #: Headers that change how Dataverse runs a write (``MSCRM.*``, ``CallerObjectId``) go on every request
+        #: inside a batch too. [Inferred] that the outer request's are not applied to the inner ones.
+        self._per_request_headers = {name: value for name, value in (headers or {}).items()
+                                     if name.lower().startswith("mscrm.") or name.lower() == "callerobjectid"}
+        self.batch_size = MAX_BATCH_REQUESTS
 
     # ------------------------------------------------------------------------------------------- helpers
 
@@ -264,3 +376,135 @@ class DataverseClient(ApiClient):
         except NotFoundError:
             return False
         return True
+
+    # -------------------------------------------------------------------------------------------- $batch
+
+    async def batch(self, operations: Sequence[DataverseOperation], *, atomic: bool = True) -> list[BatchResult]:
+        """Send ``operations`` in one ``$batch`` request; one ``BatchResult`` per operation, in order.
+
+        ``atomic=True`` (the default) sends them as one change set (Dataverse: ExecuteTransaction): all are
+        applied, in the order given, or none; a later operation may bind to a row an earlier one wrote (by
+        alternate key, or ``$<n>`` for the n-th operation's new row: each carries ``Content-ID: n``).
+        ``atomic=False`` sends each on its own with ``Prefer: odata.continue-on-error``, so one failure does
+        not stop the others. Each request carries ``?tag=`` (echo detection) and ``Prefer:
+        return=representation`` (created or updated), as the single requests do.
+
+        At most ``MAX_BATCH_REQUESTS`` (1000) operations: more raise ``ValueError`` before anything is sent.
+        A document is never split (a half-written one is worse than a rejected one); the caller checks
+        ``batch_size`` and rejects the document instead.
+
+        Retries: the batch is one request to the one retry policy (429, 502/503/504, a connection lost before
+        the answer). [Inferred] That is safe: a failed or unanswered change set was rolled back, and a resent
+        one that did run before carries the same keyed upserts; only ``Create`` operations would be written
+        twice, so a batch holding one is not resent after an ambiguous failure. Errors of the operations
+        themselves are per operation (``BatchResult.error``), classified as the single requests' are.
+        """
+        ops = list(operations)
+        if not ops:
+            return []
+        if len(ops) > self.batch_size:
+            raise ValueError(f"{len(ops)} operations exceed Dataverse's limit of {self.batch_size} requests per "
+                             "$batch; nothing was sent")
+        parts = [self._batch_part(op, str(index)) for index, op in enumerate(ops, 1)]
+        content_type, body = encode_batch([parts] if atomic else parts)
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        if not atomic:
+            headers["Prefer"] = "odata.continue-on-error"
+        response = await self.request(
+            "POST", "$batch", content=body, headers=headers, readable=_is_multipart,
+            idempotent=not any(isinstance(op, Create) for op in ops),
+        )
+        try:
+            answered = decode_batch_response(response.headers.get("Content-Type", ""), response.content)
+        except BatchFormatError as exc:
+            raise PermanentError("dataverse", response.status_code, "BatchResponse",
+                                 f"unreadable $batch answer: {exc}", "POST", response.request.url) from exc
+        if atomic:
+            return self._changeset_results(ops, parts, answered, response)
+        return self._single_results(ops, parts, answered)
+
+    def _batch_part(self, op: DataverseOperation, content_id: str) -> BatchRequestPart:
+        """The inner request of one operation: the same URL, headers and body as the single request."""
+        headers: dict[str, str] = {**self._per_request_headers, "Accept": "application/json"}
+        body: bytes | None = None
+        query = f"?{urlencode(self._write_params())}" if self.tag else ""
+        if isinstance(op, Upsert):
+            if op.create_only and (op.update_only or op.if_match):
+                raise ValueError("create_only cannot be combined with update_only or if_match")
+            key_columns = set(op.key) if isinstance(op.key, Mapping) else set()
+            payload = {name: value for name, value in op.body.items() if name not in key_columns}
+            body = dumps_json(payload)
+            headers["Prefer"] = "return=representation"
+            if op.create_only:
+                headers["If-None-Match"] = "*"
+            elif op.if_match or op.update_only:
+                headers["If-Match"] = op.if_match or "*"
+            url = self._path(op.entity_set, op.key)
+        elif isinstance(op, Create):
+            body = dumps_json(dict(op.body))
+            headers["Prefer"] = "return=representation"
+            url = self._path(op.entity_set)
+        else:
+            if op.if_match:
+                headers["If-Match"] = op.if_match
+            url = self._path(op.entity_set, op.key)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        return BatchRequestPart(_BATCH_METHODS[type(op)], url + query, body, headers, content_id)
+
+    @staticmethod
+    def _applied(op: DataverseOperation, part: BatchResponsePart) -> BatchResult:
+        record: dict[str, Any] | None = None
+        if part.body.strip():
+            try:
+                loaded = jsonlib.loads(part.body)
+            except ValueError:
+                loaded = None
+            record = loaded if isinstance(loaded, dict) else None
+        if isinstance(op, Delete):
+            created = None
+        elif isinstance(op, Create):
+            created = True
+        else:  # 201 created, 200 updated; a 204 (Prefer ignored) tells only through a condition
+            created = part.status == 201 or (part.status == 204 and op.create_only)
+        etag = part.headers.get("etag") or (record or {}).get("@odata.etag")
+        return BatchResult(op, part.status, created, record, etag, part.headers.get("odata-entityid"))
+
+    def _changeset_results(self, ops: list[DataverseOperation], parts: list[BatchRequestPart],
+                           answered: list[list[BatchResponsePart]], response: httpx.Response) -> list[BatchResult]:
+        url = response.request.url
+        if len(answered) != 1:
+            raise PermanentError("dataverse", response.status_code, "BatchResponse",
+                                 f"a $batch with one change set was answered with {len(answered)} items", "POST", url)
+        answers = answered[0]
+        by_id = {part.content_id: index for index, part in enumerate(parts)}
+        failed = next((answer for answer in answers if answer.status >= 400), None)
+        if failed is None and len(answers) == len(ops) and response.is_success:
+            ordered = sorted(answers, key=lambda a: by_id.get(a.content_id, answers.index(a)))
+            return [self._applied(op, answer) for op, answer in zip(ops, ordered, strict=True)]
+        if failed is None:
+            raise PermanentError("dataverse", response.status_code, "BatchResponse",
+                                 f"a change set of {len(ops)} operations was answered with {len(answers)} parts and "
+                                 "no error", "POST", url)
+        # The failing request's answer stands for the whole set: nothing of it was applied.
+        culprit = by_id.get(failed.content_id)
+        request = parts[culprit] if culprit is not None else BatchRequestPart("POST", "$batch")
+        error = self.part_error(failed, request)
+        return [BatchResult(op, failed.status if index == culprit else None, error=error,
+                            failed_here=index == culprit) for index, op in enumerate(ops)]
+
+    def _single_results(self, ops: list[DataverseOperation], parts: list[BatchRequestPart],
+                        answered: list[list[BatchResponsePart]]) -> list[BatchResult]:
+        results = []
+        for index, op in enumerate(ops):
+            if index >= len(answered):  # the service stopped at an earlier failure
+                results.append(BatchResult(op, None, error=TransientError(
+                    "dataverse", None, "NotRun", "not run: Dataverse stopped the batch at an earlier failure")))
+                continue
+            answer = answered[index][0]
+            if answer.status < 400:
+                results.append(self._applied(op, answer))
+                continue
+            results.append(BatchResult(op, answer.status, error=self.part_error(answer, parts[index]),
+                                       failed_here=True))
+        return results

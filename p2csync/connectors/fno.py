@@ -57,7 +57,6 @@ from p2csync.connectors.errors import (
     PermanentError,
     RouteNotFoundError,
     TransientError,
-    error_from_response,
 )
 from p2csync.connectors.http import ApiClient, HttpOptions, dumps_json, json_body
 from p2csync.connectors.odata import (
@@ -621,13 +620,6 @@ class FnOClient(ApiClient):
             if name in key and not same_value(key[name], value):
                 raise InvalidKeyError("fno", f"body field {name!r} = {value!r} contradicts the key ({key[name]!r})")
 
-    def _part_error(self, part: BatchResponsePart, request: BatchRequestPart) -> ConnectorError:
-        """Classify an inner answer exactly as ``request`` would classify the same single answer."""
-        url = self.base_url.join(request.url)
-        answer = httpx.Response(part.status, headers=dict(part.headers), content=part.body,
-                                request=httpx.Request(request.method, url))
-        return self._redact(error_from_response(self.system, answer, method=request.method))
-
     @staticmethod
     def _applied(op: BatchOperation, part: BatchResponsePart) -> BatchResult:
         record: dict[str, Any] | None = None
@@ -656,7 +648,7 @@ class FnOClient(ApiClient):
                                  f"with {len(answers)} successes and no error", "POST", url)
         # One answer, the failing request's, stands for the whole set (OData 4.0 §11.7.4): nothing was applied.
         culprit = by_id.get(failed.content_id)
-        error = self._part_error(failed, parts[culprit] if culprit is not None else
+        error = self.part_error(failed, parts[culprit] if culprit is not None else
                                  BatchRequestPart("POST", "$batch"))
         return [BatchResult(op, failed.status if index == culprit else None, error=error,
                             failed_here=index == culprit) for index, op in enumerate(ops)]
@@ -673,7 +665,7 @@ class FnOClient(ApiClient):
             if answer.status < 400:
                 results.append(self._applied(op, answer))
                 continue
-            error = self._part_error(answer, parts[index])
+            error = self.part_error(answer, parts[index])
             if isinstance(op, Read) and answer.status == 404 and not isinstance(error, RouteNotFoundError):
                 results.append(BatchResult(op, answer.status))  # no such row, read as ``get`` reads it
                 continue

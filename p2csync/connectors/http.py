@@ -54,6 +54,7 @@ from p2csync.connectors.errors import (
     redact_url,
     scrub,
 )
+from p2csync.connectors.odata import BatchRequestPart, BatchResponsePart
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -333,11 +334,15 @@ class ApiClient:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
         idempotent: bool | None = None,
+        readable: Callable[[httpx.Response], bool] | None = None,
     ) -> httpx.Response:
         """Send ``method url`` (relative to the base URL, or an absolute URL on the same host).
 
         Returns the 2xx response; raises ``TransientError``/``ThrottledError`` when the retries are used up
         (or a retry would not be safe) and ``PermanentError`` (or a subclass) for everything else.
+        ``readable``: a non-2xx answer for which it is true, and whose status is not one the policy retries,
+        is returned instead of raised (Dataverse answers a failed ``$batch`` with the failing request's status
+        and a multipart body the caller reads part by part).
         """
         method = method.upper()
         if idempotent is None:
@@ -380,6 +385,8 @@ class ApiClient:
                 reauthenticated = True  # a revoked or rotated token: one fresh token, one more try
                 invalidate()
                 continue
+            if readable is not None and status not in self.retry.retry_statuses and readable(response):
+                return response
 
             error = self._redact(error_from_response(self.system, response, method=method))
             if status in self.retry.retry_statuses and attempt < self.retry.max_attempts:
@@ -393,6 +400,12 @@ class ApiClient:
                     await self._pause(request, str(status), attempt, delay)
                     continue
             raise error
+
+    def part_error(self, part: BatchResponsePart, request: BatchRequestPart) -> ConnectorError:
+        """Classify an answer inside a ``$batch`` exactly as ``request`` classifies the same single answer."""
+        answer = httpx.Response(part.status, headers=dict(part.headers), content=part.body,
+                                request=httpx.Request(request.method, self.base_url.join(request.url)))
+        return self._redact(error_from_response(self.system, answer, method=request.method))
 
     def _redact(self, error: ConnectorError) -> ConnectorError:
         """Belt and braces: remove the exact token in use even where the patterns in ``scrub`` miss it."""
