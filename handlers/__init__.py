@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from handlers import accounts, contacts, orders, quotes
+from handlers import accounts, contacts, orders, products, quotes
 from handlers.base import FlowContext, FlowHandler, SalesToFnORecordSync
 from mappings import MappingSpec
 from p2csync.envelopes import ChangeEvent
@@ -18,6 +18,7 @@ FACTORIES: dict[str, Callable[[], FlowHandler]] = {
     contacts.FLOW: contacts.create_handler,
     quotes.FLOW: quotes.create_handler,
     orders.FLOW: orders.create_handler,
+    products.FLOW: products.create_handler,
 }
 
 

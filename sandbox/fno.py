@@ -59,6 +59,13 @@ CREATE_DEFAULTS: dict[str, Row] = {
     "CDSSalesOrderLines": {"SalesOrderLineStatus": "Backorder", "SalesOrderProcessingStatus": "Active",
                            "AreTotalsCalculated": "No", "AreSalesOrderTotalsUpdated": "No"},
 }
+#: The accounting currency of each demo legal entity (Contoso demo data: USMF and USRT in USD, DEMF in EUR).
+ACCOUNTING_CURRENCIES = {"usmf": "USD", "usrt": "USD", "demf": "EUR"}
+#: Fields F&O computes on every write, whatever the client sends: a released product's CurrencyCode is the
+#: accounting currency of its legal entity (p2c-mappings 4.1 row 1).
+COMPUTED: dict[str, Callable[[Row], Row]] = {
+    "CDSReleasedDistinctProducts": lambda row: {"CurrencyCode": ACCOUNTING_CURRENCIES.get(row["dataAreaId"], "USD")},
+}
 KeyTuple = tuple[Any, ...]
 StringOverflow = Literal["error", "truncate"]
 
@@ -526,6 +533,8 @@ class FnO:
         row = {name: default_value(edm_type) for name, edm_type in entity.fields.items()}
         row.update(CREATE_DEFAULTS.get(entity.entity_set, {}))
         row.update(values)
+        if computed := COMPUTED.get(entity.entity_set):
+            row.update(computed(row))
         key = self._row_key(entity, row)
         with self.lock:
             if key in self._rows[entity.entity_set]:

@@ -113,7 +113,7 @@ async def test_killed_host_restarts_and_every_accepted_event_ends_applied_or_dea
 
         host.start()
         queue = EmbeddedQueue(tmp_path / "queue.sqlite")
-        deadline = time.monotonic() + 45
+        deadline = time.monotonic() + 90  # generous: the machine may be shared; convergence is what counts
         while time.monotonic() < deadline:
             counts = queue.counts("sales-events")
             if counts.active == counts.scheduled == counts.locked == 0:
