@@ -32,6 +32,7 @@ from mappings.values import is_empty
 from p2csync.connectors.errors import InvalidKeyError
 from p2csync.connectors.fno import format_key
 from p2csync.connectors.odata import odata_literal
+from p2csync.connectors.results import UpsertResult
 from p2csync.envelopes import ChangeEvent
 from p2csync.ledger.base import RecordState
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped
@@ -172,7 +173,8 @@ class FnOToSalesRecordSync:
         target = self.target_key(spec, mapped.key)
         if unchanged := self.unchanged(digest, target, state):
             return unchanged
-        verb = await self.upsert(spec, mapped.key, body, ctx)
+        result = await self.upsert(spec, mapped.key, body, ctx)
+        verb = "created" if result.created else "updated"
         return Applied(detail=f"{verb} {spec.target.entity_set}{format_key(mapped.key)} from {described}",
                        payload_hash=digest, target_key=target)
 
@@ -200,12 +202,13 @@ class FnOToSalesRecordSync:
                            target_key=target)
         return None
 
-    async def upsert(self, spec: MappingSpec, key: dict[str, Any], body: dict[str, Any], ctx: FlowContext) -> str:
-        """Native upsert on the alternate key; a key value Dataverse refuses in a URL is found by $filter."""
+    async def upsert(self, spec: MappingSpec, key: dict[str, Any], body: dict[str, Any], ctx: FlowContext,
+                     select: list[str] | None = None) -> UpsertResult:
+        """Native upsert on the alternate key; a key value Dataverse refuses in a URL is found by $filter and
+        the row written by its id (or created)."""
         entity_set = spec.target.entity_set
         try:
-            result = await ctx.dataverse.upsert(entity_set, key, body)
-            return "created" if result.created else "updated"
+            return await ctx.dataverse.upsert(entity_set, key, body, select=select)
         except InvalidKeyError:
             pass
         primary = f"{spec.target.table or entity_set[:-1]}id"
@@ -215,10 +218,9 @@ class FnOToSalesRecordSync:
             raise MappedValueError(spec.flow, ", ".join(key), None,
                                    f"two {entity_set} rows have {format_key(key)}; Sales must hold one")
         if found:
-            await ctx.dataverse.upsert(entity_set, str(found[0][primary]), body, update_only=True)
-            return "updated"
-        await ctx.dataverse.create(entity_set, body)
-        return "created"
+            return await ctx.dataverse.upsert(entity_set, str(found[0][primary]), body, update_only=True,
+                                              select=select)
+        return await ctx.dataverse.create(entity_set, body, select=select)
 
     # ------------------------------------------------------------------------------------------- lookups
 

@@ -69,8 +69,7 @@ class ProductSync(FnOToSalesRecordSync):
         target = self.target_key(spec, mapped.key)
         if unchanged := self.unchanged(digest, target, state):
             return unchanged
-        result = await ctx.dataverse.upsert(spec.target.entity_set, mapped.key, body,
-                                            select=["productid", "statecode"])
+        result = await self.upsert(spec, mapped.key, body, ctx, select=["productid", "statecode"])
         product_id = str(result.record["productid"])
         done = ["created" if result.created else "updated", f"{spec.target.entity_set}{format_key(mapped.key)}"]
         if result.record.get("statecode") == DRAFT:

@@ -35,6 +35,7 @@ def sandbox(_world: tuple[SandboxServer, Capture]) -> Iterator[SandboxServer]:
     server, capture = _world
     server.dataverse.reset(webhooks=True)
     server.fno.reset()
+    server.fno.events.deactivate_all()
     capture.take()
     groups = set(server.fno.customer_groups)
     # The `register` command over the Web API: Create, and Update filtered on the mapped columns.

@@ -28,6 +28,7 @@ from p2csync.registration import register
 from p2csync.runtime import InboundMessage, SyncRuntime
 from p2csync.settings import ROOT, Settings
 from sandbox import INTEGRATION_TOKEN, INTEGRATION_USER_ID, USD_CURRENCY_ID, SandboxServer
+from sandbox.fno_events import FnoMessage
 from sandbox.server import BackgroundServers
 
 QUEUE = "sales-events"
@@ -189,6 +190,34 @@ async def sales_change(sandbox: SandboxServer, capture: Capture, act: Callable[[
                                        content_type=out.content_type, enqueued_time_utc=datetime.now(UTC),
                                        lock_token=f"lock-{out.message_id}"))
     return messages
+
+
+FNO_QUEUE = "fno-events"
+
+
+async def fno_change(sandbox: SandboxServer, act: Callable[[], Any], expect: int = 1,
+                     data_events: tuple[str, ...] = (), business_events: tuple[str, ...] = ()) -> list[InboundMessage]:
+    """Do ``act`` in the F&O sandbox with those events activated on an endpoint; wait for the events it raises
+    and return them as the fno-events queue messages the runtime handles (the endpoint test messages of the
+    activations are left out)."""
+    fno = sandbox.fno
+    sent: list[FnoMessage] = []
+    if fno.events.endpoint is None:
+        fno.events.set_endpoint(sent.append)
+    else:
+        fno.events.endpoint.sink = sent.append
+    for entity_set in data_events:
+        fno.events.activate_data_event(entity_set)
+    for event_id in business_events:
+        fno.events.activate_business_event(event_id)
+    assert await asyncio.to_thread(fno.events.wait_idle, 10)
+    sent.clear()
+    await asyncio.to_thread(act)
+    assert await asyncio.to_thread(fno.events.wait_idle, 10)
+    assert len(sent) == expect, [m.kind for m in sent]
+    return [InboundMessage(queue=FNO_QUEUE, body=m.body, message_id=m.message_id,
+                           application_properties=dict(m.application_properties), content_type=m.content_type,
+                           enqueued_time_utc=datetime.now(UTC), lock_token=f"lock-{m.message_id}") for m in sent]
 
 
 def account(number: str, **extra: Any) -> dict[str, Any]:

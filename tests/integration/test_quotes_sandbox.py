@@ -248,7 +248,7 @@ async def test_a_line_stamped_before_the_read_but_committed_after_it_is_not_skip
     activated_at = datetime.fromisoformat(sandbox.dataverse.get("quote", quote_id)["modifiedon"])  # type: ignore[index]
 
     # The late line: checked and stamped a second before the activation, committed (and announced) now.
-    monkeypatch.setattr(sandbox.dataverse, "_check_parent_editable", lambda table, row: None)
+    monkeypatch.setattr(sandbox.dataverse, "_check_parent_editable", lambda *args: None)
     monkeypatch.setattr(sandbox.dataverse, "clock", lambda: activated_at - timedelta(seconds=1))
     [late] = await sales_change(sandbox, capture,
                                 lambda: sandbox.dataverse.create("quotedetail", catalogue.line(quote_id, "D0002")))
