@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from handlers import accounts, contacts, orders, products, quotes
+from handlers import accounts, contacts, orders, orders_back, products, quotes
 from handlers.base import FlowContext, FlowHandler, SalesToFnORecordSync
 from mappings import MappingSpec
 from p2csync.envelopes import ChangeEvent
@@ -19,6 +19,7 @@ FACTORIES: dict[str, Callable[[], FlowHandler]] = {
     quotes.FLOW: quotes.create_handler,
     orders.FLOW: orders.create_handler,
     products.FLOW: products.create_handler,
+    orders_back.FLOW: orders_back.create_handler,
 }
 
 

@@ -92,6 +92,8 @@ class FnOToSalesRecordSync:
         self.key_fields: list[str] = []
         self.business_events: frozenset[str] = frozenset()
         self.messages: frozenset[str] = frozenset()
+        #: F&O fields the flow's code reads beyond those the mapping names.
+        self.header_columns: list[str] = []
 
     @property
     def flows(self) -> tuple[str, ...]:
@@ -144,26 +146,36 @@ class FnOToSalesRecordSync:
 
     # ---------------------------------------------------------------------------------------------- sync
 
+    def without_key(self, event: ChangeEvent) -> Rejected:
+        """The dead letter of an event that does not say which F&O row it is about."""
+        wanted = ", ".join(VIRTUAL_PREFIX + k.lower() if event.source == "fno_data_event" else k
+                           for k in self.key_fields)
+        return Rejected(reason="EventWithoutKey",
+                        description=f"{event.entity} event {event.dedupe_key} does not name its {self.entity_set} "
+                                    f"row: it lacks {wanted} (source.key of {self.flow}.yaml)")
+
     async def sync(self, event: ChangeEvent, state: RecordState, ctx: FlowContext) -> Outcome:
         spec = ctx.mapping(self.flow)
         key = self.source_key(event)
         if key is None:
-            wanted = ", ".join(VIRTUAL_PREFIX + k.lower() if event.source == "fno_data_event" else k
-                               for k in self.key_fields)
-            return Rejected(reason="EventWithoutKey",
-                            description=f"{event.entity} event {event.dedupe_key} does not name the {self.entity_set} "
-                                        f"row: it lacks {wanted} (source.key of {self.flow}.yaml)")
+            return self.without_key(event)
         described = f"{self.entity_set}{format_key(key)}"
+        if skipped := self.not_synced(event, described):
+            return skipped
+        row = await ctx.fno.get(self.entity_set, key, select=[*spec.source_columns(), *self.header_columns])
+        if row is None:
+            return Skipped(reason=f"{described} no longer exists in F&O")
+        return await self.write(spec, key, row, state, ctx, described)
+
+    def not_synced(self, event: ChangeEvent, described: str) -> Skipped | None:
+        """A data-event message the flow does not take (a Delete, usually): skipped with that reason."""
         if event.source == "fno_data_event" and event.message_name not in self.messages:
             return Skipped(reason=f"{event.message_name} of {described} is not synced by the {self.flow} flow "
                                   f"(its triggers: {', '.join(sorted(self.messages)) or 'none'})")
-        row = await ctx.fno.get(self.entity_set, key, select=spec.source_columns())
-        if row is None:
-            return Skipped(reason=f"{described} no longer exists in F&O")
-        return await self.write(spec, row, state, ctx, described)
+        return None
 
-    async def write(self, spec: MappingSpec, row: Mapping[str, Any], state: RecordState, ctx: FlowContext,
-                    described: str) -> Outcome:
+    async def write(self, spec: MappingSpec, key: Mapping[str, Any], row: Mapping[str, Any], state: RecordState,
+                    ctx: FlowContext, described: str) -> Outcome:
         """Filter, map, bind and upsert one F&O row (also the entry point of the catch-up)."""
         prepared = await self.prepare(spec, row, ctx, described)
         if not isinstance(prepared, tuple):

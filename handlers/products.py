@@ -48,8 +48,8 @@ class ProductSync(FnOToSalesRecordSync):
                              "among the fields (e.g. target: transactioncurrencyid.isocurrencycode)")
         return self
 
-    async def write(self, spec: MappingSpec, row: Mapping[str, Any], state: RecordState, ctx: FlowContext,
-                    described: str) -> Outcome:
+    async def write(self, spec: MappingSpec, key: Mapping[str, Any], row: Mapping[str, Any], state: RecordState,
+                    ctx: FlowContext, described: str) -> Outcome:
         prepared = await self.prepare(spec, row, ctx, described)
         if not isinstance(prepared, tuple):
             return prepared

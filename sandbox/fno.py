@@ -61,10 +61,27 @@ CREATE_DEFAULTS: dict[str, Row] = {
 }
 #: The accounting currency of each demo legal entity (Contoso demo data: USMF and USRT in USD, DEMF in EUR).
 ACCOUNTING_CURRENCIES = {"usmf": "USD", "usrt": "USD", "demf": "EUR"}
+def _customers_flags(row: Row, fno: FnO) -> Row:
+    """An order's OrderingCustomerIsExternallyMaintained / InvoiceCustomerIsExternallyMaintained: the flags of its
+    customers (the invoice account defaults to the ordering one), as the CDS order entity exposes them (p2c-mappings
+    1.1: "Orders expose OrderingCustomerIsExternallyMaintained and InvoiceCustomerIsExternallyMaintained")."""
+    def flag(account: Any) -> str:
+        if not account:
+            return "No"
+        found = fno.get("CustomersV3", {"dataAreaId": row["dataAreaId"], "CustomerAccount": account})
+        return "Yes" if found is not None and found.get("IsExternallyMaintained") == "Yes" else "No"
+    ordering = row.get("OrderingCustomerAccountNumber")
+    invoice = row.get("InvoiceCustomerAccountNumber") or ordering
+    return {"InvoiceCustomerAccountNumber": invoice, "OrderingCustomerIsExternallyMaintained": flag(ordering),
+            "InvoiceCustomerIsExternallyMaintained": flag(invoice)}
+
+
 #: Fields F&O computes on every write, whatever the client sends: a released product's CurrencyCode is the
-#: accounting currency of its legal entity (p2c-mappings 4.1 row 1).
-COMPUTED: dict[str, Callable[[Row], Row]] = {
-    "CDSReleasedDistinctProducts": lambda row: {"CurrencyCode": ACCOUNTING_CURRENCIES.get(row["dataAreaId"], "USD")},
+#: accounting currency of its legal entity (p2c-mappings 4.1 row 1); an order header's customer flags.
+COMPUTED: dict[str, Callable[[Row, FnO], Row]] = {
+    "CDSReleasedDistinctProducts": lambda row, fno: {
+        "CurrencyCode": ACCOUNTING_CURRENCIES.get(row["dataAreaId"], "USD")},
+    "CDSSalesOrderHeaders": _customers_flags,
 }
 KeyTuple = tuple[Any, ...]
 StringOverflow = Literal["error", "truncate"]
@@ -534,7 +551,7 @@ class FnO:
         row.update(CREATE_DEFAULTS.get(entity.entity_set, {}))
         row.update(values)
         if computed := COMPUTED.get(entity.entity_set):
-            row.update(computed(row))
+            row.update(computed(row, self))
         key = self._row_key(entity, row)
         with self.lock:
             if key in self._rows[entity.entity_set]:
@@ -562,6 +579,8 @@ class FnO:
                 if name in values and key_part(values[name]) != key_part(current[name]):
                     raise FnoError(400, f"Key property '{name}' cannot be changed.")
             row = {**current, **values}
+            if computed := COMPUTED.get(entity.entity_set):
+                row.update(computed(row, self))
             if self.settings.update_conflicts:
                 self.settings.update_conflicts -= 1
                 raise self.write_failed(entity, f"Error: Cannot edit a record in {entity.table_name}. "
