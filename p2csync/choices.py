@@ -62,6 +62,11 @@ async def resolve_choice_labels(dataverse: DataverseClient, specs: Mapping[str, 
         except ChoiceLabelError as exc:
             errors.append(str(exc))
     if errors:
+        # Read these columns again at the next check: an option may be added (or relabelled) in the environment
+        # meanwhile, and the fix should not need a restart.
+        root = str(dataverse.base_url)
+        for table, column in columns:
+            _OPTIONS.pop((root, table, column), None)
         raise ChoiceLabelError("\n".join(errors))
     return sum(len(found) for found in uses.values())
 
