@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .errors import MappingError, Problem
+from .choices import ChoiceLabel
+from .errors import MappingError, Problem, format_loc
 from .model import (
     CompanyRouting,
     Condition,
@@ -129,21 +130,11 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 
 def _all_keys() -> set[str]:
     keys: set[str] = set()
-    for model in (MappingSpec, Source, Target, CompanyRouting, ParentRouting, FieldMap, ValueMap, Condition, LineSpec, LineSource, LineTarget, Reference):
+    for model in (MappingSpec, Source, Target, CompanyRouting, ParentRouting, FieldMap, ValueMap, Condition, LineSpec,
+                  LineSource, LineTarget, Reference, ChoiceLabel):
         for name, info in model.model_fields.items():
             keys.add(info.alias or name)
     return keys
-
-
-def format_loc(loc: tuple[Any, ...]) -> str:
-    """('fields', 4, 'transform') -> 'fields[4].transform'."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
 
 
 def _clean(message: str) -> str:
@@ -190,9 +181,11 @@ def parse_mapping(text: str, file: str = "<mapping>") -> MappingSpec:
     if not isinstance(data, dict):
         raise MappingError(f"{file}: a mapping file is a YAML mapping (flow:, direction:, ...)", file=file)
     try:
-        return MappingSpec.model_validate(data)
+        spec = MappingSpec.model_validate(data)
     except ValidationError as exc:
         raise MappingError.from_problems(file, _problems(exc, node)) from None
+    spec._file = file  # named by errors found later (a choice label the environment does not have)
+    return spec
 
 
 def load_mapping(path: str | Path) -> MappingSpec:

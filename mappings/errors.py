@@ -12,6 +12,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """('fields', 4, 'transform') -> 'fields[4].transform'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
 
 
 @dataclass(frozen=True)

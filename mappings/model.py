@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -28,8 +28,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .catalog import field_problem
+from .choices import ChoiceLabel, ChoiceOptions, ChoiceUse, column_key, resolve_uses
 from .discounts import DiscountSplitError, split_line_discount
-from .errors import MappedValueError
+from .errors import MappedValueError, format_loc
 from .fno_values import DoesNotFit, TooLong, fit, key_value
 from .transforms import TransformError, TransformStep, parse_transforms, transform_json_schema
 from .values import Unparsed, compare_key, is_empty, is_entity_ref, iso_datetime, payload_hash, unwritable_reason
@@ -42,6 +43,36 @@ Scalar = bool | int | float | str | None
 """A constant in a mapping file: text, number, true/false or null."""
 
 MapKey = bool | int | str
+
+
+def _choice_or_scalar(raw: Any) -> Any:
+    """A constant, or a Dataverse choice option named by its label ({label: Active})."""
+    if isinstance(raw, ChoiceLabel) or raw is None or isinstance(raw, (bool, int, float, str)):
+        return raw
+    if isinstance(raw, Mapping):
+        if set(raw) != {"label"} or not isinstance(raw["label"], str) or not raw["label"].strip():
+            raise ValueError(f"a choice option named by its label is written {{label: Active}} (got {dict(raw)!r})")
+        return ChoiceLabel(label=raw["label"])
+    raise ValueError(f"expected text, a number, true/false, null or {{label: ...}}; got {raw!r}")
+
+
+_LABEL_SCHEMA = {
+    "type": "object",
+    "description": " ".join((ChoiceLabel.__doc__ or "").split()),
+    "properties": {"label": {"type": "string", "minLength": 1, "description": "The option's label as Sales shows it."}},
+    "required": ["label"],
+    "additionalProperties": False,
+}
+
+ChoiceValue = Annotated[
+    Any,
+    PlainValidator(_choice_or_scalar),
+    WithJsonSchema({"anyOf": [{"type": ["string", "number", "boolean", "null"]}, _LABEL_SCHEMA]}),
+]
+"""A constant, or {label: ...}: a Dataverse choice option by its label, resolved to the environment's value."""
+
+#: Resolves a choice label of a column (of the table the caller knows) to its value in this environment.
+LabelResolver = Callable[[str, ChoiceLabel], int]
 
 OnEmpty = Literal["omit", "null", "blank"]
 
@@ -285,19 +316,24 @@ class ValueMap(_Strict):
     surrounding spaces; numbers match whatever their type (3 == 3.0)."""
 
     description: str | None = Field(None, description="What the map is for.")
-    map: dict[MapKey, Scalar] = Field(description="source value -> target value")
-    default: Scalar = Field(None, description="Target value for source values not in the map (unmapped: default).")
+    map: dict[MapKey, ChoiceValue] = Field(
+        description="source value -> target value; a target written to a Dataverse choice column can name the "
+        "option by its label: {label: Confirmed}"
+    )
+    default: ChoiceValue = Field(
+        None, description="Target value for source values not in the map (unmapped: default)."
+    )
     unmapped: Literal["error", "default", "keep"] = Field(
         "error",
         description="A source value not in the map: 'error' (dead-letter the record with the value in the "
         "reason), 'default' (use 'default'), 'keep' (pass the value through unchanged).",
     )
 
-    _index: dict[tuple[str, Any], Scalar] = PrivateAttr(default_factory=dict)
+    _index: dict[tuple[str, Any], Any] = PrivateAttr(default_factory=dict)
 
     @field_validator("map")
     @classmethod
-    def _no_clashes(cls, value: dict[MapKey, Scalar]) -> dict[MapKey, Scalar]:
+    def _no_clashes(cls, value: dict[MapKey, Any]) -> dict[MapKey, Any]:
         seen: dict[tuple[str, Any], MapKey] = {}
         for key in value:
             norm = compare_key(key)
@@ -315,8 +351,16 @@ class ValueMap(_Strict):
     def model_post_init(self, context: Any) -> None:
         self._index = {compare_key(k): v for k, v in self.map.items()}
 
-    def translate(self, value: Any) -> Scalar:
-        """The target value; raises LookupError when the value is not mapped and unmapped is 'error'."""
+    def labels(self) -> list[tuple[tuple[Any, ...], ChoiceLabel]]:
+        """The choice labels among the targets, with their place under the map."""
+        found = [(("map", str(k)), v) for k, v in self.map.items() if isinstance(v, ChoiceLabel)]
+        if isinstance(self.default, ChoiceLabel):
+            found.append((("default",), self.default))
+        return found
+
+    def translate(self, value: Any) -> Any:
+        """The target value (a ChoiceLabel for the caller to resolve); raises LookupError when the value is not
+        mapped and unmapped is 'error'."""
         norm = compare_key(value)
         if norm in self._index:
             return self._index[norm]
@@ -329,15 +373,18 @@ class ValueMap(_Strict):
 
 class Condition(_Strict):
     """One filter condition on a source column, e.g. {field: statecode, equals: 0}. Give the column and exactly
-    one test; or 'any' with a list of conditions of which one must hold."""
+    one test; or 'any' with a list of conditions of which one must hold. A Dataverse choice column can be tested
+    against an option's label: {field: msdynce_processingstatus, equals: {label: Active}}."""
 
     field: str | None = Field(
         None, description="Source column tested; 'lookup.column' tests a column of the related row (a line's "
         "productid.msdynce_ismaintainedexternally), which the handler reads before filtering.")
-    equals: Scalar = Field(None, description="The column must equal this value (text ignores case).")
-    not_equals: Scalar = Field(None, description="The column must not equal this value.")
-    in_: list[Scalar] | None = Field(None, alias="in", description="The column must be one of these values.")
-    not_in: list[Scalar] | None = Field(None, description="The column must be none of these values.")
+    equals: ChoiceValue = Field(
+        None, description="The column must equal this value (text ignores case); {label: ...} for a choice option."
+    )
+    not_equals: ChoiceValue = Field(None, description="The column must not equal this value.")
+    in_: list[ChoiceValue] | None = Field(None, alias="in", description="The column must be one of these values.")
+    not_in: list[ChoiceValue] | None = Field(None, description="The column must be none of these values.")
     not_empty: bool | None = Field(
         None, description="true: the column must have a value; false: it must be empty."
     )
@@ -375,10 +422,25 @@ class Condition(_Strict):
             return [c for cond in self.any for c in cond.columns()]
         return [self.field] if self.field else []
 
-    def failure(self, record: Mapping[str, Any]) -> str | None:
-        """None when the record passes, else why it does not."""
+    def labels(self, at: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str, ChoiceLabel]]:
+        """(place in the file, column, label) of every choice label this condition compares with."""
         if self.any is not None:
-            reasons = [cond.failure(record) for cond in self.any]
+            return [found for j, cond in enumerate(self.any) for found in cond.labels((*at, "any", j))]
+        out: list[tuple[tuple[Any, ...], str, ChoiceLabel]] = []
+        for name, shown in (("equals", "equals"), ("not_equals", "not_equals")):
+            if isinstance(value := getattr(self, name), ChoiceLabel):
+                out.append(((*at, shown), self.field or "", value))
+        for name, shown in (("in_", "in"), ("not_in", "not_in")):
+            for i, value in enumerate(getattr(self, name) or []):
+                if isinstance(value, ChoiceLabel):
+                    out.append(((*at, shown, i), self.field or "", value))
+        return out
+
+    def failure(self, record: Mapping[str, Any], resolve: LabelResolver | None = None) -> str | None:
+        """None when the record passes, else why it does not. ``resolve`` gives the value of a choice label
+        (MappingSpec.filter_reason passes the spec's resolved labels)."""
+        if self.any is not None:
+            reasons = [cond.failure(record, resolve) for cond in self.any]
             if any(r is None for r in reasons):
                 return None
             return "none of: " + "; ".join(r for r in reasons if r)
@@ -397,18 +459,32 @@ class Condition(_Strict):
                 return f"{self.field} is {shown}, expected it {'not ' if self.not_empty else ''}to be empty"
             return None
         key = compare_key(value)
+        field_name = self.field
+
+        def expected(v: Any) -> Any:
+            if not isinstance(v, ChoiceLabel):
+                return v
+            if resolve is None:
+                raise MappedValueError("filter", field_name, None, f"choice label {v} was not resolved; the "
+                                       "runtime reads the labels' values from Dataverse first")
+            return resolve(field_name, v)
+
+        def shown_expected(v: Any) -> str:
+            return f"{v.label} ({expected(v)})" if isinstance(v, ChoiceLabel) else _show(v)
+
         if "equals" in self.model_fields_set:
-            if key != compare_key(self.equals):
-                return f"{self.field} is {shown}, expected {_show(self.equals)}"
+            if key != compare_key(expected(self.equals)):
+                return f"{self.field} is {shown}, expected {shown_expected(self.equals)}"
         elif "not_equals" in self.model_fields_set:
-            if key == compare_key(self.not_equals):
+            if key == compare_key(expected(self.not_equals)):
                 return f"{self.field} is {shown}, expected anything else"
         elif "in_" in self.model_fields_set:
-            if key not in {compare_key(v) for v in self.in_ or []}:
-                return f"{self.field} is {shown}, expected one of {', '.join(_show(v) for v in self.in_ or [])}"
+            if key not in {compare_key(expected(v)) for v in self.in_ or []}:
+                return f"{self.field} is {shown}, expected one of {', '.join(map(shown_expected, self.in_ or []))}"
         elif "not_in" in self.model_fields_set:
-            if key in {compare_key(v) for v in self.not_in or []}:
-                return f"{self.field} is {shown}, expected none of {', '.join(_show(v) for v in self.not_in or [])}"
+            if key in {compare_key(expected(v)) for v in self.not_in or []}:
+                return (f"{self.field} is {shown}, expected none of "
+                        f"{', '.join(map(shown_expected, self.not_in or []))}")
         return None
 
 
@@ -417,8 +493,11 @@ class FieldMap(_Strict):
 
     target: str = Field(description="Target field (F&O: the OData field name, e.g. CustomerAccount).")
     source: Sources = Field((), description="Source column(s); see the type description.")
-    value: Scalar = Field(None, description="A constant written to every record (instead of 'source').")
-    default: Scalar = Field(
+    value: ChoiceValue = Field(
+        None, description="A constant written to every record (instead of 'source'); {label: ...} names an option "
+        "of a Dataverse choice column."
+    )
+    default: ChoiceValue = Field(
         None, description="Written when the source is empty; used as is (not value-mapped or transformed)."
     )
     value_map: str | None = Field(None, description="Name of a map under value_maps applied to the source value.")
@@ -582,6 +661,11 @@ class MappingSpec(_Strict):
         "customer): target field -> value, e.g. {IsInactive: \"Yes\"}. Empty: the old record is left as it is.",
     )
 
+    #: The file the spec was loaded from (set by the loader), named in errors found after loading.
+    _file: str | None = PrivateAttr(None)
+    #: (table, column, label key) -> value, once ``resolve_choices`` has read the environment's options.
+    _choice_values: dict[tuple[str, str, str], int] | None = PrivateAttr(None)
+
     # -- cross-checks ------------------------------------------------------------------------------------------
 
     @model_validator(mode="after")
@@ -646,12 +730,76 @@ class MappingSpec(_Strict):
                     fit(self.target.entity_set, name, _finish(value))
                 except DoesNotFit as exc:
                     problems.append((("retire", name), f"{value!r} does not fit {name}: {exc}"))
+        problems += [(loc, problem) for loc, _, _, _, problem in self._label_sites() if problem]
         parent = self.company.parent
         if parent is not None and not any(parent.lookup == p.attribute and p.is_lookup
                                           for f in self.fields for p in f.source):
             problems.append((("company", "parent", "lookup"), f"'{parent.lookup}' is not read by any field as a "
                              "lookup path (e.g. parentcustomerid.Account(accountnumber))"))
         return problems
+
+    def _label_sites(
+        self,
+    ) -> list[tuple[tuple[Any, ...], str | None, str, ChoiceLabel, str | None]]:
+        """Every choice label of the file: (place, Dataverse table, column, label, problem). A label names an
+        option of a Dataverse choice column: one the filter tests (a column of the source table) or one a field
+        writes (a column of the target table, through 'value', 'default' or its value map)."""
+        sites: list[tuple[tuple[Any, ...], str | None, str, ChoiceLabel, str | None]] = []
+        blocks = [((), self.source.table, self.target.table, self.filter, self.fields)]
+        blocks += [(("lines", n), line.source.table, line.target.table, line.filter, line.fields)
+                   for n, line in enumerate(self.lines)]
+        for prefix, source_table, target_table, conditions, fields in blocks:
+            for n, cond in enumerate(conditions):
+                for loc, column, label in cond.labels((*prefix, "filter", n)):
+                    problem = None
+                    if self.source.system != "dataverse":
+                        problem = f"{label} names a Dataverse choice option, but the source is F&O: compare an " \
+                                  "F&O enum field with its value as text"
+                    elif "." in column:
+                        problem = f"{label}: a label names an option of a column of this table; '{column}' is a " \
+                                  "column of a related row (write its value)"
+                    sites.append((loc, source_table, column, label, problem))
+            for i, f in enumerate(fields):
+                at = (*prefix, "fields", i)
+                found = [((*at, name), getattr(f, name)) for name in ("value", "default")
+                         if isinstance(getattr(f, name), ChoiceLabel)]
+                value_map = self.value_maps.get(f.value_map) if f.value_map else None
+                if value_map is not None:
+                    found += [(("value_maps", f.value_map, *loc), label) for loc, label in value_map.labels()]
+                for loc, label in found:
+                    problem = None
+                    if self.target.system != "dataverse":
+                        problem = f"{label} names a Dataverse choice option, but '{f.target}' is an F&O field: " \
+                                  "write the enum value as text"
+                        loc = (*at, "value_map") if loc[0] == "value_maps" else loc
+                    elif not target_table:
+                        problem = f"{label}: a choice label needs the target's Dataverse table (target.table) to " \
+                                  "read the options of its column"
+                    sites.append((loc, target_table, f.target, label, problem))
+        return sites
+
+    def choice_uses(self) -> list[ChoiceUse]:
+        """The choice labels the file names, each with the Dataverse table and column whose options it names."""
+        return [ChoiceUse(table, column, label, format_loc(loc))
+                for loc, table, column, label, problem in self._label_sites() if table and not problem]
+
+    @property
+    def choices_resolved(self) -> bool:
+        return self._choice_values is not None or not self.choice_uses()
+
+    def resolve_choices(self, options: Mapping[tuple[str, str], ChoiceOptions]) -> None:
+        """Take the environment's options of the choice columns this file names (keyed by ``column_key(table,
+        column)``) and use their values from now on. ChoiceLabelError, naming the file, the place, the label and
+        the labels that exist, when a label names no option (or several)."""
+        self._choice_values = resolve_uses(self.choice_uses(), options, self._file or self.flow)
+
+    def _label_value(self, table: str | None, column: str, label: ChoiceLabel) -> int:
+        values = self._choice_values
+        found = values.get((*column_key(table or "", column), label.key)) if values is not None else None
+        if found is None:
+            raise MappedValueError(self.flow, column, None, f"choice label {label} was not resolved; the runtime "
+                                   "reads the labels' values from Dataverse metadata before syncing")
+        return found
 
     def _reference_problems(
         self, prefix: tuple[Any, ...], references: list[Reference], fields: list[FieldMap]
@@ -865,6 +1013,7 @@ class MappingSpec(_Strict):
         """None when the record passes the filter, else why not (e.g. "statecode is 1, expected 0"). ``resolved``
         answers the conditions on 'lookup.column' paths (as for ``apply``)."""
         conditions = self.line(line).filter if line else self.filter
+        table = self.line(line).source.table if line else self.source.table
         if resolved:
             record = {**record, **resolved}
         for cond in conditions:
@@ -874,7 +1023,7 @@ class MappingSpec(_Strict):
                     # A value the parser kept raw compares equal to nothing: filtering on it would skip the
                     # record silently. Dead-letter it with the column named instead.
                     raise MappedValueError(self.flow, "filter", column, unwritable_reason(value) or "unreadable")
-            if (why := cond.failure(record)) is not None:
+            if (why := cond.failure(record, lambda column, label: self._label_value(table, column, label))) is not None:
                 return why
         return None
 
@@ -922,7 +1071,8 @@ class MappingSpec(_Strict):
         decided by the caller (company.parent routing). Raises MappedValueError naming the flow, the target
         field and the source column when the record cannot be mapped."""
         company = company.strip().lower() if company else self.route_company(record, default_company)
-        return self._map(self.flow, self.fields, self.target.key, self.target.entity_set, record, resolved, company)
+        return self._map(self.flow, self.fields, self.target.key, self.target.entity_set, record, resolved, company,
+                         self.target.table)
 
     def apply_line(
         self,
@@ -936,7 +1086,7 @@ class MappingSpec(_Strict):
         spec = self.line(line)
         mapped = self._map(
             f"{self.flow}.{line}", spec.fields, spec.target.key, spec.target.entity_set, record, resolved,
-            company.lower(),
+            company.lower(), spec.target.table,
         )
         if spec.discount_split is not None:
             self._split_discount(f"{self.flow}.{line}", spec.discount_split, mapped.payload)
@@ -962,12 +1112,15 @@ class MappingSpec(_Strict):
         record: Mapping[str, Any],
         resolved: Mapping[str, Any],
         company: str,
+        table: str | None = None,
     ) -> MappedRecord:
         payload: dict[str, Any] = {}
         if (company_field := self.company_target_field) is not None:
             payload[company_field] = self._fit(flow, company_field, self.company_source_column, target_set, company)
         for f in fields:
             value = self._field_value(flow, f, record, resolved)
+            if isinstance(value, ChoiceLabel):  # a choice option by label: the environment's value
+                value = self._label_value(table, f.target, value)
             if value is not _OMIT:
                 payload[f.target] = self._fit(flow, f.target, f.source_label, target_set, value, f.too_long)
         key: dict[str, Any] = {}
@@ -1015,6 +1168,8 @@ class MappingSpec(_Strict):
                     raise MappedValueError(
                         flow, f.target, label, f"{_show(raw)} is not in value map '{f.value_map}'"
                     ) from None
+                if isinstance(value, ChoiceLabel):  # an option by label: its value is written, not transformed
+                    return value
             try:
                 for step in f.transform:
                     if is_empty(value):
@@ -1097,7 +1252,9 @@ def _read(flow: str, f: FieldMap, path: SourcePath, record: Mapping[str, Any], r
 
 def _finish(value: Any) -> Any:
     """Make a mapped value JSON-ready (Decimal stays Decimal; dates stay dates until the target's type renders
-    them, see MappingSpec._fit)."""
+    them, see MappingSpec._fit; a choice label stays a label until the spec resolves it)."""
+    if isinstance(value, ChoiceLabel):
+        return value
     if isinstance(value, float):
         return Decimal(repr(value))
     if value is None or isinstance(value, (str, bool, int, Decimal, date)):
@@ -1118,8 +1275,8 @@ def _constant_problems(at: tuple[Any, ...], f: FieldMap, target_set: str) -> lis
     """A constant 'value' or a 'default' that the F&O field cannot hold is an error in the file."""
     problems: list[tuple[tuple[Any, ...], str]] = []
     for name in ("value", "default"):
-        if name not in f.model_fields_set:
-            continue
+        if name not in f.model_fields_set or isinstance(getattr(f, name), ChoiceLabel):
+            continue  # a label on an F&O field is reported by _label_sites
         try:
             fit(target_set, f.target, _finish(getattr(f, name)), too_long=f.too_long)
         except DoesNotFit as exc:

@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "python -m p2csync validate mappings/")
     validate.add_argument("directory", nargs="?", type=Path, default=ROOT / "mappings",
                           help="directory of the mapping files")
+    validate.add_argument("--online", action="store_true",
+                          help="also check the choice labels ({label: ...}) against the Dataverse environment of "
+                          "DATAVERSE_URL and the auth settings (environment, else local.settings.json)")
     return parser
 
 
@@ -302,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             for name, spec in sorted(specs.items()):
                 print(f"{name}: {spec.source.table} -> {spec.target.entity_set} ({len(spec.fields)} fields)")
+            if args.online:
+                from p2csync.choices import validate_online
+
+                return asyncio.run(validate_online(specs, ROOT / "local.settings.json"))
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

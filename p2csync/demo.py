@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from p2csync.devstack import LocalStack
 from p2csync.settings import ROOT
+from sandbox.dataverse_tables import processing_status
 
 CITIES = [("Redmond", "WA", "98052"), ("Seattle", "WA", "98101"), ("Fargo", "ND", "58102"),
           ("Austin", "TX", "73301"), ("Chicago", "IL", "60601"), ("Denver", "CO", "80202"),
@@ -343,12 +344,12 @@ async def _play_order(stack: LocalStack, accounts: list[DemoAccount], order: Dem
         order.record_id = dataverse.create("salesorder", {
             "name": f"Order for {accounts[order.account].name}", "ordernumber": order.number,
             "customerid": ("account", accounts[order.account].record_id), "shipto_country": "United States",
-            "msdynce_processingstatus": 1})
+            "msdynce_processingstatus": processing_status("Draft")})
         for number in order.products:
             dataverse.create("salesorderdetail", {"salesorderid": ("salesorder", order.record_id),
                                                   "productid": ("product", ids[number]), "uomid": ("uom", uom),
                                                   "quantity": 3, "priceperunit": 100, "manualdiscountamount": 10})
-        dataverse.update("salesorder", order.record_id, {"msdynce_processingstatus": 2})
+        dataverse.update("salesorder", order.record_id, {"msdynce_processingstatus": processing_status("Active")})
 
     await asyncio.to_thread(save)
 

@@ -105,6 +105,7 @@ class LocalStack:
             import function_app
 
             runtime = get_runtime()  # start-up validation (mappings, settings) before serving
+            await runtime.start()  # the mappings' choice labels, against the sandbox's metadata
             consumer: QueueConsumer
             if self._queue is not None:
                 consumer = EmbeddedTransport(self._queue)

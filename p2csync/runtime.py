@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from azure.servicebus.amqp import AmqpMessageBodyType
 
 from handlers import FlowContext, FlowRegistry, build_registry
 from mappings import MappingError, MappingSpec, load_mappings
+from mappings.choices import ChoiceLabelError
+from p2csync.choices import resolve_choice_labels
 from p2csync.connectors.auth import (
     AzureIdentityTokenProvider,
     StaticTokenProvider,
@@ -52,6 +55,9 @@ LEASE_WAITS = "p2c-lease-waits"
 #: Sources whose versions are times (modifiedon in epoch ms), so a version can be checked against the clock.
 TIME_VERSIONED_SOURCES = frozenset({"dataverse", "fno_data_event"})
 ORIGINAL_MESSAGE_ID = "p2c-original-message-id"
+#: After a choice label was found missing, messages wait this long before the metadata is read again (a burst of
+#: messages does not become a burst of metadata reads). [Inferred] value.
+CHOICE_RECHECK_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,22 @@ class SyncRuntime:
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.context = FlowContext(settings=settings, dataverse=dataverse, fno=fno, mappings=mappings, ledger=ledger,
                                    registry=self.registry)
+        self._choices_ready = False
+        self._choices_lock = asyncio.Lock()
+        self._choices_failed: tuple[float, str] | None = None  # (monotonic time to re-check, reason)
+
+    async def start(self) -> None:
+        """Resolve the mappings' choice labels against the Dataverse environment (one metadata read per column,
+        kept for the process). Building the runtime does no I/O (it is built inside a Functions invocation, and
+        by tests), so this runs before the first sync (``process``) or at a local host's start. Raises
+        ChoiceLabelError naming the file, the place, the label and the labels that exist; ConnectorError when
+        the metadata cannot be read."""
+        if self._choices_ready:
+            return
+        async with self._choices_lock:
+            if not self._choices_ready:
+                await resolve_choice_labels(self.dataverse, self.mappings)
+                self._choices_ready = True
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -292,6 +314,29 @@ class SyncRuntime:
             if not committed:
                 await _quietly(self.ledger.release(record_key, owner))
 
+    async def _choices_pending(self, message: InboundMessage) -> Deferred | None:
+        """None once the choice labels are resolved. Until then every message waits (deferred, so nothing is
+        lost while the mapping or the environment is fixed, and dead-lettered with the reason after
+        P2C_MAX_DEFERRALS): a label the environment does not have is a configuration error, like a bad mapping
+        file, not a fault of the message."""
+        if self._choices_ready:
+            return None
+        failed = self._choices_failed
+        if failed is not None and time.monotonic() < failed[0]:
+            return Deferred(delay=backoff(message.deferrals), reason=failed[1])
+        try:
+            await self.start()
+        except ChoiceLabelError as exc:
+            reason = f"mapping choice labels do not match this Dataverse environment: {exc}"
+            log.error("%s", reason)
+            self._choices_failed = (time.monotonic() + CHOICE_RECHECK_SECONDS, reason)
+            return Deferred(delay=backoff(message.deferrals), reason=reason)
+        except ConnectorError as exc:
+            return Deferred(delay=backoff(message.deferrals),
+                            reason=f"cannot read the mappings' choice columns from Dataverse: {exc}")
+        self._choices_failed = None
+        return None
+
     def _wait_for_lease(self, busy: LeaseBusy, message: InboundMessage) -> Deferred:
         """Come back soon twice (a live holder usually finishes within a second), then when the holder's
         lease ends: a crashed holder stops renewing, so its lease runs out within P2C_LEASE_SECONDS and the
@@ -329,7 +374,9 @@ class SyncRuntime:
         return event.model_copy(update={"version": None, "is_complete": False})
 
     async def _sync(self, handler: Any, event: ChangeEvent, state: Any, message: InboundMessage) -> Outcome:
-        """Run the flow handler and classify what it raises."""
+        """Run the flow handler and classify what it raises (first, once, resolve the choice labels)."""
+        if (waiting := await self._choices_pending(message)) is not None:
+            return waiting
         try:
             return await handler.sync(event, state, self.context)
         except ThrottledError as exc:

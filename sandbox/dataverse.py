@@ -26,7 +26,7 @@ from sandbox.dataverse_registrations import (
 )
 from sandbox.dataverse_tables import (
     DEFAULT_STATUS_FOR_STATE, USD_CURRENCY_ID, ColumnType, Column, DataverseUser, LookupValue, Organization,
-    Table, default_tables, default_users, seed_rows,
+    Table, default_tables, default_users, processing_status, seed_rows,
 )
 from sandbox.faults import FaultInjector
 from sandbox.limits import LimitRejection, ServiceProtection, ServiceProtectionLimits
@@ -48,10 +48,10 @@ DOCUMENT_LINES: dict[str, tuple[str, str, frozenset[int]]] = {
     "salesorderdetail": ("salesorderid", "salesorder", frozenset({0})),
     "invoicedetail": ("invoiceid", "invoice", frozenset({0})),
 }
-#: P2C's processing status of an order (msdynce_processingstatus, reference 6.7: 1 Draft, 2 Active, ...). An order
+#: P2C's processing status of an order (msdynce_processingstatus, reference 6.7: Draft, Active, ...). An order
 #: still in Draft (or without a status) takes line changes; once activated "the Sales order is read-only" (P2C doc)
-#: and its lines fail like an active quote's. [Inferred] the option values (the sandbox numbers them in doc order).
-PROCESSING_STATUS, DRAFT = "msdynce_processingstatus", 1
+#: and its lines fail like an active quote's. [Inferred] the option values (PROCESSING_STATUS_OPTIONS).
+PROCESSING_STATUS, DRAFT = "msdynce_processingstatus", processing_status("Draft")
 PARENT_NOT_EDITABLE = ("0x80040203", "The detail cannot be updated because the parent is not editable.")
 #: Dataverse's "invalid argument" code; [Inferred] for the catalogue rules (no capture of their codes found).
 INVALID_ARGUMENT = "0x80040203"

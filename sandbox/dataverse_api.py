@@ -378,8 +378,11 @@ class DataverseApi:
 
 
 def build_app(dv: Dataverse) -> SandboxFront:
+    from sandbox.dataverse_metadata import metadata_routes
+
     api = DataverseApi(dv)
-    routes = [Route("/api/data/v9.2/{path:path}", api.handle, methods=["GET", "POST", "PATCH", "DELETE", "PUT"]),
+    routes = [*metadata_routes(dv),
+              Route("/api/data/v9.2/{path:path}", api.handle, methods=["GET", "POST", "PATCH", "DELETE", "PUT"]),
               Route("/api/data/v9.2", api.handle, methods=["GET"])]
     return SandboxFront(dv, Starlette(routes=routes))
 

@@ -257,6 +257,22 @@ def _status(options: dict[int, str]) -> Column:
     return Column(name="statuscode", type=ColumnType.OPTIONSET, options=options)
 
 
+#: The option value prefix of a solution publisher: a solution's own choice options are numbered from it
+#: (Power Apps: "Choice value prefix", e.g. 10000 -> 100000000 + n). The P2C solution does not publish its
+#: values, so an environment's may be anything; the sandbox gives them a publisher-style prefix [Inferred] so
+#: that nothing can silently depend on small invented numbers (mappings name these options by label).
+P2C_OPTION_VALUE_PREFIX = 192350000
+#: P2C's processing status of a Sales order (reference 6.7; labels in the reference's order).
+PROCESSING_STATUS_OPTIONS = {P2C_OPTION_VALUE_PREFIX + i: label for i, label in enumerate(
+    ["Draft", "Active", "Confirmed", "Packing Slip", "Invoiced", "Picked", "Partially Picked", "Partially Packed",
+     "Shipped", "Partially Shipped", "Partially Invoiced", "Cancelled"])}
+
+
+def processing_status(label: str) -> int:
+    """The sandbox's value of a P2C processing status option (tests and the demo write orders with it)."""
+    return next(value for value, text in PROCESSING_STATUS_OPTIONS.items() if text == label)
+
+
 def sales_tables() -> list[Table]:
     """The Sales tables the Prospect to cash flows touch. Their alternate keys (product number, quote/order/
     invoice number, line = parent + sequence number) are what the P2C templates match on; Dataverse has no
@@ -327,9 +343,7 @@ def sales_tables() -> list[Table]:
                  "customerid": customer, "pricelevelid": _lookup("pricelevel"), "quoteid": _lookup("quote"),
                  "transactioncurrencyid": _lookup("transactioncurrency"), "exchangerate": D,
                  "requestdeliveryby": DT, "datefulfilled": DT, "msdynce_ismaintainedexternally": B,
-                 "msdynce_processingstatus": choice({i + 1: label for i, label in enumerate(
-                     ["Draft", "Active", "Confirmed", "Packing Slip", "Invoiced", "Picked", "Partially Picked",
-                      "Partially Packed", "Shipped", "Partially Shipped", "Partially Invoiced", "Cancelled"])}),
+                 "msdynce_processingstatus": choice(PROCESSING_STATUS_OPTIONS),
                  "statecode": _state({0: "Active", 1: "Submitted", 2: "Canceled", 3: "Fulfilled", 4: "Invoiced"}),
                  "statuscode": _status({1: "New", 2: "Pending", 3: "In Progress", 4: "No Money", 100001: "Complete",
                                         100002: "Partial", 100003: "Invoiced"})})

@@ -307,6 +307,29 @@ class DataverseClient(ApiClient):
         async for row in self.paged_rows(self._path(entity_set), headers=headers, params=params or None, top=top):
             yield row
 
+    async def choice_column(self, table: str, column: str) -> dict[str, Any] | None:
+        """The definition of choice column ``column`` of table ``table`` with its options expanded, as the Web API
+        returns it (``OptionSet.Options[].Value`` / ``.Label.UserLocalizedLabel.Label`` / ``.LocalizedLabels``),
+        or ``None`` when the table, the column or a choice column of that name does not exist (404).
+
+        One GET of the table definitions ("Retrieve schema definitions by name"): the attribute cast to its type,
+        ``$expand=OptionSet($select=Options),GlobalOptionSet($select=Options)`` (a global choice's options are
+        in either). ``statecode`` is a StateAttributeMetadata and ``statuscode`` a StatusAttributeMetadata, the
+        state and status columns every table with a state has; any other name is cast to
+        PicklistAttributeMetadata."""
+        for name in (table, column):
+            validate_entity_set(name)  # logical names are identifiers: nothing else reaches the path
+        kind = {"statecode": "StateAttributeMetadata", "statuscode": "StatusAttributeMetadata"}.get(
+            column.lower(), "PicklistAttributeMetadata")
+        path = (f"EntityDefinitions(LogicalName='{table}')/Attributes(LogicalName='{column}')/"
+                f"Microsoft.Dynamics.CRM.{kind}")
+        params = {"$select": "LogicalName", "$expand": "OptionSet($select=Options),GlobalOptionSet($select=Options)"}
+        try:
+            response = await self.request("GET", path, headers=_READ_HEADERS, params=params)
+        except NotFoundError:
+            return None
+        return json_body(response)
+
     # -------------------------------------------------------------------------------------------- writes
 
     async def upsert(

@@ -14,6 +14,7 @@ import pytest
 
 from p2csync.devstack import LocalStack
 from sandbox.dataverse import Dataverse
+from sandbox.dataverse_tables import processing_status
 from sandbox.fno import FnO
 from sandbox.server import SandboxServer
 from tests.e2e.test_quotes_e2e import catalogue, killed_mid_document
@@ -34,7 +35,7 @@ def draft_order(dataverse: Dataverse, number: str, account_id: str, uom: str, pr
     """A draft order (P2C processing status Draft) with one line per product: quantity 3, discount $10.00."""
     order_id = dataverse.create("salesorder", {"name": f"Order {number}", "ordernumber": number,
                                                "customerid": ("account", account_id), "shipto_country": "USA",
-                                               "msdynce_processingstatus": 1})
+                                               "msdynce_processingstatus": processing_status("Draft")})
     for product in products:
         dataverse.create("salesorderdetail", {"salesorderid": ("salesorder", order_id), "productid": ("product", product),
                                               "uomid": ("uom", uom), "quantity": quantity, "priceperunit": 10,
@@ -51,7 +52,8 @@ async def test_an_order_activated_through_the_local_host_then_owned_by_fno(stack
     assert await stack.wait_settled(30)
     assert fno.rows(HEADERS) == []  # a draft is not synced
 
-    await asyncio.to_thread(dataverse.update, "salesorder", order_id, {"msdynce_processingstatus": 2})
+    await asyncio.to_thread(dataverse.update, "salesorder", order_id,
+                            {"msdynce_processingstatus": processing_status("Active")})
     assert await stack.wait_settled(30)
     header = fno.get(HEADERS, {"dataAreaId": "usmf", "SalesOrderNumber": "E2E-ORD-1"})
     assert header is not None and header["OrderingCustomerAccountNumber"] == "E2E-O01"
@@ -88,7 +90,7 @@ async def test_a_host_killed_mid_order_leaves_no_half_order_and_converges(
 
     def save(account_id: str, uom: str, products: list[str]) -> str:
         order_id = draft_order(dataverse, "CRO-ORD-1", account_id, uom, products, quantity=2)
-        dataverse.update("salesorder", order_id, {"msdynce_processingstatus": 2})
+        dataverse.update("salesorder", order_id, {"msdynce_processingstatus": processing_status("Active")})
         return order_id
 
     await killed_mid_document(sandbox, tmp_path, "CRO", save=save,

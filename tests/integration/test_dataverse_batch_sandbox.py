@@ -16,6 +16,7 @@ from p2csync.connectors import DataverseClient, PermanentError
 from p2csync.connectors.dataverse import MAX_BATCH_REQUESTS, Create, Delete, Upsert, bind
 from sandbox import SandboxServer
 from sandbox.dataverse_events import WebhookStep
+from sandbox.dataverse_tables import processing_status
 from sandbox.faults import FaultConfig, FaultRule
 from tests.integration import test_connectors_sandbox as base
 from tests.integration.test_connectors_sandbox import HookReceiver, Sleeps
@@ -29,7 +30,7 @@ dv = base.dv
 
 def document(number: str, lines: int, *, bad_line: int | None = None) -> list[Upsert]:
     header = Upsert("salesorders", {"ordernumber": number},
-                    {"name": number, "msdynce_ismaintainedexternally": True, "msdynce_processingstatus": 3})
+                    {"name": number, "msdynce_ismaintainedexternally": True, "msdynce_processingstatus": processing_status("Confirmed")})
     ops = [header]
     for n in range(1, lines + 1):
         body: dict[str, Any] = {"quantity": "oops" if n == bad_line else n, "isproductoverridden": True,

@@ -21,6 +21,7 @@ from p2csync.outcomes import Applied, Skipped
 from p2csync.runtime import InboundMessage, SyncRuntime
 from p2csync.settings import ROOT
 from sandbox import USD_CURRENCY_ID, SandboxServer
+from sandbox.dataverse_tables import processing_status
 from tests.integration.runtime_world import Capture, Runtimes, created_account, sales_change, scheduled
 from tests.integration import test_quotes_sandbox as quotes
 from tests.integration.test_quotes_sandbox import Catalogue, fno_calls, handled, synced_account
@@ -29,7 +30,7 @@ registered = quotes.registered  # fixtures shared with the quotes flow: every ma
 catalogue = quotes.catalogue
 
 HEADERS, LINES = "CDSSalesOrderHeaders", "CDSSalesOrderLines"
-DRAFT, ACTIVE = 1, 2  # msdynce_processingstatus (reference 6.7)
+DRAFT, ACTIVE = processing_status("Draft"), processing_status("Active")  # reference 6.7
 
 
 def order_attrs(number: str, account_id: str, **extra: Any) -> dict[str, Any]:
@@ -123,7 +124,7 @@ async def test_a_draft_order_and_an_order_with_a_sales_product_are_skipped_with_
     order_id, drafts = await draft_order(sandbox, capture, catalogue, "ORD-2001", account_id, ["D0001", "S-200"])
     sandbox.fno.request_log.clear()
     first = await handled(runtime, drafts[0])
-    assert isinstance(first, Skipped) and first.reason == "filtered out: msdynce_processingstatus is 1, expected 2"
+    assert isinstance(first, Skipped) and first.reason == f"filtered out: msdynce_processingstatus is {DRAFT}, expected Active ({ACTIVE})"
     outcome = await handled(runtime, await activate(sandbox, capture, order_id))
     assert isinstance(outcome, Skipped)
     assert outcome.reason.startswith("filtered out: salesorderdetail 2 (S-200")

@@ -9,7 +9,9 @@ import httpx
 import pytest
 
 from sandbox import SandboxServer
-from sandbox.dataverse_tables import DEFAULT_UNIT_GROUP_ID, EACH_UNIT_ID, PRIMARY_UNIT_ID, USD_PRICE_LIST_ID
+from sandbox.dataverse_tables import (
+    DEFAULT_UNIT_GROUP_ID, EACH_UNIT_ID, PRIMARY_UNIT_ID, USD_PRICE_LIST_ID, processing_status,
+)
 
 
 def product(dv: httpx.Client, number: str, unit: str = EACH_UNIT_ID) -> httpx.Response:
@@ -80,7 +82,8 @@ def test_order_lines_are_priced_from_the_order_price_list_unless_overridden(
 
 def test_externally_maintained_orders_take_the_integration_s_line_writes(
         sandbox: SandboxServer, dv: httpx.Client, dv_sales: httpx.Client) -> None:
-    order = sandbox.dataverse.create("salesorder", {"name": "O", "ordernumber": "O-2", "msdynce_processingstatus": 3,
+    order = sandbox.dataverse.create("salesorder", {"name": "O", "ordernumber": "O-2", "msdynce_processingstatus":
+                                                    processing_status("Confirmed"),
                                                     "msdynce_ismaintainedexternally": True})
     line = {"salesorderid@odata.bind": f"/salesorders({order})", "quantity": 1}
     assert dv.post("salesorderdetails", json=line).status_code == 204  # the application user (integration)

@@ -8,6 +8,7 @@ from sandbox import (
     EUR_CURRENCY_ID, INTEGRATION_USER_ID, SALES_USER_ID, USD_CURRENCY_ID, Dataverse, SandboxServer,
     default_tables,
 )
+from sandbox.dataverse_tables import processing_status
 from tests.sandbox.conftest import client
 
 ACCOUNT_KEY = "accounts(accountnumber='US-001')"
@@ -316,7 +317,7 @@ def test_sales_tables_with_lookup_alternate_keys(dv: httpx.Client) -> None:
     dv.patch(ACCOUNT_KEY, json={"name": "Contoso"})
     assert dv.patch("salesorders(ordernumber='ORD-1')", json={
         "name": "Order 1", "customerid_account@odata.bind": "/accounts(accountnumber='US-001')",
-        "msdynce_processingstatus": 1}).status_code == 204
+        "msdynce_processingstatus": processing_status("Draft")}).status_code == 204
     order_id = dv.get("salesorders(ordernumber='ORD-1')").json()["salesorderid"]
     line_url = f"salesorderdetails(_salesorderid_value={order_id},sequencenumber=1)"
     assert dv.patch(line_url, json={"quantity": 2, "productid@odata.bind": "/products(productnumber='P-1')",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import httpx
 
 from sandbox import SandboxServer
+from sandbox.dataverse_tables import processing_status
 from tests.sandbox.test_quote_rules import _inner
 
 ORDERS, LINES = "CDSSalesOrderHeaders", "CDSSalesOrderLines"
@@ -17,10 +18,10 @@ ORDERS, LINES = "CDSSalesOrderHeaders", "CDSSalesOrderLines"
 
 def test_an_activated_order_s_products_are_read_only(sandbox: SandboxServer, dv: httpx.Client) -> None:
     order_id = sandbox.dataverse.create("salesorder", {"name": "O", "ordernumber": "ORD-9",
-                                                       "msdynce_processingstatus": 1})
+                                                       "msdynce_processingstatus": processing_status("Draft")})
     first = sandbox.dataverse.create("salesorderdetail", {"salesorderid": ("salesorder", order_id), "quantity": 1})
     assert dv.patch(f"salesorderdetails({first})", json={"quantity": 2}).status_code == 204  # a draft takes changes
-    assert dv.patch(f"salesorders({order_id})", json={"msdynce_processingstatus": 2}).status_code == 204  # activate
+    assert dv.patch(f"salesorders({order_id})", json={"msdynce_processingstatus": processing_status("Active")}).status_code == 204
     for response in (dv.patch(f"salesorderdetails({first})", json={"quantity": 5}),
                      dv.post("salesorderdetails", json={"salesorderid@odata.bind": f"/salesorders({order_id})",
                                                         "quantity": 1}),

@@ -15,12 +15,17 @@ import pytest
 from handlers import build_registry
 from handlers.orders import OrderSync
 from mappings import MappedValueError, MappingError, load_mappings, parse_mapping
+from mappings.choices import ChoiceOption, ChoiceOptions, column_key
 from mappings.discounts import DiscountSplitError, LineDiscount, split_line_discount
 from p2csync.envelopes import ChangeEvent
 from p2csync.registration import IMAGETYPE_PRE, steps_for
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 ORDER_ID = "9a0b0c0d-0000-4000-8000-00000000b001"
+#: An environment's processing status options: publisher-prefixed values, as a customer's P2C solution has them.
+DRAFT, ACTIVE = 192350000, 192350001
+PROCESSING = ChoiceOptions("salesorder", "msdynce_processingstatus",
+                           (ChoiceOption(DRAFT, ("Draft",)), ChoiceOption(ACTIVE, ("Active",))))
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,9 @@ class Ref:
 
 @pytest.fixture(scope="module")
 def spec():
-    return load_mappings(MAPPINGS)["orders"]
+    spec = load_mappings(MAPPINGS)["orders"]
+    spec.resolve_choices({column_key("salesorder", "msdynce_processingstatus"): PROCESSING})
+    return spec
 
 
 def header(**changes: Any) -> dict[str, Any]:
@@ -41,7 +48,7 @@ def header(**changes: Any) -> dict[str, Any]:
             "transactioncurrencyid": Ref("usd", "transactioncurrency"), "totalamount": Decimal("250.0000"),
             "shipto_line1": "1 Main St", "shipto_line2": "Suite 5", "shipto_postalcode": "98052",
             "shipto_city": "Redmond", "shipto_stateorprovince": "WA", "shipto_country": "U.S.A.", "shipto_name": None,
-            "statecode": 0, "msdynce_processingstatus": 2, **changes}
+            "statecode": 0, "msdynce_processingstatus": ACTIVE, **changes}
 
 
 def line(**changes: Any) -> dict[str, Any]:
@@ -94,7 +101,8 @@ def test_a_negative_quantity_and_a_non_number_are_refused_naming_the_value() -> 
 
 def test_the_header_follows_reference_6_1_and_only_activated_orders_pass(spec) -> None:
     assert spec.filter_reason(header()) is None
-    assert spec.filter_reason(header(msdynce_processingstatus=1)) == "msdynce_processingstatus is 1, expected 2"
+    assert spec.filter_reason(header(msdynce_processingstatus=DRAFT)) == \
+        f"msdynce_processingstatus is {DRAFT}, expected Active ({ACTIVE})"
     assert spec.filter_reason(header(msdynce_processingstatus=None)) is not None  # never activated
     assert spec.filter_reason(header(statecode=2)) == "statecode is 2, expected 0"  # cancelled
     mapped = spec.apply(header(), resolved=RESOLVED)
