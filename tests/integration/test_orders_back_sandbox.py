@@ -19,6 +19,7 @@ import httpx
 from p2csync.outcomes import Applied, Deferred, Outcome, Skipped
 from p2csync.runtime import InboundMessage, SyncRuntime
 from sandbox import SALES_TOKEN, SandboxServer
+from sandbox.dataverse_tables import processing_status
 from tests.integration import test_quotes_sandbox as quotes
 from tests.integration.runtime_world import Capture, RecordingActions, fno_change, fno_message
 from tests.integration.test_orders_sandbox import activate, draft_order
@@ -27,7 +28,7 @@ from tests.integration.test_quotes_sandbox import Catalogue, synced_account
 registered = quotes.registered  # every mapping registered; 20 products in both systems
 catalogue = quotes.catalogue
 HEADERS, LINES = "CDSSalesOrderHeaders", "CDSSalesOrderLines"
-CONFIRMED = 3  # msdynce_processingstatus "Confirmed" (reference 6.7)
+CONFIRMED = processing_status("Confirmed")  # msdynce_processingstatus (reference 6.7), as the sandbox numbers it
 
 
 async def handled(runtime: SyncRuntime, message: InboundMessage) -> Outcome:
