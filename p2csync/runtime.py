@@ -38,6 +38,7 @@ from p2csync.connectors.fno import FnOClient
 from p2csync.envelopes import ChangeEvent, EndpointTestMessage, EnvelopeError, parse_change_event
 from p2csync.ledger.base import JournalEntry, Ledger, LeaseBusy, LeaseLost
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped, describe
+from p2csync.pauses import PAUSE_WAITS, PauseCache
 from p2csync.queue.base import OutboundMessage, PropertyValue, QueueTransport
 from p2csync.queue.sizing import MessageSizeExceeded
 from p2csync.settings import Settings, SettingsError
@@ -75,6 +76,10 @@ class InboundMessage:
     @property
     def lease_waits(self) -> int:
         return self._count(LEASE_WAITS)
+
+    @property
+    def pause_waits(self) -> int:
+        return self._count(PAUSE_WAITS)
 
     def _count(self, name: str) -> int:
         try:
@@ -188,6 +193,7 @@ class SyncRuntime:
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.context = FlowContext(settings=settings, dataverse=dataverse, fno=fno, mappings=mappings, ledger=ledger,
                                    registry=self.registry)
+        self.pauses = PauseCache(ledger, settings.pause_cache_seconds)
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -238,6 +244,11 @@ class SyncRuntime:
 
         event = self._distrust_future(event)
         record_key = handler.record_key(event)
+        if await self.pauses.is_paused(handler.flow):
+            # Before the lease: a paused flow's message touches neither the record nor the counterpart. The
+            # same delay for every one (no jitter) brings them back in the order they were paused.
+            return Deferred(delay=self.settings.pause_recheck_seconds, paused=True,
+                            reason=f"paused: the {handler.flow} flow is paused"), event, record_key
         owner = f"{self.instance_id}:{message.message_id}:{message.delivery_count}"
         lease = timedelta(seconds=self.settings.lease_seconds)
         try:
@@ -372,12 +383,13 @@ class SyncRuntime:
             outcome = Rejected(reason="MaxDeferralsExceeded",
                                description=f"waited {message.lease_waits} times for a record another worker "
                                            f"kept syncing; last reason: {outcome.reason}")
-        elif isinstance(outcome, Deferred) and not outcome.lease_wait and message.deferrals >= self.settings.max_deferrals:
+        elif (isinstance(outcome, Deferred) and not outcome.lease_wait and not outcome.paused
+              and message.deferrals >= self.settings.max_deferrals):
             outcome = Rejected(reason="MaxDeferralsExceeded",
                                description=f"deferred {message.deferrals} times; last reason: {outcome.reason}")
         if isinstance(outcome, Deferred) and self.transport is None:
             log.warning("no queue transport to reschedule %s; abandoning instead", message.message_id)
-            await self._journal(message, event, record_key, outcome.kind, outcome.reason)
+            await self._journal(message, event, record_key, outcome.kind, outcome.reason, outcome)
             await settle(actions.abandon, raw)
             return outcome
         if isinstance(outcome, Deferred):
@@ -388,11 +400,11 @@ class SyncRuntime:
                                    description=f"{outcome.reason}; its retry copy cannot be queued: {exc}")
             except Exception:  # the queue is unreachable: let it redeliver the original instead
                 log.exception("could not schedule the retry of %s; abandoning it", message.message_id)
-                await self._journal(message, event, record_key, outcome.kind, describe(outcome))
+                await self._journal(message, event, record_key, outcome.kind, describe(outcome), outcome)
                 await settle(actions.abandon, raw)
                 return outcome
 
-        await self._journal(message, event, record_key, outcome.kind, describe(outcome))
+        await self._journal(message, event, record_key, outcome.kind, describe(outcome), outcome)
         log.info("%s %s -> %s", message.queue, message.message_id, describe(outcome))
         match outcome:
             case Applied() | Skipped() | Deferred():
@@ -408,12 +420,14 @@ class SyncRuntime:
         differs so duplicate detection keeps it; the dedupe key inside the body is unchanged."""
         assert self.transport is not None
         delay = deferred.delay
-        attempt = message.deferrals + message.lease_waits + 1  # distinct per copy, whatever the kind of wait
+        attempt = message.deferrals + message.lease_waits + message.pause_waits + 1  # distinct per copy
         props = message.application_properties
         original = str(props[ORIGINAL_MESSAGE_ID]) if ORIGINAL_MESSAGE_ID in props else message.message_id
         properties = {key: kept for key, value in props.items() if (kept := property_value(value)) is not None}
         properties.update({ORIGINAL_MESSAGE_ID: original})
-        if deferred.lease_wait:
+        if deferred.paused:
+            properties[PAUSE_WAITS] = message.pause_waits + 1
+        elif deferred.lease_wait:
             properties[LEASE_WAITS] = message.lease_waits + 1
         else:
             properties[DEFERRALS] = message.deferrals + 1
@@ -426,7 +440,8 @@ class SyncRuntime:
         await self.transport.schedule(message.queue, copy, datetime.now(UTC) + timedelta(seconds=delay))
 
     async def _journal(
-        self, message: InboundMessage, event: ChangeEvent | None, record_key: str | None, outcome: str, reason: str
+        self, message: InboundMessage, event: ChangeEvent | None, record_key: str | None, outcome: str, reason: str,
+        result: Outcome | None = None,
     ) -> None:
         entry = JournalEntry(
             message_key=event.dedupe_key if event else message.message_id,
@@ -438,6 +453,9 @@ class SyncRuntime:
             reason=reason,
             detail=None,
             at=datetime.now(UTC),
+            correlation_id=event.correlation_id if event else None,
+            version=getattr(result, "version", None),
+            target_key=getattr(result, "target_key", None),
         )
         await _quietly(self.ledger.journal(entry))
 
