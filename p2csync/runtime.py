@@ -53,6 +53,9 @@ LEASE_WAITS = "p2c-lease-waits"
 #: Sources whose versions are times (modifiedon in epoch ms), so a version can be checked against the clock.
 TIME_VERSIONED_SOURCES = frozenset({"dataverse", "fno_data_event"})
 ORIGINAL_MESSAGE_ID = "p2c-original-message-id"
+#: Set by ``deadletters replay`` (the MessageId of the dead letter): the body is an old copy, so the event is
+#: only a notification and the handler reads the record's current state from the source.
+REPLAYED_FROM = "p2c-replayed-from"
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,8 @@ class SyncRuntime:
             return Skipped(reason=echo), event, None
 
         event = self._distrust_future(event)
+        if REPLAYED_FROM in message.application_properties:
+            event = event.model_copy(update={"is_complete": False})
         record_key = handler.record_key(event)
         if await self.pauses.is_paused(handler.flow):
             # Before the lease: a paused flow's message touches neither the record nor the counterpart. The

@@ -3,8 +3,9 @@
 Replay sends the dead letter's original body and properties to its queue as a new message and removes the
 dead letter only after that send succeeded. The new MessageId is derived from the old one, so replaying the
 same dead letter twice (a crash between send and delete) is dropped by duplicate detection. The runtime then
-treats it as any delivery: the ledger skips what was already applied, and the handlers read the record's
-current state from the source, so a replay never writes a stale copy.
+treats it as any delivery (the ledger skips what was already applied), except that it carries
+``p2c-replayed-from``: the runtime takes its event as a notification only, so the handler reads the record's
+current state from the source and a replay never writes the stale copy in its body.
 """
 
 from __future__ import annotations
@@ -18,10 +19,7 @@ from pydantic import AwareDatetime, BaseModel
 from p2csync.ops.common import MessageClassifier
 from p2csync.pauses import PAUSE_WAITS
 from p2csync.queue.base import OutboundMessage, QueueAdmin, QueueTransport, ReceivedMessage
-from p2csync.runtime import DEFERRALS, LEASE_WAITS
-
-#: Property a replayed message carries: the MessageId of the dead letter it came from.
-REPLAYED_FROM = "p2c-replayed-from"
+from p2csync.runtime import DEFERRALS, LEASE_WAITS, REPLAYED_FROM
 #: Retry counters a replay starts again from zero. [Inferred] Kept, a MaxDeferralsExceeded dead letter would
 #: be dead-lettered again at its first deferral, however well its cause was fixed.
 RESET_ON_REPLAY = (DEFERRALS, LEASE_WAITS, PAUSE_WAITS)
