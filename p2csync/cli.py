@@ -8,6 +8,9 @@ register  create or update the Dataverse webhook, its steps and images from the 
           --dry-run prints the plan and writes nothing)
 schema    print the JSON Schema of the mapping files
 validate  load and validate the mapping files (exit 1 with the file and field at fault)
+status, trace, deadletters, send, pause, resume
+          operator commands (p2csync/ops/): queue depths and flow outcomes, one record's history, dead
+          letters, sending a saved message, pausing a flow
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2csync.localhost import PortInUse
+from p2csync.ops.commands import OPS_COMMANDS
 
 if TYPE_CHECKING:
     from p2csync.queue.embedded import EmbeddedQueue
@@ -265,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--online", action="store_true",
                           help="also check the choice labels ({label: ...}) against the Dataverse environment of "
                           "DATAVERSE_URL and the auth settings (environment, else local.settings.json)")
+    from p2csync.ops.commands import add_ops_commands
+
+    add_ops_commands(commands, _command)
     return parser
 
 
@@ -291,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_demo(accounts=args.accounts))
         elif args.command == "register":
             return asyncio.run(register_webhook(args))
+        elif args.command in OPS_COMMANDS:
+            from p2csync.ops.commands import run_ops
+
+            return run_ops(args)
         elif args.command == "schema":
             from mappings import mapping_json_schema
 

@@ -45,6 +45,8 @@ class Deferred(_Outcome):
     reason: str
     #: Waiting for a record another worker holds (counted apart from deferrals: see the runtime).
     lease_wait: bool = False
+    #: Waiting because the flow is paused (``python -m p2csync pause``): no limit applies.
+    paused: bool = False
 
 
 class Rejected(_Outcome):

@@ -41,6 +41,7 @@ from p2csync.connectors.fno import FnOClient
 from p2csync.envelopes import ChangeEvent, EndpointTestMessage, EnvelopeError, parse_change_event
 from p2csync.ledger.base import JournalEntry, Ledger, LeaseBusy, LeaseLost
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped, describe
+from p2csync.pauses import PAUSE_WAITS, PauseCache
 from p2csync.queue.base import OutboundMessage, PropertyValue, QueueTransport
 from p2csync.queue.sizing import MessageSizeExceeded
 from p2csync.settings import Settings, SettingsError
@@ -58,6 +59,9 @@ ORIGINAL_MESSAGE_ID = "p2c-original-message-id"
 #: After a choice label was found missing, messages wait this long before the metadata is read again (a burst of
 #: messages does not become a burst of metadata reads). [Inferred] value.
 CHOICE_RECHECK_SECONDS = 60.0
+#: Set by ``deadletters replay`` (the MessageId of the dead letter): the body is an old copy, so the event is
+#: only a notification and the handler reads the record's current state from the source.
+REPLAYED_FROM = "p2c-replayed-from"
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,10 @@ class InboundMessage:
     @property
     def lease_waits(self) -> int:
         return self._count(LEASE_WAITS)
+
+    @property
+    def pause_waits(self) -> int:
+        return self._count(PAUSE_WAITS)
 
     def _count(self, name: str) -> int:
         try:
@@ -194,6 +202,7 @@ class SyncRuntime:
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.context = FlowContext(settings=settings, dataverse=dataverse, fno=fno, mappings=mappings, ledger=ledger,
                                    registry=self.registry)
+        self.pauses = PauseCache(ledger, settings.pause_cache_seconds)
         self._choices_ready = False
         self._choices_lock = asyncio.Lock()
         self._choices_failed: tuple[float, str] | None = None  # (monotonic time to re-check, reason)
@@ -259,7 +268,14 @@ class SyncRuntime:
             return Skipped(reason=echo), event, None
 
         event = self._distrust_future(event)
+        if REPLAYED_FROM in message.application_properties:
+            event = event.model_copy(update={"is_complete": False})
         record_key = handler.record_key(event)
+        if await self.pauses.is_paused(handler.flow):
+            # Before the lease: a paused flow's message touches neither the record nor the counterpart. The
+            # same delay for every one (no jitter) brings them back in the order they were paused.
+            return Deferred(delay=self.settings.pause_recheck_seconds, paused=True,
+                            reason=f"paused: the {handler.flow} flow is paused"), event, record_key
         owner = f"{self.instance_id}:{message.message_id}:{message.delivery_count}"
         lease = timedelta(seconds=self.settings.lease_seconds)
         try:
@@ -419,12 +435,13 @@ class SyncRuntime:
             outcome = Rejected(reason="MaxDeferralsExceeded",
                                description=f"waited {message.lease_waits} times for a record another worker "
                                            f"kept syncing; last reason: {outcome.reason}")
-        elif isinstance(outcome, Deferred) and not outcome.lease_wait and message.deferrals >= self.settings.max_deferrals:
+        elif (isinstance(outcome, Deferred) and not outcome.lease_wait and not outcome.paused
+              and message.deferrals >= self.settings.max_deferrals):
             outcome = Rejected(reason="MaxDeferralsExceeded",
                                description=f"deferred {message.deferrals} times; last reason: {outcome.reason}")
         if isinstance(outcome, Deferred) and self.transport is None:
             log.warning("no queue transport to reschedule %s; abandoning instead", message.message_id)
-            await self._journal(message, event, record_key, outcome.kind, outcome.reason)
+            await self._journal(message, event, record_key, outcome.kind, outcome.reason, outcome)
             await settle(actions.abandon, raw)
             return outcome
         if isinstance(outcome, Deferred):
@@ -435,11 +452,11 @@ class SyncRuntime:
                                    description=f"{outcome.reason}; its retry copy cannot be queued: {exc}")
             except Exception:  # the queue is unreachable: let it redeliver the original instead
                 log.exception("could not schedule the retry of %s; abandoning it", message.message_id)
-                await self._journal(message, event, record_key, outcome.kind, describe(outcome))
+                await self._journal(message, event, record_key, outcome.kind, describe(outcome), outcome)
                 await settle(actions.abandon, raw)
                 return outcome
 
-        await self._journal(message, event, record_key, outcome.kind, describe(outcome))
+        await self._journal(message, event, record_key, outcome.kind, describe(outcome), outcome)
         log.info("%s %s -> %s", message.queue, message.message_id, describe(outcome))
         match outcome:
             case Applied() | Skipped() | Deferred():
@@ -455,12 +472,14 @@ class SyncRuntime:
         differs so duplicate detection keeps it; the dedupe key inside the body is unchanged."""
         assert self.transport is not None
         delay = deferred.delay
-        attempt = message.deferrals + message.lease_waits + 1  # distinct per copy, whatever the kind of wait
+        attempt = message.deferrals + message.lease_waits + message.pause_waits + 1  # distinct per copy
         props = message.application_properties
         original = str(props[ORIGINAL_MESSAGE_ID]) if ORIGINAL_MESSAGE_ID in props else message.message_id
         properties = {key: kept for key, value in props.items() if (kept := property_value(value)) is not None}
         properties.update({ORIGINAL_MESSAGE_ID: original})
-        if deferred.lease_wait:
+        if deferred.paused:
+            properties[PAUSE_WAITS] = message.pause_waits + 1
+        elif deferred.lease_wait:
             properties[LEASE_WAITS] = message.lease_waits + 1
         else:
             properties[DEFERRALS] = message.deferrals + 1
@@ -473,7 +492,8 @@ class SyncRuntime:
         await self.transport.schedule(message.queue, copy, datetime.now(UTC) + timedelta(seconds=delay))
 
     async def _journal(
-        self, message: InboundMessage, event: ChangeEvent | None, record_key: str | None, outcome: str, reason: str
+        self, message: InboundMessage, event: ChangeEvent | None, record_key: str | None, outcome: str, reason: str,
+        result: Outcome | None = None,
     ) -> None:
         entry = JournalEntry(
             message_key=event.dedupe_key if event else message.message_id,
@@ -485,6 +505,9 @@ class SyncRuntime:
             reason=reason,
             detail=None,
             at=datetime.now(UTC),
+            correlation_id=event.correlation_id if event else None,
+            version=getattr(result, "version", None),
+            target_key=getattr(result, "target_key", None),
         )
         await _quietly(self.ledger.journal(entry))
 

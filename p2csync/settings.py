@@ -107,6 +107,13 @@ class Settings(BaseModel):
         240, ge=1, description="Waits of one message for a record another worker keeps syncing (each at most one "
         "lease long) before it is dead-lettered; counted apart from deferrals"
     )
+    pause_recheck_seconds: float = Field(
+        60.0, gt=0, description="How long a message of a paused flow waits on the queue before it is checked "
+        "again (it is then rescheduled, in order, until the flow is resumed)"
+    )
+    pause_cache_seconds: float = Field(
+        5.0, ge=0, description="How long a runtime trusts its last read of the paused flows from the ledger"
+    )
     servicebus_max_message_bytes: int = Field(
         256 * 1024, ge=64 * 1024, le=100 * 1024 * 1024,
         description="Maximum message size of the queues, properties included: 262144 (256 KB) on the Standard "
@@ -138,6 +145,8 @@ class Settings(BaseModel):
             "max_deferrals": "P2C_MAX_DEFERRALS",
             "max_lease_waits": "P2C_MAX_LEASE_WAITS",
             "servicebus_max_message_bytes": "P2C_SERVICEBUS_MAX_MESSAGE_BYTES",
+            "pause_recheck_seconds": "P2C_PAUSE_RECHECK_SECONDS",
+            "pause_cache_seconds": "P2C_PAUSE_CACHE_SECONDS",
         }
         return _from_env(cls, env, names, {"integration_user_ids": _csv(env.get("INTEGRATION_USER_IDS"))})
 

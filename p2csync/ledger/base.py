@@ -69,6 +69,13 @@ class JournalEntry(BaseModel):
     reason: str | None = None
     detail: str | None = None
     at: AwareDatetime = Field(default_factory=_now)
+    #: The source system's id of the change: Dataverse CorrelationId (F&O events: the EventId is the
+    #: message_key). None on entries written before the field existed.
+    correlation_id: str | None = None
+    #: The source version an applied or skipped outcome recorded (modifiedon in epoch ms, ControlNumber).
+    version: int | None = None
+    #: The counterpart record written (e.g. ``fno:CustomersV3:usmf|US-001``), when the outcome names one.
+    target_key: str | None = None
 
 
 class LedgerError(Exception):
@@ -152,6 +159,18 @@ class Ledger(Protocol):
         rejected, with a reason)."""
         ...
 
+    async def get_value(self, key: str) -> str | None:
+        """A small shared setting (e.g. ``pause:<flow>``), or None when unset. Shared by every instance."""
+        ...
+
+    async def put_value(self, key: str, value: str | None) -> None:
+        """Set a shared setting; None deletes it (a no-op when unset)."""
+        ...
+
+    async def list_values(self, prefix: str = "") -> dict[str, str]:
+        """Every shared setting whose key starts with ``prefix``."""
+        ...
+
 
 @runtime_checkable
 class LedgerQueries(Protocol):
@@ -171,7 +190,10 @@ class LedgerQueries(Protocol):
         outcome: str | None = None,
         *,
         record_key: str | None = None,
+        message_id: str | None = None,
+        since: datetime | None = None,
         limit: int = 1000,
     ) -> list[JournalEntry]:
-        """Journal entries matching every given filter, oldest first."""
+        """The newest ``limit`` journal entries matching every given filter (``since``: written at or after
+        it), returned oldest first."""
         ...

@@ -55,6 +55,14 @@ CREATE TABLE IF NOT EXISTS journal (
     at             INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS journal_by_message ON journal (message_key);
+CREATE INDEX IF NOT EXISTS journal_by_record ON journal (record_key);
+CREATE INDEX IF NOT EXISTS journal_by_message_id ON journal (message_id);
+CREATE INDEX IF NOT EXISTS journal_by_time ON journal (at);
+CREATE TABLE IF NOT EXISTS shared_values (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS claims (
     target_key  TEXT PRIMARY KEY,
     record_key  TEXT NOT NULL,
@@ -62,7 +70,12 @@ CREATE TABLE IF NOT EXISTS claims (
 ) WITHOUT ROWID;
 """
 #: Columns added after the first release: (table, column, type). Added to older files at open.
-MIGRATIONS = (("records", "target_key", "TEXT"),)
+MIGRATIONS = (
+    ("records", "target_key", "TEXT"),
+    ("journal", "correlation_id", "TEXT"),
+    ("journal", "version", "INTEGER"),
+    ("journal", "target_key", "TEXT"),
+)
 
 
 def _system_clock() -> datetime:
@@ -292,7 +305,8 @@ class SqliteLedger:
         with self._db.write() as conn:
             conn.execute(
                 "INSERT INTO journal (message_key, record_key, queue, message_id, delivery_count, outcome, "
-                "reason, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reason, detail, at, correlation_id, version, target_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     entry.message_key,
                     entry.record_key,
@@ -303,8 +317,39 @@ class SqliteLedger:
                     entry.reason,
                     entry.detail,
                     to_micros(entry.at),
+                    entry.correlation_id,
+                    entry.version,
+                    entry.target_key,
                 ),
             )
+
+    async def get_value(self, key: str) -> str | None:
+        return await asyncio.to_thread(self._get_value, key)
+
+    def _get_value(self, key: str) -> str | None:
+        row = self._db.connection().execute("SELECT value FROM shared_values WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    async def put_value(self, key: str, value: str | None) -> None:
+        await asyncio.to_thread(self._put_value, key, value)
+
+    def _put_value(self, key: str, value: str | None) -> None:
+        with self._db.write() as conn:
+            if value is None:
+                conn.execute("DELETE FROM shared_values WHERE key = ?", (key,))
+            else:
+                conn.execute(
+                    "INSERT INTO shared_values (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (key) "
+                    "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    (key, value, to_micros(self._clock())),
+                )
+
+    async def list_values(self, prefix: str = "") -> dict[str, str]:
+        return await asyncio.to_thread(self._list_values, prefix)
+
+    def _list_values(self, prefix: str) -> dict[str, str]:
+        rows = self._db.connection().execute("SELECT key, value FROM shared_values ORDER BY key").fetchall()
+        return {r["key"]: r["value"] for r in rows if str(r["key"]).startswith(prefix)}
 
     # -- LedgerQueries ------------------------------------------------------------------------------
     async def record_state(self, record_key: str) -> RecordState:
@@ -338,18 +383,25 @@ class SqliteLedger:
         outcome: str | None = None,
         *,
         record_key: str | None = None,
+        message_id: str | None = None,
+        since: datetime | None = None,
         limit: int = 1000,
     ) -> list[JournalEntry]:
         """The newest `limit` entries matching every given filter, returned oldest first."""
-        return await asyncio.to_thread(self._journal_entries, message_key, outcome, record_key, limit)
+        return await asyncio.to_thread(self._journal_entries, message_key, outcome, record_key, message_id,
+                                       since, limit)
 
     def _journal_entries(
-        self, message_key: str | None, outcome: str | None, record_key: str | None, limit: int
+        self, message_key: str | None, outcome: str | None, record_key: str | None, message_id: str | None,
+        since: datetime | None, limit: int,
     ) -> list[JournalEntry]:
-        filters = {"message_key": message_key, "outcome": outcome, "record_key": record_key}
-        where = " AND ".join(
-            f"{column} = :{column}" for column, value in filters.items() if value is not None
-        )
+        filters: dict[str, object] = {"message_key": message_key, "outcome": outcome, "record_key": record_key,
+                                      "message_id": message_id}
+        clauses = [f"{column} = :{column}" for column, value in filters.items() if value is not None]
+        if since is not None:
+            clauses.append("at >= :since")
+            filters["since"] = to_micros(since)
+        where = " AND ".join(clauses)
         rows = (
             self._db.connection()
             .execute(
@@ -369,6 +421,9 @@ class SqliteLedger:
                 reason=r["reason"],
                 detail=r["detail"],
                 at=from_micros(r["at"]),
+                correlation_id=r["correlation_id"],
+                version=r["version"],
+                target_key=r["target_key"],
             )
             for r in reversed(rows)
         ]

@@ -8,6 +8,7 @@ Layout (one table, e.g. `ledger`):
 | `rec|<encoded record_key>` | `msg|<encoded message_key>` | the final outcome of one message (`outcome`, `reason`, `recorded_at`) |
 | `tgt|<encoded target_key>` | `owner` | which source record owns that counterpart record (`record_key`, `target_key`, `claimed_at`) |
 | `jnl|<99999999 - YYYYMMDD>` | `<inverted µs timestamp>-<uuid>` | one journal entry (audit trail) |
+| `kv|<encoded key>` | `value` | one shared setting (`key`, `value`, `updated_at`), e.g. a paused flow |
 
 Why this shape: everything about one record lives in one partition, so the message row and the state row can
 move together in one entity-group transaction. Every write of a state row is conditional on the ETag that was
@@ -66,6 +67,9 @@ MESSAGE_PREFIX = "msg|"
 JOURNAL_PREFIX = "jnl|"
 CLAIM_PREFIX = "tgt|"
 CLAIM_ROW = "owner"
+VALUE_PREFIX = "kv|"
+VALUE_ROW = "value"
+VALUE_END = "kv}"
 # The first string after every "jnl|..." key: journal partitions are the range [jnl|, jnl}).
 JOURNAL_END = "jnl}"
 MAX_ENCODED = 400
@@ -484,8 +488,42 @@ class TableLedger:
                 "reason": entry.reason,
                 "detail": entry.detail,
                 "at": entry.at,
+                "correlation_id": entry.correlation_id,
+                "version": _int64(entry.version),
+                "target_key": entry.target_key,
             }
         )
+
+    async def get_value(self, key: str) -> str | None:
+        await self._ready()
+        entity = await self._get(VALUE_PREFIX + encode_key(key), VALUE_ROW)
+        return None if entity is None else str(entity.get("value"))
+
+    async def put_value(self, key: str, value: str | None) -> None:
+        """Upsert (last writer wins: an operator's pause or resume is not a race to arbitrate), or delete."""
+        await self._ready()
+        pk = VALUE_PREFIX + encode_key(key)
+        if value is None:
+            try:
+                await self._table.delete_entity(pk, VALUE_ROW)
+            except ResourceNotFoundError:
+                pass
+            return
+        await self._table.upsert_entity(
+            {"PartitionKey": pk, "RowKey": VALUE_ROW, "key": key, "value": value, "updated_at": self._clock()},
+            mode=UpdateMode.REPLACE,
+        )
+
+    async def list_values(self, prefix: str = "") -> dict[str, str]:
+        await self._ready()
+        found: dict[str, str] = {}
+        pages = self._table.query_entities("PartitionKey ge @start and PartitionKey lt @end",
+                                           parameters={"start": VALUE_PREFIX, "end": VALUE_END})
+        async for entity in pages:
+            key = str(entity.get("key"))
+            if key.startswith(prefix):
+                found[key] = str(entity.get("value"))
+        return dict(sorted(found.items()))
 
     # -- LedgerQueries ------------------------------------------------------------------------------
     async def record_state(self, record_key: str) -> RecordState:
@@ -503,18 +541,26 @@ class TableLedger:
         outcome: str | None = None,
         *,
         record_key: str | None = None,
+        message_id: str | None = None,
+        since: datetime | None = None,
         limit: int = 1000,
     ) -> list[JournalEntry]:
-        """The newest `limit` entries matching every given filter, returned oldest first."""
+        """The newest `limit` entries matching every given filter, returned oldest first. ``since`` also
+        bounds the partitions read (one per day, newest first)."""
         await self._ready()
         if limit <= 0:
             return []
         clauses = ["PartitionKey ge @journal_start", "PartitionKey lt @journal_end"]
         parameters: dict[str, Any] = {"journal_start": JOURNAL_PREFIX, "journal_end": JOURNAL_END}
-        for name, value in (("message_key", message_key), ("outcome", outcome), ("record_key", record_key)):
+        for name, value in (("message_key", message_key), ("outcome", outcome), ("record_key", record_key),
+                            ("message_id", message_id)):
             if value is not None:
                 clauses.append(f"{name} eq @{name}")
                 parameters[name] = value
+        if since is not None:
+            last_partition, _ = journal_keys(_micros(since.astimezone(UTC)), "")
+            clauses += ["PartitionKey le @since_partition", "at ge @since"]
+            parameters.update(since_partition=last_partition, since=since.astimezone(UTC))
         newest_first: list[JournalEntry] = []
         pages = self._table.query_entities(
             " and ".join(clauses), parameters=parameters, results_per_page=min(limit, 1000)
@@ -533,6 +579,9 @@ class TableLedger:
                     reason=entity.get("reason"),
                     detail=entity.get("detail"),
                     at=at,
+                    correlation_id=entity.get("correlation_id"),
+                    version=_int(entity.get("version")),
+                    target_key=entity.get("target_key"),
                 )
             )
             if len(newest_first) >= limit:

@@ -7,6 +7,7 @@ message models mirror the Service Bus message properties the runtime reads (wire
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -22,6 +23,7 @@ __all__ = [
     "QueueCounts",
     "QueueTransport",
     "QueueConsumer",
+    "QueueAdmin",
     "QueueError",
     "MessageLockLost",
     "MessageNotFound",
@@ -131,6 +133,26 @@ class QueueConsumer(Protocol):
 
     async def renew_lock(self, message: Any) -> datetime:
         """Extend the lock; returns the new locked-until time."""
+        ...
+
+
+@runtime_checkable
+class QueueAdmin(Protocol):
+    """What the operator commands need beyond sending: counts and the dead-letter sub-queue. One interface
+    for the embedded queue and Service Bus, so `status` and `deadletters` work the same on both."""
+
+    async def counts(self, queue: str) -> QueueCounts:
+        """Message counts of `queue` (Service Bus: its runtime properties; `locked` is not reported there)."""
+        ...
+
+    async def peek_dead_letters(self, queue: str, max_messages: int = 100,
+                                from_sequence_number: int = 0) -> list[ReceivedMessage]:
+        """Dead letters of `queue` in sequence order, without locking them or counting a delivery."""
+        ...
+
+    async def delete_dead_letters(self, queue: str, sequence_numbers: Collection[int]) -> set[int]:
+        """Remove those dead letters for good; returns the sequence numbers actually removed (one already
+        gone is not an error: another operator may have replayed it)."""
         ...
 
 

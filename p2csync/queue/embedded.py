@@ -397,6 +397,17 @@ class EmbeddedQueue:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
+    def delete_dead_letters(self, queue: str, sequence_numbers: Iterable[int]) -> set[int]:
+        """Delete those messages from the dead-letter queue of `queue`; the sequence numbers deleted."""
+        wanted = sorted(set(sequence_numbers))
+        deleted: set[int] = set()
+        with self._db.write() as conn:
+            for number in wanted:
+                if conn.execute("DELETE FROM messages WHERE sequence_number = ? AND queue = ? AND dead_lettered = 1",
+                                (number, queue)).rowcount:
+                    deleted.add(number)
+        return deleted
+
     # -- inspection ---------------------------------------------------------------------------------
     def peek(
         self, queue: str, max_messages: int = 100, from_sequence_number: int = 0
@@ -483,6 +494,17 @@ class EmbeddedTransport:
 
     async def renew_lock(self, message: ReceivedMessage) -> datetime:
         return await asyncio.to_thread(self.queue.renew_lock, message.lock_token)
+
+    # -- QueueAdmin (operator commands) ---------------------------------------------------------------
+    async def counts(self, queue: str) -> QueueCounts:
+        return await asyncio.to_thread(self.queue.counts, queue)
+
+    async def peek_dead_letters(self, queue: str, max_messages: int = 100,
+                                from_sequence_number: int = 0) -> list[ReceivedMessage]:
+        return await asyncio.to_thread(self.queue.peek_dead_letters, queue, max_messages, from_sequence_number)
+
+    async def delete_dead_letters(self, queue: str, sequence_numbers: Iterable[int]) -> set[int]:
+        return await asyncio.to_thread(self.queue.delete_dead_letters, queue, list(sequence_numbers))
 
 
 def _check_queue(queue: str) -> None:

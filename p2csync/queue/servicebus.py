@@ -10,14 +10,14 @@ receiver per queue, all reused: opening an AMQP link per message would cost more
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime
 from typing import Any
 
-from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode
+from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode, ServiceBusSubQueue
 from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError, MessageSizeExceededError
 
-from p2csync.queue.base import MessageLockLost, OutboundMessage
+from p2csync.queue.base import MessageLockLost, MessageState, OutboundMessage, QueueCounts, ReceivedMessage
 from p2csync.queue.sizing import MAX_MESSAGE_BYTES_STANDARD, MessageSizeExceeded, serialized_size
 
 ClientFactory = Callable[[], Any]
@@ -34,6 +34,43 @@ def to_sdk_message(message: OutboundMessage) -> ServiceBusMessage:
         subject=message.subject,
         application_properties=dict(message.application_properties) or None,
         time_to_live=message.time_to_live,
+    )
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else value
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return None if value is None else (value if value.tzinfo else value.replace(tzinfo=UTC))
+
+
+def from_sdk_message(queue: str, message: Any) -> ReceivedMessage:
+    """A peeked or received SDK message as the queue-neutral model (what the operator commands show and
+    replay). The SDK hands AMQP strings over as bytes; a data body as a generator of chunks."""
+    body = message.body
+    if not isinstance(body, bytes | bytearray):
+        body = b"".join(bytes(chunk) for chunk in body) if body is not None else b""
+    properties = {str(_text(k)): _text(v) for k, v in (message.application_properties or {}).items()}
+    kept = {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in properties.items()
+            if v is not None}
+    state = getattr(message, "state", None)
+    return ReceivedMessage(
+        queue=queue,
+        body=bytes(body),
+        message_id=str(_text(message.message_id) or f"(no id: #{message.sequence_number})"),
+        content_type=_text(message.content_type),
+        subject=_text(message.subject),
+        correlation_id=_text(message.correlation_id),
+        application_properties=kept,
+        sequence_number=int(message.sequence_number or 0),
+        delivery_count=int(message.delivery_count or 0),
+        enqueued_time_utc=_aware(message.enqueued_time_utc) or datetime.now(UTC),
+        expires_at_utc=_aware(getattr(message, "expires_at_utc", None)),
+        dead_letter_reason=_text(message.dead_letter_reason),
+        dead_letter_error_description=_text(message.dead_letter_error_description),
+        dead_letter_source=_text(message.dead_letter_source),
+        state=MessageState.SCHEDULED if getattr(state, "name", "") == "SCHEDULED" else MessageState.ACTIVE,
     )
 
 
@@ -56,8 +93,11 @@ class ServiceBusTransport:
     """
 
     def __init__(self, client_factory: ClientFactory, credential: Any = None, *,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES_STANDARD) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES_STANDARD,
+                 admin_factory: ClientFactory | None = None) -> None:
+        """``admin_factory``: a ``ServiceBusAdministrationClient`` (aio) for queue counts (``status``)."""
         self._client_factory = client_factory
+        self._admin_factory = admin_factory
         self.max_message_bytes = max_message_bytes  # the queues' maximum message size, for refusals
         self._credential = credential  # closed with the transport when it is ours
         self._client: Any = None
@@ -71,9 +111,11 @@ class ServiceBusTransport:
     def for_namespace(cls, fully_qualified_namespace: str, credential: Any, *,
                       max_message_bytes: int = MAX_MESSAGE_BYTES_STANDARD) -> ServiceBusTransport:
         from azure.servicebus.aio import ServiceBusClient
+        from azure.servicebus.aio.management import ServiceBusAdministrationClient
 
         return cls(lambda: ServiceBusClient(fully_qualified_namespace, credential), credential,
-                   max_message_bytes=max_message_bytes)
+                   max_message_bytes=max_message_bytes,
+                   admin_factory=lambda: ServiceBusAdministrationClient(fully_qualified_namespace, credential))
 
     def _on(self, link: Any) -> asyncio.Lock:
         return self._link_locks.setdefault(id(link), asyncio.Lock())
@@ -161,6 +203,74 @@ class ServiceBusTransport:
         except (MessageLockLostError, MessageAlreadySettled) as exc:
             self._held.pop(str(message.lock_token), None)
             raise MessageLockLost(str(message.lock_token)) from exc
+
+    # -- QueueAdmin (operator commands) ----------------------------------------------------------------
+    async def counts(self, queue: str) -> QueueCounts:
+        """From the queue's runtime properties (management API). Service Bus counts a locked message as
+        active and does not report locks, so ``locked`` is 0 here."""
+        if self._admin_factory is None:
+            raise RuntimeError("no Service Bus administration client configured for queue counts")
+        admin = self._admin_factory()
+        try:
+            props = await admin.get_queue_runtime_properties(queue)
+        finally:
+            await admin.close()
+        return QueueCounts(active=int(props.active_message_count or 0),
+                           scheduled=int(props.scheduled_message_count or 0), locked=0,
+                           dead_lettered=int(props.dead_letter_message_count or 0))
+
+    def _dead_letter_receiver(self, queue: str) -> Any:
+        return self._connected().get_queue_receiver(queue_name=queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER,
+                                                    receive_mode=ServiceBusReceiveMode.PEEK_LOCK, prefetch_count=0)
+
+    async def peek_dead_letters(self, queue: str, max_messages: int = 100,
+                                from_sequence_number: int = 0) -> list[ReceivedMessage]:
+        """Peek the dead-letter sub-queue page by page (a peek may return fewer than asked) until
+        ``max_messages`` or its end."""
+        found: list[ReceivedMessage] = []
+        receiver = self._dead_letter_receiver(queue)
+        try:
+            start = from_sequence_number
+            while len(found) < max_messages:
+                page = await receiver.peek_messages(max_message_count=min(250, max_messages - len(found)),
+                                                    sequence_number=start)
+                if not page:
+                    break
+                found.extend(from_sdk_message(queue, m) for m in page)
+                start = int(page[-1].sequence_number) + 1
+        finally:
+            await receiver.close()
+        return found
+
+    async def delete_dead_letters(self, queue: str, sequence_numbers: Collection[int],
+                                  max_wait: float = 5.0) -> set[int]:
+        """Service Bus deletes a message only by settling it, so the dead-letter sub-queue is received in
+        peek-lock mode: the wanted messages are completed, the others held until the end and then abandoned
+        (abandoning them at once would hand them straight back to the next receive). [Inferred] The scan
+        stops when every wanted message was found or a receive comes back empty."""
+        wanted = set(sequence_numbers)
+        deleted: set[int] = set()
+        held: list[Any] = []
+        receiver = self._dead_letter_receiver(queue)
+        try:
+            while wanted - deleted:
+                batch = await receiver.receive_messages(max_message_count=100, max_wait_time=max_wait)
+                if not batch:
+                    break
+                for message in batch:
+                    if int(message.sequence_number) in wanted:
+                        await receiver.complete_message(message)
+                        deleted.add(int(message.sequence_number))
+                    else:
+                        held.append(message)
+        finally:
+            for message in held:
+                try:
+                    await receiver.abandon_message(message)
+                except (MessageLockLostError, MessageAlreadySettled):
+                    pass  # its lock ran out: it is back in the sub-queue anyway
+            await receiver.close()
+        return deleted
 
     async def aclose(self) -> None:
         async with self._lock:

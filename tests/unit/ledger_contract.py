@@ -414,6 +414,40 @@ class LedgerContract:
         assert await ledger.journal_entries(record_key=RK, limit=2) == [entries[4], entries[0]]  # newest two
         assert await ledger.journal_entries(message_key="nope") == []
 
+    async def test_journal_keeps_correlation_version_and_target_and_filters_by_message_id_and_time(
+        self, ledger: LedgerUnderTest
+    ) -> None:
+        first = JournalEntry(message_key="k1", record_key=RK, queue="sales-events", message_id="mid-1",
+                             delivery_count=1, outcome="deferred", reason="deferred 2.0s: throttled by fno: 429",
+                             at=START - timedelta(days=1, hours=1), correlation_id="c0ffee00-0000-0000-0000-000000000001")
+        second = JournalEntry(message_key="k1", record_key=RK, queue="sales-events", message_id="mid-1~1",
+                              delivery_count=1, outcome="applied", reason="applied: created CustomersV3(usmf|A-1)",
+                              at=START, correlation_id="c0ffee00-0000-0000-0000-000000000001",
+                              version=1740830400000, target_key="fno:CustomersV3:usmf|A-1")
+        for entry in (first, second):
+            await ledger.journal(entry)
+        assert await ledger.journal_entries(record_key=RK) == [first, second]
+        assert await ledger.journal_entries(message_id="mid-1~1") == [second]
+        assert await ledger.journal_entries(since=START - timedelta(minutes=1)) == [second]
+        assert await ledger.journal_entries(since=START - timedelta(days=2)) == [first, second]
+        assert await ledger.journal_entries(message_id="mid-1", since=START - timedelta(hours=1)) == []
+
+    async def test_shared_values_are_set_listed_and_deleted(self, ledger_factory: LedgerFactory,
+                                                           clock: FakeClock) -> None:
+        one, two = ledger_factory(clock), ledger_factory(clock)
+        assert await one.get_value("pause:accounts") is None
+        await one.put_value("pause:accounts", '{"by": "ops"}')
+        await one.put_value("pause:quotes", "x")
+        await one.put_value("other/key#1", "y")  # awkward characters are fine
+        assert await two.get_value("pause:accounts") == '{"by": "ops"}'  # shared by every instance
+        await two.put_value("pause:quotes", "z")  # overwrite
+        assert await one.list_values("pause:") == {"pause:accounts": '{"by": "ops"}', "pause:quotes": "z"}
+        assert (await one.list_values())["other/key#1"] == "y"
+        await one.put_value("pause:accounts", None)
+        await one.put_value("pause:never-set", None)  # deleting what is not there is a no-op
+        assert await two.get_value("pause:accounts") is None
+        assert await two.list_values("pause:") == {"pause:quotes": "z"}
+
     async def test_state_is_shared_between_clients(
         self, ledger_factory: LedgerFactory, clock: FakeClock
     ) -> None:

@@ -176,3 +176,25 @@ def test_processes_racing_on_one_file_apply_once(tmp_path: Path) -> None:
     with SqliteLedger(path) as ledger:
         assert asyncio.run(ledger.record_state("accounts:account:1")).payload_hash == writers[0]
         assert asyncio.run(ledger.record_state("unknown")) == RecordState()
+
+
+async def test_a_ledger_file_from_an_older_release_is_migrated_and_its_journal_stays_readable(tmp_path: Path) -> None:
+    """A journal row written before correlation_id / version / target_key existed reads with them None."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE records (record_key TEXT PRIMARY KEY, version INTEGER, payload_hash TEXT, "
+            "updated_at INTEGER, lease_owner TEXT, lease_until INTEGER) WITHOUT ROWID;"
+            "CREATE TABLE journal (id INTEGER PRIMARY KEY AUTOINCREMENT, message_key TEXT NOT NULL, record_key TEXT,"
+            " queue TEXT NOT NULL, message_id TEXT NOT NULL, delivery_count INTEGER NOT NULL, outcome TEXT NOT NULL,"
+            " reason TEXT, detail TEXT, at INTEGER NOT NULL);"
+            "INSERT INTO journal (message_key, record_key, queue, message_id, delivery_count, outcome, reason, at) "
+            "VALUES ('k', 'accounts:account:1', 'sales-events', 'm', 1, 'applied', 'applied: created X', 1);"
+        )
+    with SqliteLedger(path) as ledger:
+        [old] = await ledger.journal_entries()
+        assert (old.outcome, old.correlation_id, old.version, old.target_key) == ("applied", None, None, None)
+        await ledger.journal(JournalEntry(message_key="k2", queue="q", message_id="m2", delivery_count=1,
+                                          outcome="applied", version=7, target_key="fno:t", correlation_id="c"))
+        new = (await ledger.journal_entries(message_id="m2"))[0]
+        assert (new.version, new.target_key, new.correlation_id) == (7, "fno:t", "c")
