@@ -1,4 +1,6 @@
-"""``make demo``: the accounts and contacts stories through the real code path, against the sandbox.
+"""``make demo``: the prospect-to-cash story through the real code path, against the sandbox.
+
+First products are released in F&O and appear in Sales with their price (p2csync/demo_back.py).
 
 A Sales user creates accounts and edits some of them; each change raises a webhook to the local host,
 goes through the queue and the accounts flow, and must end as an F&O customer with the newest values.
@@ -8,9 +10,9 @@ customer, an active customer a person customer, a contact of a contact is skippe
 contact person becomes an active customer (its contact person is then marked inactive). Then quotes: one saved
 with three lines and activated, then revised (a line changed, one removed, one added), both sides printed line by
 line; one with a product made in Sales, skipped with the reason. Then a sales order saved as a draft with four
-lines and activated: both sides printed line by line (Sales' discount, F&O's per-unit discount and charge). The
-demo prints one
-row per record with both sides and exits non-zero if any did not end as expected.
+lines and activated: both sides printed line by line (Sales' discount, F&O's per-unit discount and charge); F&O
+confirms it and totals it, and it comes back onto the same Sales order; an order entered in F&O appears in Sales.
+The demo prints one row per record with both sides and exits non-zero if any did not end as expected.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from p2csync import demo_back as back
 from p2csync.devstack import LocalStack
 from p2csync.settings import ROOT
 from sandbox.dataverse_tables import processing_status
@@ -241,17 +245,18 @@ def _quote_plan() -> list[DemoQuote]:
 
 
 async def _play_quotes(stack: LocalStack, accounts: list[DemoAccount], quotes: list[DemoQuote]) -> None:
-    dataverse, fno = stack.sandbox.dataverse, stack.sandbox.fno
+    dataverse = stack.sandbox.dataverse
 
     def catalogue() -> tuple[str, list[str]]:
-        uom = dataverse.create("uom", {"name": "Primary Unit", "quantity": 1})
+        """The products released in F&O are in Sales by now (the products flow); the gift card is made in Sales."""
+        by_number = {r["productnumber"]: r for r in dataverse.rows("product")}
         ids = []
         for number, name, external in DEMO_PRODUCTS:
-            ids.append(dataverse.create("product", {"name": name, "productnumber": number,
-                                                    "msdynce_ismaintainedexternally": external}))
-            if external:
-                fno.create("CDSReleasedDistinctProducts", {"dataAreaId": "usmf", "ProductNumber": number,
-                                                           "ProductName": name})
+            if not external:
+                by_number[number] = {"productid": dataverse.create("product", {
+                    "name": name, "productnumber": number, "msdynce_ismaintainedexternally": False})}
+            ids.append(by_number[number]["productid"])
+        uom = next(r["uomid"] for r in dataverse.rows("uom") if r["name"] == "Each")
         return uom, ids
 
     uom, products = await asyncio.to_thread(catalogue)
@@ -340,7 +345,7 @@ async def _play_order(stack: LocalStack, accounts: list[DemoAccount], order: Dem
 
     def save() -> None:
         ids = {r["productnumber"]: r["productid"] for r in dataverse.rows("product")}
-        uom = next(r["uomid"] for r in dataverse.rows("uom"))
+        uom = next(r["uomid"] for r in dataverse.rows("uom") if r["name"] == "Each")
         order.record_id = dataverse.create("salesorder", {
             "name": f"Order for {accounts[order.account].name}", "ordernumber": order.number,
             "customerid": ("account", accounts[order.account].record_id), "shipto_country": "United States",
@@ -380,9 +385,11 @@ def _print_order(order: DemoOrder) -> None:
     print()
 
 
-async def run_demo(accounts: int = 8) -> int:
+async def run_demo(accounts: int = 8, workdir: Path | None = None) -> int:
+    """Play the story; 0 when every record ended as expected. ``workdir``: where the ledger and queue files go
+    (default .var/demo, emptied first)."""
     started = time.perf_counter()
-    workdir = ROOT / ".var" / "demo"
+    workdir = workdir or ROOT / ".var" / "demo"
     shutil.rmtree(workdir, ignore_errors=True)
     plan = _plan(accounts)
     contacts = _contact_plan()
@@ -391,9 +398,15 @@ async def run_demo(accounts: int = 8) -> int:
     async with LocalStack(workdir) as stack:
         print(f"sandbox: Dataverse {stack.sandbox.dataverse_url}, F&O {stack.sandbox.fno_url}")
         print(f"local host: {stack.host.base_url if stack.host else '?'} (webhook registered with a function key)")
+        print(f"releasing {len(back.FNO_PRODUCTS)} products in F&O (OData, as an F&O user)...\n")
+        await back.release_products(stack)
+        settled = await stack.wait_settled(timeout=25)
+        products = back.verify_products(stack)
+        back.print_steps("F&O released products -> Sales products (priced in the first price list of their currency)",
+                         products)
         print(f"creating {len(plan)} accounts and editing 2 as a Sales user...\n")
         await _play(stack, plan)
-        settled = await stack.wait_settled(timeout=25)
+        settled = await stack.wait_settled(timeout=25) and settled
         print(f"creating {len(contacts)} contacts (contact persons, person customers, one of a contact) and making "
               "one contact person an active customer...\n")
         await _play_contacts(stack, plan, contacts)
@@ -406,23 +419,33 @@ async def run_demo(accounts: int = 8) -> int:
               "(F&O owns it afterwards)...\n")
         await _play_order(stack, plan, order)
         settled = await stack.wait_settled(timeout=25) and settled
+        await _verify_order(stack, order)
+        _print_order(order)
+        print(f"in F&O: confirming {order.number} and calculating its totals (the way back to Sales)...\n")
+        await back.confirm_and_total(stack, order.number)
+        settled = await stack.wait_settled(timeout=25) and settled
+        story = [back.verify_order_back(stack, order.number, order.record_id)]
+        print("in F&O: entering order FO-D01 for a customer from Sales, confirming it, calculating totals...\n")
+        await back.enter_fno_order(stack, "FO-D01", plan[3].number or "")
+        settled = await stack.wait_settled(timeout=25) and settled
+        story.append(back.verify_fno_order(stack, "FO-D01"))
+        back.print_steps("F&O sales orders -> Sales orders", story)
         await _verify(stack, plan)
         await _verify_contacts(stack, plan, contacts)
         await _verify_quotes(stack, quotes)
-        await _verify_order(stack, order)
     _print_quotes(quotes)
-    _print_order(order)
     _print_contacts(contacts)
     _print(plan, time.perf_counter() - started)
     failed = [a for a in plan if a.outcome != a.expected] + [c for c in contacts if c.outcome != c.kind]
     failed += [q for q in quotes if q.outcome != q.expected]
     failed += [order] if order.outcome != "applied" else []
+    failed += [step for step in [*products, *story] if not step.ok]
     if not settled:
         print("the queue did not drain in time")
     if failed or not settled:
         print(f"FAILED: {len(failed)} record(s) did not end as expected")
         return 1
-    print("all accounts, contacts, quotes and the order ended as expected")
+    print("all products, accounts, contacts, quotes and orders ended as expected, both ways")
     return 0
 
 
