@@ -168,11 +168,20 @@ class SalesToFnORecordSync:
             return Skipped(reason="unchanged: the mapped payload equals the last one written", version=version,
                            payload_hash=digest, target_key=target)
 
-        result = await ctx.fno.upsert(spec.target.entity_set, mapped.key, mapped.payload)
+        done = await self._upsert(spec, mapped, state, target, ctx)
+        return Applied(detail=done, version=version, payload_hash=digest, target_key=target)
+
+    @staticmethod
+    async def _upsert(spec: MappingSpec, mapped: MappedRecord, state: RecordState, target: str,
+                      ctx: FlowContext) -> str:
+        """Write the counterpart in one F&O call when the ledger's guess holds: PATCH a row this record wrote
+        before (its target key is the ledger's), POST one it never wrote; the other call only when F&O says
+        otherwise. What was done, e.g. ``created CustomersV3(dataAreaId=usmf,CustomerAccount=US-001)``."""
+        result = await ctx.fno.upsert(spec.target.entity_set, mapped.key, mapped.payload,
+                                      exists=state.target_key == target)
         key_text = ",".join(f"{k}={v}" for k, v in mapped.key.items())
         verb = "created" if result.created else ("updated" if result.changed else "already up to date")
-        return Applied(detail=f"{verb} {spec.target.entity_set}({key_text})", version=version, payload_hash=digest,
-                       target_key=target)
+        return f"{verb} {spec.target.entity_set}({key_text})"
 
     async def _deleted(self, event: ChangeEvent, state: RecordState, ctx: FlowContext) -> Outcome:
         """Deletes are not synced (F&O records with transactions cannot go); the record's claim is released, so

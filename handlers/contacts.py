@@ -98,10 +98,7 @@ class ContactSync(SalesToFnORecordSync):
             return Skipped(reason="unchanged: the mapped payload equals the last one written", version=version,
                            payload_hash=digest, target_key=target)
 
-        result = await ctx.fno.upsert(spec.target.entity_set, mapped.key, mapped.payload)
-        key_text = ",".join(f"{k}={v}" for k, v in mapped.key.items())
-        verb = "created" if result.created else ("updated" if result.changed else "already up to date")
-        detail = f"{verb} {spec.target.entity_set}({key_text}) as {spec.flow}"
+        detail = f"{await self._upsert(spec, mapped, state, target, ctx)} as {spec.flow}"
         if state.target_key and state.target_key != target:
             detail += "; " + await self._retire(state.target_key, specs, ctx)
         return Applied(detail=detail, version=version, payload_hash=digest, target_key=target)

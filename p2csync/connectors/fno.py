@@ -11,7 +11,8 @@ F&O has no upsert, so ``upsert`` reads the row by its full key and then
 Both races are handled: a POST answered "already exists" (someone created the row since the read) re-reads
 and PATCHes; a PATCH answered "No resources were found when selecting for update" (the row went away)
 POSTs. F&O answers those write errors with 500 or 400; ``error_from_response`` reads the infolog, not the
-status.
+status. A caller that knows whether the row is there (the handlers ask the ledger: did this record write it?)
+passes ``exists=`` and saves the read: one call when it is right, the same fallbacks when it is not.
 
 Key values travel in the URL path, which F&O decodes twice: IIS/ASP.NET decode it once to route the request
 (a ``/``, ``\\`` or ``+`` that was percent-encoded once is then a path separator or a plus, and F&O answers
@@ -451,12 +452,26 @@ class FnOClient(ApiClient):
 
     # -------------------------------------------------------------------------------------------- writes
 
-    async def upsert(self, entity_set: str, key: Mapping[str, Any], body: Mapping[str, Any]) -> UpsertResult:
-        """Create or update the row at ``key`` so that it holds ``body``; see the module docstring."""
+    async def upsert(self, entity_set: str, key: Mapping[str, Any], body: Mapping[str, Any], *,
+                     exists: bool | None = None) -> UpsertResult:
+        """Create or update the row at ``key`` so that it holds ``body``; see the module docstring.
+
+        ``exists`` is what the caller knows, and saves the read: ``True`` (it wrote this row before) PATCHes the
+        whole body at once, and POSTs if F&O answers "not found" (the row was deleted); ``False`` (it never
+        wrote it) POSTs at once, and PATCHes the whole body if F&O answers "already exists". Either way one call
+        when the guess is right, two when it is not. ``None`` reads first and PATCHes only what differs."""
         self.check_key(entity_set, key)
         for name, value in body.items():
             if name in key and not same_value(key[name], value):
                 raise InvalidKeyError("fno", f"body field {name!r} = {value!r} contradicts the key ({key[name]!r})")
+        if exists is False:
+            try:
+                return await self._create(entity_set, key, body)
+            except AlreadyExistsError:
+                log.info("%s%s: exists already, updating instead", entity_set, format_key(key))
+                return await self._update(entity_set, key, body, {}, allow_create=False)
+        if exists is True:
+            return await self._update(entity_set, key, body, {}, allow_create=True)
 
         current = await self.get(entity_set, key)
         if current is None:

@@ -63,6 +63,53 @@ async def test_a_sales_account_create_is_applied_and_completed(
     assert again.actions == ["complete"] and fno_writes(sandbox) == [("POST", 201)]
 
 
+def fno_calls(sandbox: SandboxServer) -> list[tuple[str, int | None]]:
+    return [(r.method, r.status) for r in sandbox.fno.request_log.entries()]
+
+
+async def test_an_account_costs_one_fno_call_to_create_and_one_to_update(
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
+) -> None:
+    """The ledger knows whether this account wrote its customer: a new one is POSTed, a known one PATCHed, with no
+    read first (issue 11: one F&O call per record when the guess holds)."""
+    sandbox.fno.request_log.clear()
+    assert isinstance(await runtime.handle(m := await created_account(sandbox, capture, "RT-C01"), m,
+                                           RecordingActions()), Applied)
+    assert fno_calls(sandbox) == [("POST", 201)]
+    account_id = json.loads(m.body)["PrimaryEntityId"]
+    sandbox.fno.request_log.clear()
+    [update] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.update(
+        "account", account_id, {"name": "Renamed RT-C01"}))
+    outcome = await runtime.handle(update, update, RecordingActions())
+    assert isinstance(outcome, Applied) and outcome.detail.startswith("updated CustomersV3("), outcome
+    assert fno_calls(sandbox) == [("PATCH", 204)]
+
+
+async def test_a_wrong_guess_costs_one_more_call_never_a_failure(
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
+) -> None:
+    """A customer created in F&O beforehand (POST "already exists" -> PATCH), and a customer deleted in F&O after
+    it was synced (PATCH "not found" -> POST): each converges in two calls."""
+    sandbox.fno.create(CUSTOMERS, {"dataAreaId": "usmf", "CustomerAccount": "RT-C02", "CustomerGroupId": "10",
+                                   "OrganizationName": "Made in F&O"})
+    sandbox.fno.request_log.clear()
+    message = await created_account(sandbox, capture, "RT-C02")
+    outcome = await runtime.handle(message, message, RecordingActions())
+    assert isinstance(outcome, Applied) and outcome.detail.startswith("updated CustomersV3("), outcome
+    assert [m for m, _ in fno_calls(sandbox)] == ["POST", "PATCH"]
+    assert customer(sandbox, "RT-C02")["OrganizationName"] == "Account RT-C02"  # type: ignore[index]
+
+    sandbox.fno.delete(CUSTOMERS, {"dataAreaId": "usmf", "CustomerAccount": "RT-C02"})
+    sandbox.fno.request_log.clear()
+    account_id = json.loads(message.body)["PrimaryEntityId"]
+    [update] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.update(
+        "account", account_id, {"name": "Renamed RT-C02"}))
+    outcome = await runtime.handle(update, update, RecordingActions())
+    assert isinstance(outcome, Applied) and outcome.detail.startswith("created CustomersV3("), outcome
+    assert [m for m, _ in fno_calls(sandbox)] == ["PATCH", "POST"]
+    assert customer(sandbox, "RT-C02") is not None
+
+
 async def test_fno_throttling_beyond_the_clients_patience_defers_with_the_retry_after(
     sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
 ) -> None:
@@ -74,8 +121,8 @@ async def test_fno_throttling_beyond_the_clients_patience_defers_with_the_retry_
 
     assert isinstance(outcome, Deferred), outcome
     assert outcome.delay == 600 and "throttled by fno" in outcome.reason
-    # Not waited for in-process: one throttled read, nothing else.
-    assert [(r.method, r.status) for r in sandbox.fno.request_log.entries()] == [("GET", 429)]
+    # Not waited for in-process: one throttled write (a customer this account never wrote is POSTed at once).
+    assert [(r.method, r.status) for r in sandbox.fno.request_log.entries()] == [("POST", 429)]
     assert actions.actions == ["complete"]  # the original is completed once its copy is scheduled
     [copy] = scheduled(runtime)
     assert copy.state == "scheduled"
@@ -99,7 +146,7 @@ async def test_persistent_503_defers_and_the_rescheduled_copy_applies_once_it_cl
     outcome = await runtime.handle(message, message, actions)
     assert isinstance(outcome, Deferred), outcome
     assert "fno unavailable" in outcome.reason and outcome.delay >= 1.0
-    assert [(r.method, r.status) for r in sandbox.fno.request_log.entries()] == [("GET", 503)] * 3
+    assert [(r.method, r.status) for r in sandbox.fno.request_log.entries()] == [("POST", 503)] * 3
     assert actions.actions == ["complete"]
     [copy] = scheduled(runtime)
     assert copy.application_properties[DEFERRALS] == 1
