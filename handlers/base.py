@@ -23,7 +23,7 @@ from p2csync.envelopes import ChangeEvent
 from p2csync.envelopes.dataverse import EntityRef
 from p2csync.ledger.base import Ledger, RecordState
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped
-from p2csync.records import epoch_ms, record_from_webapi, webapi_select
+from p2csync.records import epoch_ms, image_alias, record_from_webapi, webapi_select
 from p2csync.settings import Settings
 
 log = logging.getLogger("p2csync.handlers")
@@ -342,6 +342,8 @@ class SalesToFnORecordSync:
         if event.is_complete and newer:
             return dict(event.attributes), event.version
         specs = [spec] if isinstance(spec, MappingSpec) else list(spec)
+        if newer and (image := self._trusted_image(event, specs)) is not None:
+            return image, event.version
         lookups: set[str] = set()
         columns: list[str] = []
         money: list[str] = []
@@ -358,6 +360,17 @@ class SalesToFnORecordSync:
             return None, None
         record = record_from_webapi(row, money_columns=list(dict.fromkeys(money)))
         return record, epoch_ms(record.get(first.source.version_field))
+
+    @staticmethod
+    def _trusted_image(event: ChangeEvent, specs: Sequence[MappingSpec]) -> dict[str, Any] | None:
+        """An Update's post image when it was registered with every column these mappings read (its alias says
+        so, records.image_alias): the record as of the event, absent columns being null (Dataverse leaves nulls
+        out of images). None when the registration predates a mapping change: the record is fetched."""
+        columns = {c for one in specs for c in one.source_columns() if c != one.source.id_column}
+        image = event.post_images.get(image_alias(columns))
+        if image is None:
+            return None
+        return {**dict.fromkeys(columns), **image, **event.attributes}
 
     async def _resolve_lookups(
         self, spec: MappingSpec, record: dict[str, Any], ctx: FlowContext, known: Mapping[str, Any] | None = None

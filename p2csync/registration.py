@@ -19,7 +19,8 @@ Which records are ours:
 * a step: attached to that endpoint and named ``p2c-sync: <message> of <table>``. Steps on the endpoint under
   other names are somebody else's and left alone; ours that the mappings no longer need are ``stale``, shown
   in the plan and deleted only with ``prune=True`` (``--prune``);
-* an image: on one of our steps, with the entity alias ``p2c``.
+* an image: on one of our steps, named ``p2c``; a post image's alias is ``p2c-<fingerprint of its columns>``
+  (records.image_alias), which tells a handler the image holds every column it reads.
 
 The key: ``serviceendpoint.authvalue`` is write-only (Dataverse never returns it), so it cannot be compared.
 It is written when the endpoint is created (a key is required then) and afterwards only when a key is given
@@ -42,6 +43,7 @@ from mappings import MappingSpec
 from p2csync.connectors.dataverse import DataverseClient
 from p2csync.connectors.errors import AuthenticationError, ConnectorError
 from p2csync.connectors.odata import odata_literal
+from p2csync.records import IMAGE_ALIAS, image_alias
 
 __all__ = [
     "DEFAULT_ENDPOINT_NAME",
@@ -70,7 +72,6 @@ DEFAULT_ENDPOINT_NAME = "p2c-sync webhook"
 #: The environment variable the command reads the function key from.
 KEY_ENV = "P2C_WEBHOOK_KEY"
 STEP_PREFIX = "p2c-sync: "
-IMAGE_ALIAS = "p2c"
 MASK = "********"
 
 CONTRACT_WEBHOOK = 8
@@ -162,14 +163,18 @@ class ImageSpec(_Model):
     """A post image (``sdkmessageprocessingstepimage``) of the columns the flows read, or the pre image of a
     document line's Delete (its parent lookup, so the delete reaches its document)."""
 
-    entityalias: str = IMAGE_ALIAS
     messagepropertyname: str
     attributes: list[str]
     imagetype: int = IMAGETYPE_POST
 
     @property
+    def entityalias(self) -> str:
+        """A post image's alias names its columns (records.image_alias), so a handler knows it can trust it."""
+        return image_alias(self.attributes) if self.imagetype == IMAGETYPE_POST else IMAGE_ALIAS
+
+    @property
     def name(self) -> str:
-        return self.entityalias
+        return IMAGE_ALIAS
 
     def columns(self) -> dict[str, Any]:
         return {"name": self.name, "entityalias": self.entityalias, "imagetype": self.imagetype,
@@ -608,7 +613,8 @@ def plan_registration(desired: Desired, existing: Existing, *, key_given: bool, 
         leftovers += [(extra, "a second step of that name") for extra in rows[1:]]
         actions.append(_step_action(step, row, existing, endpoint))
         on_step = existing.images.get(_id(row, STEP), []) if row is not None else []
-        images = [image for image in on_step if image.get("entityalias") == IMAGE_ALIAS]
+        images = [image for image in on_step if str(image.get("name") or "") == IMAGE_ALIAS
+                  or str(image.get("entityalias") or "").split("-", 1)[0] == IMAGE_ALIAS]
         if step.image is not None:
             actions.append(_image_action(step.image, images[0] if images else None, step.name))
             images = images[1:]

@@ -64,6 +64,15 @@ CHOICE_RECHECK_SECONDS = 60.0
 REPLAYED_FROM = "p2c-replayed-from"
 
 
+def notification_only(event: ChangeEvent, *, drop_version: bool = False) -> ChangeEvent:
+    """The event as a mere notification: the handler reads the record's current state from the source, trusting
+    neither the event's Target nor its post images (``drop_version``: nor its version)."""
+    update: dict[str, Any] = {"is_complete": False, "post_images": {}}
+    if drop_version:
+        update["version"] = None
+    return event.model_copy(update=update)
+
+
 @dataclass(frozen=True)
 class InboundMessage:
     """A queue message as any trigger delivers it (Functions binding, SDK, embedded queue)."""
@@ -269,7 +278,7 @@ class SyncRuntime:
 
         event = self._distrust_future(event)
         if REPLAYED_FROM in message.application_properties:
-            event = event.model_copy(update={"is_complete": False})
+            event = notification_only(event)
         record_key = handler.record_key(event)
         if await self.pauses.is_paused(handler.flow):
             # Before the lease: a paused flow's message touches neither the record nor the counterpart. The
@@ -296,12 +305,12 @@ class SyncRuntime:
                 log.warning("%s: the applied version %s lies in the future; not trusting it", record_key,
                             state.version)
                 state = state.model_copy(update={"version": None})
-                event = event.model_copy(update={"is_complete": False})
+                event = notification_only(event)
             stale = event.version is not None and state.version is not None and event.version < state.version
             if stale and event.source not in TIME_VERSIONED_SOURCES:
                 # A control number cannot be checked against the clock, so a forged or corrupt one could make
                 # every later event look stale forever: such an event is only a notification (re-read).
-                event = event.model_copy(update={"version": None, "is_complete": False})
+                event = notification_only(event, drop_version=True)
                 stale = False
             if stale:
                 outcome = Skipped(reason=f"stale: version {event.version} is older than applied {state.version}")
@@ -387,7 +396,7 @@ class SyncRuntime:
         log.warning("%s: version %s / time %s lies more than %.0f s ahead of this clock; re-reading the "
                     "record instead of trusting the event", event.dedupe_key, event.version,
                     event.event_time, self.settings.max_future_seconds)
-        return event.model_copy(update={"version": None, "is_complete": False})
+        return notification_only(event, drop_version=True)
 
     async def _sync(self, handler: Any, event: ChangeEvent, state: Any, message: InboundMessage) -> Outcome:
         """Run the flow handler and classify what it raises (first, once, resolve the choice labels)."""

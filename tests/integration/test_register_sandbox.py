@@ -15,6 +15,7 @@ import pytest
 
 from mappings import MappingSpec, load_mappings
 from p2csync.connectors import ConnectorError, DataverseClient, StaticTokenProvider
+from p2csync.records import image_alias
 from p2csync.registration import MASK, Plan, RegistrationError, describe_error, register
 from p2csync.settings import ROOT
 from sandbox import INTEGRATION_TOKEN, SALES_TOKEN, SandboxServer
@@ -149,7 +150,7 @@ async def test_register_creates_each_record_once(sandbox: SandboxServer, dv: Dat
     images = {i["_sdkmessageprocessingstepid_value"]: i for i in created["sdkmessageprocessingstepimage"]}
     for step in steps.values():
         image = images[step["sdkmessageprocessingstepid"]]
-        assert (image["entityalias"], image["imagetype"], image["attributes"].split(",")) == ("p2c", 1, read)
+        assert (image["entityalias"], image["imagetype"], image["attributes"].split(",")) == (image_alias(read), 1, read)
         assert image["messagepropertyname"] == ("Id" if "Create" in step["name"] else "Target")
 
     sandbox.dataverse.request_log.clear()
@@ -184,7 +185,7 @@ async def test_a_changed_mapping_updates_the_filter_and_the_images(
     sandbox.dataverse.update("account", record_id, {"telephone2": "now it is"})
     assert sandbox.dataverse.wait_idle(5)
     [call] = receiver.calls
-    post_image = {p["key"]: p["value"] for p in call["json"]["PostEntityImages"]}["p2c"]
+    [post_image] = [p["value"] for p in call["json"]["PostEntityImages"] if p["key"].startswith("p2c-")]
     assert {"key": "telephone2", "value": "now it is"} in post_image["Attributes"]
     assert (await run(dv, specs=with_columns("telephone2")))[0].writes == []
 
@@ -203,7 +204,7 @@ async def test_registration_drives_webhook_delivery(sandbox: SandboxServer, dv: 
     assert create["OwningExtension"]["Id"] == steps["p2c-sync: Create of account"]
     assert update["OwningExtension"]["Id"] == steps["p2c-sync: Update of account"]
     assert (create["MessageName"], create["Stage"], create["Mode"]) == ("Create", 40, 1)
-    image = {p["key"]: p["value"] for p in update["PostEntityImages"]}["p2c"]
+    [image] = [p["value"] for p in update["PostEntityImages"] if p["key"].startswith("p2c-")]
     attributes = {p["key"]: p["value"] for p in image["Attributes"]}
     assert attributes["name"] == "Fabrikam Inc" and attributes["accountnumber"] == "REG-2"
     assert "telephone2" not in attributes and "modifiedon" in attributes

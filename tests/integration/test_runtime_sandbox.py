@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped
+from p2csync.settings import ROOT
 from p2csync.runtime import DEFERRALS, ORIGINAL_MESSAGE_ID, InboundMessage, SyncRuntime
 from sandbox import INTEGRATION_USER_ID, SandboxServer, WebhookStep
 from tests.integration.runtime_world import (
@@ -68,7 +71,7 @@ def fno_calls(sandbox: SandboxServer) -> list[tuple[str, int | None]]:
 
 
 async def test_an_account_costs_one_fno_call_to_create_and_one_to_update(
-    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The ledger knows whether this account wrote its customer: a new one is POSTed, a known one PATCHed, with no
     read first (issue 11: one F&O call per record when the guess holds)."""
@@ -78,11 +81,39 @@ async def test_an_account_costs_one_fno_call_to_create_and_one_to_update(
     assert fno_calls(sandbox) == [("POST", 201)]
     account_id = json.loads(m.body)["PrimaryEntityId"]
     sandbox.fno.request_log.clear()
+    later = datetime.now(UTC) + timedelta(seconds=2)  # a later second than the create (modifiedon ties re-read)
+    monkeypatch.setattr(sandbox.dataverse, "clock", lambda: later)
     [update] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.update(
         "account", account_id, {"name": "Renamed RT-C01"}))
+    sandbox.dataverse.request_log.clear()
     outcome = await runtime.handle(update, update, RecordingActions())
     assert isinstance(outcome, Applied) and outcome.detail.startswith("updated CustomersV3("), outcome
     assert fno_calls(sandbox) == [("PATCH", 204)]
+    # the registered post image holds every column the mapping reads (its alias says so): no Dataverse read
+    assert [r.path for r in sandbox.dataverse.request_log.entries() if "/accounts(" in r.path] == []
+
+
+async def test_a_mapping_changed_since_register_reads_the_record_instead_of_trusting_the_image(
+    sandbox: SandboxServer, capture: Capture, runtimes: Runtimes, tmp_path: Path
+) -> None:
+    """The image was registered for the shipped mapping; a mapping that reads one more column must not take the
+    image's silence about that column for a null."""
+    mappings = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", mappings)
+    text = (mappings / "accounts.yaml").read_text(encoding="utf-8")
+    (mappings / "accounts.yaml").write_text(text.replace(
+        "fields:\n", "fields:\n  - {target: PrimaryContactPhoneExtension, source: telephone2}\n", 1), encoding="utf-8")
+    runtime = runtimes.build(P2C_MAPPINGS_DIR=str(mappings))
+    message = await created_account(sandbox, capture, "RT-C03")
+    assert isinstance(await runtime.handle(message, message, RecordingActions()), Applied)
+    account_id = json.loads(message.body)["PrimaryEntityId"]
+    sandbox.dataverse.update("account", account_id, {"telephone2": "42"})  # not in the registered filter: no event
+    [update] = await sales_change(sandbox, capture, lambda: sandbox.dataverse.update(
+        "account", account_id, {"name": "Renamed RT-C03"}))
+    sandbox.dataverse.request_log.clear()
+    assert isinstance(await runtime.handle(update, update, RecordingActions()), Applied)
+    assert [r.method for r in sandbox.dataverse.request_log.entries() if "/accounts(" in r.path] == ["GET"]
+    assert customer(sandbox, "RT-C03")["PrimaryContactPhoneExtension"] == "42"  # type: ignore[index]
 
 
 async def test_a_wrong_guess_costs_one_more_call_never_a_failure(

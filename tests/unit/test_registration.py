@@ -10,6 +10,7 @@ import pytest
 
 from mappings import MappingSpec, load_mappings
 from p2csync.connectors import AuthenticationError, PermanentError
+from p2csync.records import image_alias
 from p2csync.registration import (
     MASK, Desired, Existing, RegistrationError, apply_plan, check_webhook_url, desired_registration,
     describe_error, mask, plan_registration, steps_for,
@@ -85,7 +86,8 @@ def test_accounts_mapping_gives_create_and_update_steps_with_post_images_and_a_d
     for step, prop in ((create, "Id"), (update, "Target")):
         assert step.image is not None
         image = step.image
-        assert (image.entityalias, image.imagetype, image.messagepropertyname) == ("p2c", 1, prop)
+        assert (image.entityalias, image.imagetype, image.messagepropertyname) == (image_alias(read), 1, prop)
+        assert image.entityalias.startswith("p2c-") and image.name == "p2c"
         assert step.image.attributes == read and "modifiedon" in step.image.attributes
         assert (step.mode, step.stage, step.supporteddeployment, step.rank, step.asyncautodelete) \
             == (1, 40, 0, 1, True)
