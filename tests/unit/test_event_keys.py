@@ -1,4 +1,4 @@
-"""source.event_keys: which business event member carries which key field (an invoice is InvoiceId in
+"""source.event_keys (and MappingSpec.field_value, which the invoice flow uses): which business event member carries which key field (an invoice is InvoiceId in
 SalesInvoicePostedBusinessEvent, InvoiceNumber in its entity). Checked when a file loads; used to name the row."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import yaml
 from pydantic import ValidationError
 
 from handlers.invoices import create_handler
-from mappings import load_mappings
+from mappings import MappedValueError, load_mappings
+from mappings.choices import ChoiceOption, ChoiceOptions, column_key
 from mappings.model import MappingSpec
 from p2csync.envelopes.event import parse_change_event
 
@@ -86,3 +87,19 @@ def test_event_keys_belong_to_f_and_o_sources() -> None:
     with pytest.raises(ValidationError) as error:
         MappingSpec.model_validate(raw)
     assert "only F&O sources take event_keys" in str(error.value)
+
+
+def test_field_value_gives_what_another_file_writes_with_its_labels_resolved() -> None:
+    """The invoice flow closes an order with the processing status orders_back.yaml maps F&O's Invoiced to."""
+    back = load_mappings(ROOT / "mappings")["orders_back"]
+    labels = ("Active", "Confirmed", "Picked", "Partially Shipped", "Shipped", "Invoiced", "Partially Invoiced",
+              "Cancelled")
+    options = ChoiceOptions("salesorder", "msdynce_processingstatus",
+                            tuple(ChoiceOption(192350000 + n, (label,)) for n, label in enumerate(labels)))
+    with pytest.raises(MappedValueError, match="was not resolved"):
+        back.field_value("msdynce_processingstatus", {"SalesOrderProcessingStatus": "Invoiced"})
+    back.resolve_choices({column_key("salesorder", "msdynce_processingstatus"): options})
+    assert back.field_value("msdynce_processingstatus", {"SalesOrderProcessingStatus": "Invoiced"}) == 192350005
+    assert back.field_value("msdynce_ismaintainedexternally", {}) is True
+    with pytest.raises(KeyError, match="no field writes 'statecode'"):
+        back.field_value("statecode", {})
