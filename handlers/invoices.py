@@ -12,15 +12,22 @@ What the mapping cannot say, done here:
   [Inferred] a canceled Sales order is left as it is (Sales does not invoice canceled orders).
 * The invoice's owner is the order's owner (reference 1.1), read with the order (one call).
 * A free-text invoice (no sales order) is skipped, the reason saying so (reference A.9's filter).
+* Only invoices of customers that came from Sales are synced: the P2C template read "Externally maintained customer
+  sales invoice headers" (reference 7, 9.3: "the order and invoice export filters depend on this flag"). The
+  invoice customer's IsExternallyMaintained is read from F&O (one call, cached like a lookup); others are skipped
+  with that reason instead of waiting for an order that never comes to Sales.
 """
 
 from __future__ import annotations
+
+import time
 
 from collections.abc import Mapping
 from typing import Any
 
 from handlers.base import FlowContext
 from handlers.fno_documents import FnOToSalesDocumentSync
+from handlers.fno_records import LOOKUP_TTL
 from mappings import MappingSpec
 from mappings.model import default_entity_set
 from mappings.values import is_empty
@@ -37,6 +44,10 @@ INVOICED = {"statecode": 4, "statuscode": 100003}
 CANCELED_STATE = 2
 PROCESSING_STATUS = "msdynce_processingstatus"
 OWNER_TABLE = "_ownerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"
+CUSTOMER_FIELD = "InvoiceCustomerAccountNumber"
+#: The F&O customers the accounts and contacts flows write; [Inferred] P2C's CustomersV2 carries the same flag.
+CUSTOMERS = "CustomersV3"
+EXTERNAL_FLAG = "IsExternallyMaintained"
 
 
 class InvoiceSync(FnOToSalesDocumentSync):
@@ -44,12 +55,35 @@ class InvoiceSync(FnOToSalesDocumentSync):
 
     async def write(self, spec: MappingSpec, key: Mapping[str, Any], header: Mapping[str, Any],
                     state: RecordState, ctx: FlowContext, described: str) -> Outcome:
+        if not is_empty(header.get(ORDER_FIELD)) and (reason := await self.customer_not_from_sales(header, ctx)):
+            return Skipped(reason=f"filtered out: {reason}")
         outcome = await super().write(spec, key, header, state, ctx, described)
         if isinstance(outcome, Skipped) and outcome.reason.startswith("filtered out") \
                 and is_empty(header.get(ORDER_FIELD)):
             return outcome.model_copy(update={"reason": f"free-text invoice: {described} invoices no sales order, "
                                                         f"so there is no Sales order to link ({outcome.reason})"})
         return outcome
+
+    @staticmethod
+    async def customer_not_from_sales(header: Mapping[str, Any], ctx: FlowContext) -> str | None:
+        """Why the invoice's customer is not one that came from Sales (its F&O flag is not Yes), or None."""
+        account, company = header.get(CUSTOMER_FIELD), str(header.get("dataAreaId") or "").lower()
+        if is_empty(account):
+            return f"{CUSTOMER_FIELD} is empty: the invoice names no customer"
+        cache_key = (f"fno:{CUSTOMERS}", company, str(account).casefold())
+        cached = ctx.lookup_cache.get(cache_key)
+        if cached is not None and cached[1] > time.monotonic():
+            flag = cached[0]
+        else:
+            row = await ctx.fno.get(CUSTOMERS, {"dataAreaId": company, "CustomerAccount": account},
+                                    select=[EXTERNAL_FLAG])
+            flag = None if row is None else row.get(EXTERNAL_FLAG)
+            ctx.lookup_cache[cache_key] = (flag, time.monotonic() + LOOKUP_TTL)
+        if flag == "Yes":
+            return None
+        shown = "is not in F&O" if flag is None else f"has {EXTERNAL_FLAG} {flag!r}"
+        return (f"the invoice customer {account!r} {shown}: only invoices of customers that came from Sales are "
+                "synced (P2C's externally maintained customer invoices)")
 
     async def related_writes(self, spec: MappingSpec, header: Mapping[str, Any], body: dict[str, Any],
                              ctx: FlowContext) -> tuple[list[Any], str | None]:

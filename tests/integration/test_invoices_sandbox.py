@@ -5,8 +5,9 @@ the runtime, the flow and one Dataverse $batch change set.
 Covered: the whole chain (an account and an order made in Sales, activated, synced to F&O, confirmed and totalled
 there, back in Sales, invoiced in F&O) ends with the invoice and its lines in Sales, linked to the order, which is
 Invoiced, in one change set, our writes coming back only as echoes, and the order's late "Invoiced" update left
-alone; the header's data event and replays write nothing more; a free-text invoice is skipped with that reason;
-an invoice whose order is not in Sales waits, naming it, and is written once the order arrives."""
+alone; the header's data event and replays write nothing more; a free-text invoice, and an invoice of a customer
+not from Sales, are skipped with that reason; an invoice whose order is not in Sales waits, naming it, and is
+written once the order arrives."""
 
 from __future__ import annotations
 
@@ -110,7 +111,9 @@ async def test_the_whole_chain_ends_with_the_invoice_in_sales_and_the_order_invo
                               f"'usmf',InvoiceNumber='{number}') (header; invoice_lines: 2 added, 0 changed, 0 "
                               "removed; its Sales order moved to Invoiced) in one change set of 4 operations")
     dataverse_calls, fno_calls = calls(sandbox.dataverse.request_log), calls(sandbox.fno.request_log)
-    assert fno_calls == [("GET", INVOICE_HEADERS), ("GET", INVOICE_LINES)]  # header by $filter, lines in one query
+    # F&O: the header by $filter (the event has no LedgerVoucher), the customer's flag, the lines in one query.
+    assert fno_calls == [("GET", INVOICE_HEADERS), ("GET", "CustomersV3(dataAreaId='usmf',CustomerAccount='ACC-I01')"),
+                         ("GET", INVOICE_LINES)]
     # Sales: the order found by number (the other lookups are cached from the order's sync), the invoice by its
     # key, the order's state and owner; then one change set, nothing else.
     assert dataverse_calls == [("GET", "salesorders"), ("GET", f"invoices(invoicenumber='{number}')"),
@@ -171,6 +174,26 @@ async def test_a_free_text_invoice_is_skipped_with_that_reason(
                               "invoices no sales order, so there is no Sales order to link (filtered out: "
                               "SalesOrderNumber is empty, expected it not to be empty)")
     assert sandbox.dataverse.request_log.entries() == [] and sandbox.dataverse.rows("invoice") == []
+
+
+async def test_an_invoice_of_a_customer_not_from_sales_is_skipped_with_that_reason(
+        registered: SandboxServer, capture: Capture, runtime: SyncRuntime, catalogue: Catalogue) -> None:
+    sandbox = registered
+    sandbox.fno.create("CustomersV3", {"dataAreaId": "usmf", "CustomerAccount": "FO-CUST", "CustomerGroupId": "10"})
+
+    def made_and_confirmed_in_fno() -> None:
+        fno_order(sandbox, "FO-I03", "FO-CUST", ["D0001"])
+        httpx.post(f"{sandbox.fno_url}/_sandbox/actions/confirm-sales-order", trust_env=False,
+                   headers={"Authorization": f"Bearer {SALES_TOKEN}"},
+                   json={"dataAreaId": "usmf", "SalesOrderNumber": "FO-I03"}).raise_for_status()
+    await fno_change(sandbox, made_and_confirmed_in_fno, expect=None)
+    _, events, _ = await invoiced_in_fno(sandbox, "FO-I03")
+    [outcome] = await handled_all(runtime, events)
+    assert isinstance(outcome, Skipped), outcome
+    assert outcome.reason == ("filtered out: the invoice customer 'FO-CUST' has IsExternallyMaintained 'No': only "
+                              "invoices of customers that came from Sales are synced (P2C's externally maintained "
+                              "customer invoices)")
+    assert sandbox.dataverse.rows("invoice") == []
 
 
 async def test_an_invoice_whose_order_is_not_in_sales_waits_naming_it_then_is_written(
