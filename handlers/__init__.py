@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from handlers import accounts, contacts, orders, orders_back, products, quotes
+from handlers import accounts, contacts, invoices, orders, orders_back, products, quotes
 from handlers.base import FlowContext, FlowHandler, SalesToFnORecordSync
 from mappings import MappingSpec
 from p2csync.envelopes import ChangeEvent
@@ -20,6 +20,7 @@ FACTORIES: dict[str, Callable[[], FlowHandler]] = {
     orders.FLOW: orders.create_handler,
     products.FLOW: products.create_handler,
     orders_back.FLOW: orders_back.create_handler,
+    invoices.FLOW: invoices.create_handler,
 }
 
 

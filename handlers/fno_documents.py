@@ -114,7 +114,10 @@ class FnOToSalesDocumentSync(FnOToSalesRecordSync):
         if refusal := self.refuse(spec, sales, described):
             return refusal.model_copy(update={"payload_hash": digest, "target_key": target}) \
                 if isinstance(refusal, Skipped) else refusal
+        related, note = await self.related_writes(spec, header, body, ctx)
         operations, summary = self.plan(spec, mapped.key, body, lines, sales)
+        operations += related
+        summary += f"; {note}" if note else ""
         if len(operations) > ctx.dataverse.batch_size:
             return Rejected(reason="DocumentTooLarge",
                             description=f"{described} needs {len(operations)} writes in Sales, more than one change "
@@ -180,6 +183,13 @@ class FnOToSalesDocumentSync(FnOToSalesRecordSync):
                 if not is_empty(row.get(sequence)):
                     state.lines[line.name][int(row[sequence])] = row
         return state
+
+    async def related_writes(self, spec: MappingSpec, header: Mapping[str, Any], body: dict[str, Any],
+                             ctx: FlowContext) -> tuple[list[Any], str | None]:
+        """Hook: writes to other Sales rows that belong in the document's change set, after the document's own,
+        and what they do (invoices: the order moves to Invoiced); it may add to the header body (the invoice's
+        owner is the order's). Called once the document is known to differ from what was last written."""
+        return [], None
 
     def refuse(self, spec: MappingSpec, sales: SalesState, described: str) -> Outcome | None:
         """Hook: a Sales document this flow must not write (orders: one closed in Sales)."""

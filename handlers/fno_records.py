@@ -27,10 +27,10 @@ from typing import Any
 
 from handlers.base import FlowContext
 from mappings import MappedRecord, MappedValueError, MappingSpec, payload_hash, to_json_ready
-from mappings.model import SourcePath, default_entity_set, parse_path
+from mappings.model import DATA_EVENT_MESSAGES, SourcePath, default_entity_set, parse_path
 from mappings.values import is_empty
 from p2csync.connectors.errors import InvalidKeyError
-from p2csync.connectors.fno import format_key
+from p2csync.connectors.fno import equals_filter, format_key
 from p2csync.connectors.odata import odata_literal
 from p2csync.connectors.results import UpsertResult
 from p2csync.envelopes import ChangeEvent
@@ -42,7 +42,7 @@ log = logging.getLogger("p2csync.handlers")
 #: Column prefix of F&O fields on their Dataverse virtual tables (data events name the row with them).
 VIRTUAL_PREFIX = "mserp_"
 #: Data-event messages (as normalised by the envelope parser); any other trigger is a business event id.
-DATA_MESSAGES = frozenset({"Create", "Update", "Delete"})
+DATA_MESSAGES = DATA_EVENT_MESSAGES
 #: [Inferred] How long a row found in Sales for a lookup (a currency, a unit, a customer) is trusted. Such rows
 #: are renamed rarely; a wrong bind would be refused by Dataverse or show in the record, not corrupt silently.
 LOOKUP_TTL = 600.0
@@ -91,6 +91,8 @@ class FnOToSalesRecordSync:
         self.entity_set = ""
         self.key_fields: list[str] = []
         self.business_events: frozenset[str] = frozenset()
+        #: business event id -> {key field: the event member carrying it} (source.event_keys).
+        self.event_keys: dict[str, dict[str, str]] = {}
         self.messages: frozenset[str] = frozenset()
         #: F&O fields the flow's code reads beyond those the mapping names.
         self.header_columns: list[str] = []
@@ -106,6 +108,7 @@ class FnOToSalesRecordSync:
         self.key_fields = list(spec.source.key)
         self.messages = frozenset(t for t in spec.source.triggers if t in DATA_MESSAGES)
         self.business_events = frozenset(t for t in spec.source.triggers if t not in DATA_MESSAGES)
+        self.event_keys = {event: dict(members) for event, members in spec.source.event_keys.items()}
         return self
 
     # ------------------------------------------------------------------------------------------- routing
@@ -125,7 +128,7 @@ class FnOToSalesRecordSync:
             value: Any = None
             for values in images:
                 value = values.get(VIRTUAL_PREFIX + name.lower()) if event.source == "fno_data_event" \
-                    else values.get(name)
+                    else values.get(self.event_member(event, name))
                 if not is_empty(value):
                     break
             if is_empty(value) and name == "dataAreaId":
@@ -134,6 +137,10 @@ class FnOToSalesRecordSync:
                 return None
             key[name] = value.strip().lower() if name == "dataAreaId" and isinstance(value, str) else value
         return key
+
+    def event_member(self, event: ChangeEvent, name: str) -> str:
+        """The business event member that carries key field ``name`` (source.event_keys; else the same name)."""
+        return self.event_keys.get(event.entity, {}).get(name, name)
 
     def record_key(self, event: ChangeEvent) -> str:
         """``products:CDSReleasedDistinctProducts:(dataAreaId='usmf',ProductNumber='D0001')``: the same for a data
@@ -148,8 +155,8 @@ class FnOToSalesRecordSync:
 
     def without_key(self, event: ChangeEvent) -> Rejected:
         """The dead letter of an event that does not say which F&O row it is about."""
-        wanted = ", ".join(VIRTUAL_PREFIX + k.lower() if event.source == "fno_data_event" else k
-                           for k in self.key_fields)
+        wanted = ", ".join(VIRTUAL_PREFIX + k.lower() if event.source == "fno_data_event"
+                           else self.event_member(event, k) for k in self.key_fields)
         return Rejected(reason="EventWithoutKey",
                         description=f"{event.entity} event {event.dedupe_key} does not name its {self.entity_set} "
                                     f"row: it lacks {wanted} (source.key of {self.flow}.yaml)")
@@ -162,10 +169,24 @@ class FnOToSalesRecordSync:
         described = f"{self.entity_set}{format_key(key)}"
         if skipped := self.not_synced(event, described):
             return skipped
-        row = await ctx.fno.get(self.entity_set, key, select=[*spec.source_columns(), *self.header_columns])
+        row = await self.read_row(key, [*spec.source_columns(), *self.header_columns], ctx)
         if row is None:
             return Skipped(reason=f"{described} no longer exists in F&O")
         return await self.write(spec, key, row, state, ctx, described)
+
+    async def read_row(self, key: Mapping[str, Any], select: list[str], ctx: FlowContext) -> dict[str, Any] | None:
+        """The row by its key. A source key that is only part of the entity's OData key (an invoice is named by
+        its number; SalesInvoiceHeadersV2 adds its date and voucher) finds the row with one ``$filter`` query:
+        F&O addresses a row only by all its key fields (wire-formats 4.1). Two rows: an error naming them."""
+        full = ctx.fno.entity_keys.get(self.entity_set)
+        if full is None or set(full) == set(key):
+            return await ctx.fno.get(self.entity_set, key, select=select)
+        rows = [r async for r in ctx.fno.query(self.entity_set, filter=equals_filter(key), select=select, top=2)]
+        if len(rows) > 1:
+            raise MappedValueError(self.flow, ", ".join(key), None,
+                                   f"two {self.entity_set} rows have {format_key(dict(key))}; source.key must name "
+                                   "one row")
+        return rows[0] if rows else None
 
     def not_synced(self, event: ChangeEvent, described: str) -> Skipped | None:
         """A data-event message the flow does not take (a Delete, usually): skipped with that reason."""

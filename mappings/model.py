@@ -44,6 +44,10 @@ Scalar = bool | int | float | str | None
 
 MapKey = bool | int | str
 
+#: The messages of F&O data events (as the envelope parser names them); any other trigger of an F&O source is a
+#: business event id.
+DATA_EVENT_MESSAGES = frozenset({"Create", "Update", "Delete"})
+
 
 def _choice_or_scalar(raw: Any) -> Any:
     """A constant, or a Dataverse choice option named by its label ({label: Active})."""
@@ -220,6 +224,13 @@ class Source(_Strict):
         description="F&O sources: the fields that identify a row of entity_set (dataAreaId first), e.g. "
         "[dataAreaId, ProductNumber]. Each event names them (a data event as mserp_<field, lower case>, a "
         "business event by the field's name); the row is then read from F&O by this key.",
+    )
+    event_keys: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="F&O sources: which member of a business event carries which key field, when the event's "
+        "contract names it differently (business event id -> {key field: event member}), e.g. "
+        "{SalesInvoicePostedBusinessEvent: {InvoiceNumber: InvoiceId}}. Key fields not listed are read from the "
+        "member of the same name; dataAreaId from the event's legal entity (BusinessEventLegalEntity).",
     )
 
 
@@ -695,6 +706,7 @@ class MappingSpec(_Strict):
                     problems.append((("source", "key", j), msg))
         elif self.source.key:
             problems.append((("source", "key"), "only F&O sources take a key (Dataverse rows are named by id)"))
+        problems += self._event_key_problems()
         company_field = self.company_target_field
         problems += self._check_fields(
             (), self.fields, self.target.key, self.target.entity_set, self.source.entity_set, self.filter
@@ -800,6 +812,24 @@ class MappingSpec(_Strict):
             raise MappedValueError(self.flow, column, None, f"choice label {label} was not resolved; the runtime "
                                    "reads the labels' values from Dataverse metadata before syncing")
         return found
+
+    def _event_key_problems(self) -> list[tuple[tuple[Any, ...], str]]:
+        """source.event_keys names business events the flow triggers on, key fields of source.key and members."""
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        if self.source.event_keys and self.source.system != "fno":
+            return [(("source", "event_keys"), "only F&O sources take event_keys (business events are F&O's)")]
+        for event, members in self.source.event_keys.items():
+            at = ("source", "event_keys", event)
+            if event not in self.source.triggers or event in DATA_EVENT_MESSAGES:
+                problems.append((at, f"'{event}' is not a business event in source.triggers "
+                                 f"({', '.join(self.source.triggers) or 'none'})"))
+            for name, member in members.items():
+                if name not in self.source.key:
+                    problems.append(((*at, name), f"'{name}' is not a field of source.key "
+                                     f"({', '.join(self.source.key) or 'none'})"))
+                if not _PLAIN.match(member):
+                    problems.append(((*at, name), f"event member '{member}' must be a member name, e.g. InvoiceId"))
+        return problems
 
     def _reference_problems(
         self, prefix: tuple[Any, ...], references: list[Reference], fields: list[FieldMap]
@@ -1073,6 +1103,18 @@ class MappingSpec(_Strict):
         company = company.strip().lower() if company else self.route_company(record, default_company)
         return self._map(self.flow, self.fields, self.target.key, self.target.entity_set, record, resolved, company,
                          self.target.table)
+
+    def field_value(self, target: str, record: Mapping[str, Any]) -> Any:
+        """What the field writing ``target`` writes for ``record`` (value map applied, a choice label as the
+        environment's value): for a flow that writes a column another flow's file maps (an invoice closes its
+        order with the processing status orders_back maps F&O's "Invoiced" to). None when the field writes nothing."""
+        f = next((f for f in self.fields if f.target == target), None)
+        if f is None:
+            raise KeyError(f"{self.flow}: no field writes '{target}'")
+        value = self._field_value(self.flow, f, record, {})
+        if isinstance(value, ChoiceLabel):
+            value = self._label_value(self.target.table, f.target, value)
+        return None if value is _OMIT else value
 
     def apply_line(
         self,

@@ -168,7 +168,8 @@ async def test_a_paused_flow_loses_nothing_and_catches_up_on_resume(
     assert (await resume(ledger, "accounts", ["accounts"])).was_paused
     assert await stack.wait_settled(20)
     assert all(_customer(stack, n) is not None for n in numbers)
-    final = [e for e in await ledger.journal_entries() if e.outcome != "deferred"]
+    # (the fno-events queue holds F&O's endpoint test message of the business event the invoices flow activates)
+    final = [e for e in await ledger.journal_entries() if e.outcome != "deferred" and e.queue == "sales-events"]
     assert sorted(e.outcome for e in final) == ["applied"] * len(numbers)
     with pytest.raises(ValueError, match="not a flow"):
         await pause(ledger, "acounts", ["accounts", "contacts"])
