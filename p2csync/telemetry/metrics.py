@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
 
 from p2csync import __version__
-from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped
+
+if TYPE_CHECKING:  # the outcome models are read by their fields only: no import order imposed on the app
+    from p2csync.outcomes import Outcome
 
 OUTCOMES = "p2c.outcomes"
 LATENCY = "p2c.sync.latency"
@@ -44,19 +46,18 @@ def reason_code(outcome: Outcome) -> str:
     """A short, low-cardinality reason for a metric attribute (the full reason is in the journal and the
     log line): the dead-letter reason of a rejection, else the words before the first colon of the reason
     ("duplicate", "stale", "echo", "throttled by fno"), else "other"."""
-    match outcome:
-        case Applied():
-            return "applied"
-        case Rejected(reason=reason):
-            return reason[:64]
-        case Deferred(paused=True):
-            return "paused"
-        case Deferred(lease_wait=True):
-            return "lease_wait"
-        case Deferred(reason=reason) | Skipped(reason=reason):
-            head = reason.split(":", 1)[0].strip()
-            return head.lower().replace(" ", "_") if _REASON_HEAD.match(head) else "other"
-    return "other"
+    kind = outcome.kind
+    if kind == "applied":
+        return "applied"
+    reason = str(getattr(outcome, "reason", ""))
+    if kind == "rejected":
+        return reason[:64]
+    if getattr(outcome, "paused", False):
+        return "paused"
+    if getattr(outcome, "lease_wait", False):
+        return "lease_wait"
+    head = reason.split(":", 1)[0].strip()
+    return head.lower().replace(" ", "_") if _REASON_HEAD.match(head) else "other"
 
 
 def record_outcome(outcome: Outcome, flow: str | None) -> None:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -29,7 +29,6 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from p2csync import __version__
-from p2csync.outcomes import Applied, Outcome, Rejected
 from p2csync.telemetry import metrics
 from p2csync.telemetry.context import adopt_correlation_id, annotate, change_scope, current
 
@@ -47,6 +46,9 @@ CLIENT_REQUEST_ID_HEADER = "x-ms-client-request-id"
 CORRELATION_HEADER = "x-ms-correlation-id"
 #: Response headers naming the request on the service side: Dataverse, F&O (activity id).
 SERVICE_REQUEST_ID_HEADERS = ("x-ms-service-request-id", "ms-dyn-aid")
+
+if TYPE_CHECKING:
+    from p2csync.outcomes import Outcome
 
 _propagator = TraceContextTextMapPropagator()
 
@@ -137,10 +139,10 @@ class Processing:
         self.outcome = outcome
         self.span.set_attributes({**_context_attributes(), "p2c.outcome": outcome.kind,
                                   "p2c.reason": metrics.reason_code(outcome)})
-        if isinstance(outcome, Rejected):
-            self.span.set_status(Status(StatusCode.ERROR, outcome.reason))
+        if outcome.kind == "rejected":
+            self.span.set_status(Status(StatusCode.ERROR, metrics.reason_code(outcome)))
         metrics.record_outcome(outcome, context.flow)
-        if isinstance(outcome, Applied) and context.event_time is not None:
+        if outcome.kind == "applied" and context.event_time is not None:
             metrics.record_latency((datetime.now(UTC) - context.event_time).total_seconds(), context.flow)
 
 
