@@ -74,6 +74,13 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
+@description('E-mail address for the dead-letter and latency alerts; empty: the alerts show in the portal only.')
+param alertEmailAddress string = ''
+
+@description('Latency alert: average seconds from a source change to its counterpart written, over 15 minutes.')
+@minValue(1)
+param latencyThresholdSeconds int = 120
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -193,6 +200,20 @@ module functionApp './modules/functionapp.bicep' = {
   }
 }
 
+module observability './modules/observability.bicep' = {
+  name: 'observability'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    namePrefix: 'p2c-${resourceToken}'
+    serviceBusNamespaceId: serviceBus.outputs.id
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    alertEmailAddress: alertEmailAddress
+    latencyThresholdSeconds: latencyThresholdSeconds
+  }
+}
+
 // Outputs land in .azure/<env>/.env. None of them is a key, a connection string or a secret value.
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
@@ -217,3 +238,4 @@ output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_URI string = keyVault.outputs.uri
 output FNO_PUBLISHER_SECRET_NAME string = keyVault.outputs.fnoSecretName
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output P2C_WORKBOOK_ID string = observability.outputs.workbookId

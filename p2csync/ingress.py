@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from p2csync import telemetry
 from p2csync.envelopes import EnvelopeError, dedupe_message_id, parse_change_event, trim_context_body
 from p2csync.envelopes.event import PROPERTY_MESSAGE_MAX_SIZE_EXCEEDED
 from p2csync.queue.base import OutboundMessage, QueueTransport
@@ -53,6 +54,19 @@ async def accept_dataverse_webhook(
     body: bytes, headers: Mapping[str, str], transport: QueueTransport | None, queue: str, *,
     max_message_bytes: int = MAX_MESSAGE_BYTES_STANDARD,
 ) -> IngressResult:
+    """Validate one webhook POST and put it on ``queue``, inside the change's telemetry scope: its correlation
+    id (Dataverse's ``x-ms-correlation-request-id``, else a new one) and the ingress span, both carried on the
+    message (``telemetry.stamp``). Never raises for bad input."""
+    with telemetry.ingress(headers) as scope:
+        result = await _accept(body, headers, transport, queue, max_message_bytes=max_message_bytes)
+        scope.finish(result.status, result.body.get("messageId"))
+    return result
+
+
+async def _accept(
+    body: bytes, headers: Mapping[str, str], transport: QueueTransport | None, queue: str, *,
+    max_message_bytes: int = MAX_MESSAGE_BYTES_STANDARD,
+) -> IngressResult:
     """Validate one webhook POST and put it on ``queue``. Never raises for bad input.
 
     ``max_message_bytes``: the queue's maximum message size (the setting P2C_SERVICEBUS_MAX_MESSAGE_BYTES)."""
@@ -81,6 +95,9 @@ async def accept_dataverse_webhook(
     if SIZE_EXCEEDED_HEADER in lowered:
         properties[PROPERTY_MESSAGE_MAX_SIZE_EXCEEDED] = True
     message_id = dedupe_message_id(event)
+    telemetry.adopt_correlation_id(event.correlation_id)  # the context's own CorrelationId when no header had one
+    telemetry.annotate(message_id=message_id)
+    telemetry.stamp(properties)  # the correlation id and the trace context travel with the message
     message = OutboundMessage(
         body=body,
         message_id=message_id,

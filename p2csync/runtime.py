@@ -27,6 +27,7 @@ from azure.servicebus.amqp import AmqpMessageBodyType
 from handlers import FlowContext, FlowRegistry, build_registry
 from mappings import MappingError, MappingSpec, load_mappings
 from mappings.choices import ChoiceLabelError
+from p2csync import telemetry
 from p2csync.choices import resolve_choice_labels
 from p2csync.connectors.auth import (
     AzureIdentityTokenProvider,
@@ -280,6 +281,8 @@ class SyncRuntime:
         if REPLAYED_FROM in message.application_properties:
             event = notification_only(event)
         record_key = handler.record_key(event)
+        telemetry.routed(flow=handler.flow, record_key=record_key, correlation_id=event.correlation_id,
+                         event_time=event.event_time)
         if await self.pauses.is_paused(handler.flow):
             # Before the lease: a paused flow's message touches neither the record nor the counterpart. The
             # same delay for every one (no jitter) brings them back in the order they were paused.
@@ -403,7 +406,8 @@ class SyncRuntime:
         if (waiting := await self._choices_pending(message)) is not None:
             return waiting
         try:
-            return await handler.sync(event, state, self.context)
+            with telemetry.sync(handler.flow):
+                return await handler.sync(event, state, self.context)
         except ThrottledError as exc:
             delay = exc.retry_after if exc.retry_after is not None else backoff(message.deferrals)
             return Deferred(delay=delay, reason=f"throttled by {exc.system}: {exc.message}")
@@ -427,6 +431,15 @@ class SyncRuntime:
 
     # -- settlement ---------------------------------------------------------------------------------
     async def handle(self, message: InboundMessage, raw: Any, actions: MessageActions) -> Outcome:
+        """Process one delivery and settle it (``_handle``) inside its telemetry scope: the correlation id
+        and trace context the message carries, a span, the outcome metrics."""
+        with telemetry.processing(message.queue, message.message_id, message.delivery_count,
+                                  message.application_properties) as scope:
+            outcome = await self._handle(message, raw, actions)
+            scope.finish(outcome)
+        return outcome
+
+    async def _handle(self, message: InboundMessage, raw: Any, actions: MessageActions) -> Outcome:
         """Process one delivery and settle ``raw`` (the trigger's message) through ``actions``.
 
         Never raises for a bad message. An unexpected error (a bug, the ledger unreachable) is deferred like a
@@ -486,6 +499,7 @@ class SyncRuntime:
         original = str(props[ORIGINAL_MESSAGE_ID]) if ORIGINAL_MESSAGE_ID in props else message.message_id
         properties = {key: kept for key, value in props.items() if (kept := property_value(value)) is not None}
         properties.update({ORIGINAL_MESSAGE_ID: original})
+        telemetry.stamp(properties)  # the copy keeps the change's correlation id and trace
         if deferred.paused:
             properties[PAUSE_WAITS] = message.pause_waits + 1
         elif deferred.lease_wait:
@@ -651,6 +665,7 @@ def get_runtime() -> SyncRuntime:
     loop_id = id(asyncio.get_running_loop())
     runtime = _runtimes.get(loop_id)
     if runtime is None:
+        telemetry.configure()
         runtime = _runtimes[loop_id] = SyncRuntime.from_settings(Settings.from_env())
     return runtime
 

@@ -133,7 +133,9 @@ class SandboxFront:
             sim.request_log.append(RequestRecord(
                 method=method, path=path, query=scope.get("query_string", b"").decode("latin-1"),
                 status=state["status"], user=user, time=datetime.now(timezone.utc),
-                duration_ms=round((time.perf_counter() - started) * 1000, 3), fault=state["fault"]))
+                duration_ms=round((time.perf_counter() - started) * 1000, 3), fault=state["fault"],
+                client_request_id=headers.get("x-ms-client-request-id"),
+                correlation_id=headers.get("x-ms-correlation-id")))
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -17,6 +17,10 @@ class RequestRecord(BaseModel):
     time: datetime
     duration_ms: float
     fault: str | None = None  # e.g. "throttle", "error:503", "drop", "latency", "limit:concurrent"
+    #: The caller's tracing headers, as a service logs them for support: x-ms-client-request-id (F&O
+    #: "Service request tracing") and x-ms-correlation-id.
+    client_request_id: str | None = None
+    correlation_id: str | None = None
 
 
 class RequestLog:

@@ -186,6 +186,13 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
           value: 'ClientId=${identityClientId};Authorization=AAD'
         }
+        // With host.json "telemetryMode": "OpenTelemetry": the Python worker configures the Azure Monitor
+        // OpenTelemetry distro itself and streams its traces, metrics and logs directly ("Use OpenTelemetry
+        // with Azure Functions"); the exporter takes its token with the identity named just above.
+        {
+          name: 'PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY'
+          value: 'true'
+        }
         // azure-identity (our code: Dataverse, F&O, Table Storage, Service Bus SDK) picks this identity.
         {
           name: 'AZURE_CLIENT_ID'

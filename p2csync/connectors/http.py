@@ -41,7 +41,7 @@ from uuid import UUID
 
 import httpx
 
-from p2csync import __version__
+from p2csync import __version__, telemetry
 from p2csync.connectors.auth import TokenProvider
 from p2csync.connectors.errors import (
     AuthenticationError,
@@ -336,6 +336,27 @@ class ApiClient:
         idempotent: bool | None = None,
         readable: Callable[[httpx.Response], bool] | None = None,
     ) -> httpx.Response:
+        """``_request`` inside one span per logical call, sending the call's tracing headers (a client request
+        id, the change's correlation id; see ``telemetry.traces``). A caller's own header of the same name wins."""
+        with telemetry.http_call(self.system, method.upper(), _target(self.base_url.join(url)).split("?")[0]) as call:
+            response = await self._request(method, url, json=json, content=content,
+                                           headers={**call.headers(), **dict(headers or {})}, params=params,
+                                           idempotent=idempotent, readable=readable)
+            call.answered(response.status_code, response.headers)
+            return response
+
+    async def _request(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        idempotent: bool | None = None,
+        readable: Callable[[httpx.Response], bool] | None = None,
+    ) -> httpx.Response:
         """Send ``method url`` (relative to the base URL, or an absolute URL on the same host).
 
         Returns the 2xx response; raises ``TransientError``/``ThrottledError`` when the retries are used up
@@ -428,6 +449,7 @@ class ApiClient:
             response = await self._client.send(request)
             if response.status_code == 429:
                 outcome = "throttled"
+                telemetry.record_throttled(self.system)
             elif response.is_success:
                 outcome = "success"
             return response
@@ -456,6 +478,7 @@ class ApiClient:
             extra={"system": self.system, "http_method": request.method, "http_path": _target(request.url),
                    "http_status": reason, "attempt": attempt, "retry_delay": delay},
         )
+        telemetry.http_retried(self.system, reason, delay)
         await self._sleep(delay)
 
     def _check_origin(self, request: httpx.Request) -> None:
