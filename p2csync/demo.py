@@ -11,7 +11,8 @@ contact person becomes an active customer (its contact person is then marked ina
 with three lines and activated, then revised (a line changed, one removed, one added), both sides printed line by
 line; one with a product made in Sales, skipped with the reason. Then a sales order saved as a draft with four
 lines and activated: both sides printed line by line (Sales' discount, F&O's per-unit discount and charge); F&O
-confirms it and totals it, and it comes back onto the same Sales order; an order entered in F&O appears in Sales.
+confirms it and totals it, and it comes back onto the same Sales order; F&O invoices it, and Sales gets the invoice
+and the order turns Invoiced; an order entered in F&O appears in Sales.
 The demo prints one row per record with both sides and exits non-zero if any did not end as expected.
 """
 
@@ -425,11 +426,15 @@ async def run_demo(accounts: int = 8, workdir: Path | None = None) -> int:
         await back.confirm_and_total(stack, order.number)
         settled = await stack.wait_settled(timeout=25) and settled
         story = [back.verify_order_back(stack, order.number, order.record_id)]
+        print(f"in F&O: posting the invoice of {order.number}...\n")
+        invoice = await back.post_invoice(stack, order.number)
+        settled = await stack.wait_settled(timeout=25) and settled
+        story.append(back.verify_invoice(stack, invoice, order.number))
         print("in F&O: entering order FO-D01 for a customer from Sales, confirming it, calculating totals...\n")
         await back.enter_fno_order(stack, "FO-D01", plan[3].number or "")
         settled = await stack.wait_settled(timeout=25) and settled
         story.append(back.verify_fno_order(stack, "FO-D01"))
-        back.print_steps("F&O sales orders -> Sales orders", story)
+        back.print_steps("F&O sales orders and invoices -> Sales", story)
         await _verify(stack, plan)
         await _verify_contacts(stack, plan, contacts)
         await _verify_quotes(stack, quotes)

@@ -4,7 +4,7 @@
   the first price list of its currency.
 * The order made in Sales comes back: F&O confirms it and calculates its totals (the sandbox actions, over HTTP,
   as a person or a batch job does), and the Sales order shows F&O's processing status and totals on the SAME
-  order; then F&O posts its invoice, and Sales gets the invoice and the order turns Invoiced.
+  order; then F&O posts its invoice, and Sales gets the invoice with its lines and the order turns Invoiced.
 * An order entered in F&O for a customer that came from Sales appears in Sales, with the header tax as the
   "Freight Tax" write-in line.
 
@@ -160,6 +160,34 @@ def verify_fno_order(stack: LocalStack, number: str) -> Step:
     if order is not None:
         step.lines = sales_lines(stack, order["salesorderid"])
         step.ok = len(step.lines) == 3 and any("Freight Tax" in line for line in step.lines)
+    return step
+
+
+async def post_invoice(stack: LocalStack, number: str) -> str:
+    """F&O posts the order's invoice (the sandbox action, over HTTP); the invoice number."""
+    answer = await asyncio.to_thread(act, stack, "post-sales-invoice", "usmf", number)
+    return str(answer["InvoiceNumber"])
+
+
+def verify_invoice(stack: LocalStack, invoice_number: str, order_number: str) -> Step:
+    """The invoice in Sales, linked to its order, with its lines; the order Invoiced (statecode 4)."""
+    dataverse = stack.sandbox.dataverse
+    fno = next((r for r in stack.sandbox.fno.rows("SalesInvoiceHeadersV2", "usmf")
+                if r["InvoiceNumber"] == invoice_number), None)
+    invoice = next((r for r in dataverse.rows("invoice") if r["invoicenumber"] == invoice_number), None)
+    order = sales_order(stack, order_number)
+    step = Step(f"invoice {invoice_number}",
+                fno="(none)" if fno is None else f"posted for {order_number}, total "
+                                                f"{Decimal(str(fno.get('TotalInvoiceAmount') or 0)):g}")
+    if invoice is not None and order is not None:
+        lines = sorted((r for r in dataverse.rows("invoicedetail") if r["_invoiceid_value"] == invoice["invoiceid"]),
+                       key=lambda r: r["sequencenumber"])
+        step.sales = (f"invoice of {order_number}, total {Decimal(str(invoice.get('totalamount') or 0)):g}; "
+                      ("order Invoiced" if order["statecode"] == 4 else f"order statecode {order['statecode']}"))
+        step.lines = [f"{r['sequencenumber']}: x{Decimal(str(r['quantity'])):g} @ {Decimal(str(r['priceperunit'])):g}"
+                      for r in lines]
+        step.ok = invoice.get("_salesorderid_value") == order["salesorderid"] and bool(lines) and \
+            order["statecode"] == 4
     return step
 
 

@@ -70,11 +70,11 @@ def test_the_header_follows_reference_5_1_with_the_decisions_written_in_the_file
     assert (payload["DeliveryAddressStreetNumber"], payload["DeliveryAddressZipCode"]) == ("Suite 5", "98052")
     assert payload["IsDeliveryAddressOrderSpecific"] == "Yes"
     assert payload["DeliveryAddressName"] == "Bikes"  # no ship-to name: the quote's name
-    assert payload["RequestedShippingDate"] == "2026-03-02T08:00:00Z"  # no Due By: when the quote was created
+    assert payload["RequestedShippingDate"] == "2026-03-02T00:00:00Z"  # no Due By: the day the quote was created
     undated = spec.apply(header(createdon=None), resolved=RESOLVED)
     assert undated.payload["RequestedShippingDate"] == "2020-01-01T00:00:00Z"  # documented default, with a zone
     due = spec.apply(header(requestdeliveryby=datetime(2026, 4, 1, 15, 30, tzinfo=UTC)), resolved=RESOLVED)
-    assert due.payload["RequestedShippingDate"] == "2026-04-01T15:30:00Z"
+    assert due.payload["RequestedShippingDate"] == "2026-04-01T00:00:00Z"  # a date: F&O plans by day
     assert spec.apply(header(shipto_country=None), resolved=RESOLVED).payload[
         "DeliveryAddressCountryRegionISOCode"] == "US"  # blank -> US (documented)
 
