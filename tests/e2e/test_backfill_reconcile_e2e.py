@@ -9,12 +9,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from p2csync import functions
 from p2csync.devstack import LocalStack
 from p2csync.ops.backfill import backfill, load_checkpoint, wait_applied
+from p2csync.ops.catchup import catch_up
 from p2csync.ops.reconcile import reconcile
 from p2csync.queue.embedded import EmbeddedTransport
+from sandbox import SALES_TOKEN
 from sandbox.server import SandboxServer
 
 pytestmark = pytest.mark.e2e
@@ -86,3 +90,81 @@ async def test_a_5000_account_backfill_killed_halfway_and_resumed_syncs_every_re
 async def stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
     async with LocalStack(tmp_path / "stack") as local:
         yield local
+
+
+def _account(stack: LocalStack, number: str, name: str) -> str:
+    usd = next(r for r in stack.sandbox.dataverse.rows("transactioncurrency") if r["isocurrencycode"] == "USD")
+    return stack.sandbox.dataverse.create("account", {"name": name, "accountnumber": number, "transactioncurrencyid":
+                                                      ("transactioncurrency", usd["transactioncurrencyid"])})
+
+
+async def test_reconcile_finds_exactly_the_drift_introduced_and_fix_repairs_it(stack: LocalStack) -> None:
+    for number in ("RC-1", "RC-2", "RC-3"):
+        await asyncio.to_thread(_account, stack, number, f"Reconcile {number}")
+    assert await stack.wait_settled(30)
+    fno = stack.sandbox.fno
+    # Drift 1: a customer changed directly in F&O. Drift 2: an account whose event never arrived.
+    await asyncio.to_thread(fno.update, "CustomersV3", {"dataAreaId": "usmf", "CustomerAccount": "RC-2"},
+                            {"OrganizationName": "Changed in F&O"})
+    dataverse = stack.sandbox.dataverse
+    dataverse.webhooks.pause()
+    lost = await asyncio.to_thread(_account, stack, "RC-4", "Reconcile RC-4")
+    dataverse.webhooks.clear()  # the event is lost (Dataverse gave up on it)
+
+    runtime = stack.runtime
+    spec = runtime.mappings["accounts"]
+    report = await reconcile(spec, runtime.context, runtime.registry)
+    drift = {d.source: d for d in report.drift}
+    assert report.checked == 4 and report.in_sync == 2 and len(drift) == 2, report
+    changed = next(d for d in report.drift if d.kind == "differs")
+    assert changed.fields == ["OrganizationName"] and "CustomersV3" in changed.detail
+    assert drift[lost].kind == "missing"
+
+    fixed = await reconcile(spec, runtime.context, runtime.registry, fix=True, transport=EmbeddedTransport(stack.queue),
+                            queue="sales-events")
+    assert fixed.fixed == 2
+    assert await stack.wait_settled(30)
+    assert fno.get("CustomersV3", {"dataAreaId": "usmf", "CustomerAccount": "RC-2"})["OrganizationName"] == \
+        "Reconcile RC-2"
+    assert fno.get("CustomersV3", {"dataAreaId": "usmf", "CustomerAccount": "RC-4"}) is not None
+    after = await reconcile(spec, runtime.context, runtime.registry)
+    assert after.drift == [] and after.in_sync == 4
+
+
+async def _product(stack: LocalStack, number: str, name: str) -> None:
+    async with httpx.AsyncClient(base_url=stack.sandbox.fno_url, trust_env=False,
+                                 headers={"Authorization": f"Bearer {SALES_TOKEN}"}) as http:
+        created = await http.post("/data/CDSReleasedDistinctProducts",
+                                  json={"dataAreaId": "usmf", "ProductNumber": number, "ProductName": name,
+                                        "SalesUnitSymbol": "ea", "SalesPrice": 99})
+        assert created.status_code == 201, created.text
+
+
+def _sales_product(stack: LocalStack, number: str) -> dict[str, Any] | None:
+    return next((r for r in stack.sandbox.dataverse.rows("product") if r.get("productnumber") == number), None)
+
+
+async def test_the_catch_up_finds_a_product_change_whose_data_event_was_lost(stack: LocalStack) -> None:
+    stack.sandbox.fno.events.retry_wait = 0.01
+    await _product(stack, "CU-1", "Speaker")
+    await _product(stack, "CU-2", "Cable")
+    assert await stack.wait_settled(30)
+    assert _sales_product(stack, "CU-1")["name"] == "Speaker"  # type: ignore[index]
+    nothing = await catch_up(stack.runtime)
+    assert [(r.flow, r.drift, r.fixed) for r in nothing if r.flow == "products"] == [("products", [], 0)]
+
+    # The customer's data event is off (or F&O gave up on it): the change never reaches the queue.
+    stack.sandbox.fno.events.deactivate("CDSReleasedDistinctProducts")
+    await asyncio.to_thread(stack.sandbox.fno.update, "CDSReleasedDistinctProducts",
+                            {"dataAreaId": "usmf", "ProductNumber": "CU-1"}, {"ProductName": "Speaker II"})
+    assert await stack.wait_settled(30)
+    assert _sales_product(stack, "CU-1")["name"] == "Speaker"  # type: ignore[index]
+
+    await functions.catch_up(None)  # what the timer trigger runs
+    assert await stack.wait_settled(30)
+    assert _sales_product(stack, "CU-1")["name"] == "Speaker II"  # type: ignore[index]
+    entries = await stack.ledger().journal_entries(
+        record_key="products:CDSReleasedDistinctProducts:(dataAreaId='usmf',ProductNumber='cu-1')")
+    assert entries[-1].outcome == "applied" and entries[-1].message_key.startswith("resync:reconcile-")
+    again = await catch_up(stack.runtime, ["products"])
+    assert again[0].drift == [] and again[0].in_sync == 2
