@@ -4,6 +4,7 @@ p2csync/ops on the stack's runtime (its connectors, ledger and queue), the local
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from p2csync import functions
+from p2csync.cli import main
 from p2csync.devstack import LocalStack
 from p2csync.ops.backfill import backfill, load_checkpoint, wait_applied
 from p2csync.ops.catchup import catch_up
@@ -168,3 +170,45 @@ async def test_the_catch_up_finds_a_product_change_whose_data_event_was_lost(sta
     assert entries[-1].outcome == "applied" and entries[-1].message_key.startswith("resync:reconcile-")
     again = await catch_up(stack.runtime, ["products"])
     assert again[0].drift == [] and again[0].in_sync == 2
+
+
+async def test_the_backfill_and_reconcile_commands(stack: LocalStack, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI over the same functions: a dry run, a backfill of accounts made before the integration (their
+    events lost), its errors CSV, and reconcile's table, CSV and JSON."""
+    dataverse = stack.sandbox.dataverse
+    dataverse.webhooks.pause()
+    for number in ("CL-1", "CL-2", "CL-3"):
+        await asyncio.to_thread(_account, stack, number, f"CLI {number}")
+    await asyncio.to_thread(dataverse.create, "account", {"name": "No number"})  # the mapping rejects it
+    dataverse.webhooks.clear()
+    settings = ["--settings", "/nonexistent/local.settings.json"]
+
+    async def cli(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(main, [*argv, *settings])
+        out = capsys.readouterr().out
+        print(out)
+        return code, out
+
+    code, out = await cli("backfill", "accounts", "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["would"] == {"rows": 4, "filtered out": 0, "new": 4, "in ledger": 0}
+    errors = tmp_path / "errors.csv"
+    code, out = await cli("backfill", "accounts", "--errors", str(errors), "--timeout", "60s")
+    assert code == 1 and "applied" in out and "errors" in out  # one account has no number: rejected
+    rows = errors.read_text().splitlines()
+    assert len(rows) == 2 and "MappingFailed" in rows[1]
+    assert {r["CustomerAccount"] for r in _customers(stack, "CL-")} == {"CL-1", "CL-2", "CL-3"}
+
+    await asyncio.to_thread(stack.sandbox.fno.update, "CustomersV3", {"dataAreaId": "usmf", "CustomerAccount": "CL-3"},
+                            {"OrganizationName": "Edited in F&O"})
+    drift_csv = tmp_path / "drift.csv"
+    code, out = await cli("reconcile", "accounts", "--csv", str(drift_csv))
+    assert code == 0 and "differs" in out and "OrganizationName" in out
+    assert "error" in out  # the account without a number cannot be compared: its mapping fails
+    assert len(drift_csv.read_text().splitlines()) == 3
+    code, out = await cli("reconcile", "accounts", "--fix", "--json")
+    assert json.loads(out)["fixed"] == 1
+    assert await stack.wait_settled(30)
+    code, out = await cli("reconcile", "accounts", "--json")
+    assert [d["kind"] for d in json.loads(out)["drift"]] == ["error"]
