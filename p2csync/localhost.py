@@ -133,7 +133,7 @@ def discover(app: func.FunctionApp) -> tuple[list[HttpFunction], list[QueueFunct
             queues.append(QueueFunction(name, trigger["queueName"], call, trigger["name"], _actions_arg(call),
                                         bool(trigger.get("autoCompleteMessages", True))))
         elif trigger["type"] == "timerTrigger":  # off locally: run its code by hand (README, catch-up)
-            log.info("function %s: timer triggers are not run by the local host", name)
+            log.debug("function %s: timer triggers are not run by the local host", name)
         else:
             log.warning("function %s: trigger %s is not supported by the local host", name, trigger["type"])
     return http, queues

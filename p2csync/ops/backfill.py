@@ -97,14 +97,15 @@ class ErrorLog:
     def __init__(self, path: Path | None, flow: str, run: str) -> None:
         self.path, self.flow, self.run = path, flow, run
         self.errors: list[BackfillError] = []
-        if path is not None and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("w", newline="", encoding="utf-8") as handle:
-                csv.writer(handle).writerow(self.COLUMNS)
 
     def add(self, error: BackfillError) -> None:
+        """Append one error; the file (with its header) is made by the first one: no errors, no file."""
         self.errors.append(error)
         if self.path is not None:
+            if not self.path.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("w", newline="", encoding="utf-8") as handle:
+                    csv.writer(handle).writerow(self.COLUMNS)
             with self.path.open("a", newline="", encoding="utf-8") as handle:
                 csv.writer(handle).writerow([self.flow, self.run, error.record, error.stage, error.reason,
                                              error.description])
