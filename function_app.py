@@ -5,6 +5,8 @@
   with SDK-type bindings and autoCompleteMessages off: the runtime settles every message itself through
   `message_actions` (complete, or dead-letter with a reason), see p2csync/settlement.py
 - GET  /api/health             (anonymous)
+- a timer trigger `catch_up` on the schedule of the app setting P2C_CATCHUP_SCHEDULE (NCRONTAB): the scheduled
+  catch-up of the F&O -> Sales flows (reconcile, then resync what differs); the local host does not run timers
 
 No `from __future__ import annotations` here: the Python worker reads the parameter annotations to bind the
 SDK types, so they must be classes, not strings.
@@ -38,6 +40,12 @@ async def sales_events(msg: servicebus.ServiceBusReceivedMessage,
 async def fno_events(msg: servicebus.ServiceBusReceivedMessage,
                      message_actions: servicebus.ServiceBusMessageActions) -> None:
     await functions.queue_message("fno-events", msg, message_actions)
+
+
+@app.function_name("catch_up")
+@app.timer_trigger(arg_name="timer", schedule="%P2C_CATCHUP_SCHEDULE%", run_on_startup=False)
+async def catch_up(timer: func.TimerRequest) -> None:
+    await functions.catch_up(timer)
 
 
 @app.function_name("health")

@@ -19,7 +19,7 @@ from mappings.model import default_entity_set
 from mappings.values import is_empty, is_entity_ref
 from p2csync.connectors.dataverse import DataverseClient
 from p2csync.connectors.fno import FnOClient, format_key
-from p2csync.envelopes import ChangeEvent
+from p2csync.envelopes import RESYNC, ChangeEvent
 from p2csync.envelopes.dataverse import EntityRef
 from p2csync.ledger.base import Ledger, RecordState
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped
@@ -138,7 +138,8 @@ class SalesToFnORecordSync:
         return self
 
     def accepts(self, event: ChangeEvent) -> bool:
-        return event.source == "dataverse" and event.entity == self.table
+        """Events of the table, and resyncs of it (backfill, reconcile: a notification to re-read the row)."""
+        return event.source in ("dataverse", RESYNC) and event.entity == self.table
 
     def record_key(self, event: ChangeEvent) -> str:
         return f"{self.flow}:{event.entity}:{event.record_id}"

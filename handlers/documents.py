@@ -55,7 +55,7 @@ from p2csync.connectors.fno import (
     equals_filter,
     same_value,
 )
-from p2csync.envelopes import ChangeEvent
+from p2csync.envelopes import RESYNC, ChangeEvent
 from p2csync.ledger.base import RecordState
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped
 from p2csync.records import epoch_ms, record_from_webapi, webapi_select
@@ -118,7 +118,8 @@ class DocumentSync(SalesToFnORecordSync):
         return self
 
     def accepts(self, event: ChangeEvent) -> bool:
-        return event.source == "dataverse" and (event.entity == self.table or event.entity in self.line_sets)
+        return event.source in ("dataverse", RESYNC) and (event.entity == self.table
+                                                           or event.entity in self.line_sets)
 
     def record_key(self, event: ChangeEvent) -> str:
         """The document's key for the header and every line event that names its document."""

@@ -33,7 +33,7 @@ from p2csync.connectors.errors import InvalidKeyError
 from p2csync.connectors.fno import equals_filter, format_key
 from p2csync.connectors.odata import odata_literal
 from p2csync.connectors.results import UpsertResult
-from p2csync.envelopes import ChangeEvent
+from p2csync.envelopes import RESYNC, ChangeEvent
 from p2csync.ledger.base import RecordState
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped
 
@@ -114,7 +114,7 @@ class FnOToSalesRecordSync:
     # ------------------------------------------------------------------------------------------- routing
 
     def accepts(self, event: ChangeEvent) -> bool:
-        if event.source == "fno_data_event":
+        if event.source in ("fno_data_event", RESYNC):  # a resync names the data events' table, its key by name
             return event.entity.lower() == self.table
         if event.source == "fno_business_event":
             return event.entity in self.business_events

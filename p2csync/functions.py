@@ -27,6 +27,13 @@ async def queue_message(queue: str, msg: Any, actions: MessageActions) -> None:
     await get_runtime().handle(InboundMessage.from_trigger(queue, msg), msg, actions)
 
 
+async def catch_up(timer: Any) -> None:
+    """The scheduled catch-up of the F&O -> Sales flows (p2csync/ops/catchup.py)."""
+    from p2csync.ops.catchup import catch_up as run
+
+    await run(get_runtime())
+
+
 async def health(req: func.HttpRequest) -> func.HttpResponse:
     runtime = get_runtime()
     body = {

@@ -132,6 +132,8 @@ def discover(app: func.FunctionApp) -> tuple[list[HttpFunction], list[QueueFunct
         elif trigger["type"] == "serviceBusTrigger" and "queueName" in trigger:
             queues.append(QueueFunction(name, trigger["queueName"], call, trigger["name"], _actions_arg(call),
                                         bool(trigger.get("autoCompleteMessages", True))))
+        elif trigger["type"] == "timerTrigger":  # off locally: run its code by hand (README, catch-up)
+            log.debug("function %s: timer triggers are not run by the local host", name)
         else:
             log.warning("function %s: trigger %s is not supported by the local host", name, trigger["type"])
     return http, queues

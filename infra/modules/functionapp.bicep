@@ -65,6 +65,9 @@ param integrationUserIds string = ''
 @description('Largest message the queues take, application properties included (P2C_SERVICEBUS_MAX_MESSAGE_BYTES): 262144 on Standard, the queue size on Premium (1 MB by default). The webhook trims what would not fit, as Dataverse does.')
 param serviceBusMaxMessageBytes string = '262144'
 
+@description('NCRONTAB schedule of the F&O -> Sales catch-up (timer trigger catch_up): reconcile and resync what differs. [Inferred] every 15 minutes.')
+param catchUpSchedule string = '0 */15 * * * *'
+
 @description('Maximum instances the app scales out to.')
 @minValue(1)
 @maxValue(1000)
@@ -234,6 +237,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'P2C_SERVICEBUS_MAX_MESSAGE_BYTES'
           value: serviceBusMaxMessageBytes
+        }
+        {
+          name: 'P2C_CATCHUP_SCHEDULE'
+          value: catchUpSchedule
         }
         // Dataverse never posts more than 256 KB: the host refuses larger bodies (413) before our code reads
         // them, instead of buffering up to its 100 MB default.

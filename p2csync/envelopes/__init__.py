@@ -6,6 +6,7 @@ from ._common import EnvelopeError
 from .dataverse import EntityRef
 from .event import ChangeEvent, Source, dedupe_message_id, parse_change_event, trim_context_body
 from .fno import EndpointTestMessage
+from .resync import RESYNC, ResyncRequest, resync_body, resync_message_id
 
-__all__ = ["ChangeEvent", "EndpointTestMessage", "EntityRef", "EnvelopeError", "Source", "dedupe_message_id",
-           "parse_change_event", "trim_context_body"]
+__all__ = ["RESYNC", "ChangeEvent", "EndpointTestMessage", "EntityRef", "EnvelopeError", "ResyncRequest", "Source",
+           "dedupe_message_id", "parse_change_event", "resync_body", "resync_message_id", "trim_context_body"]

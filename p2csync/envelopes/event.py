@@ -22,6 +22,7 @@ from ._common import (
 )
 from .dataverse import Entity, EntityReference, RemoteExecutionContext, UnparsedValue, to_python
 from .fno import BusinessEvent, EndpointTestMessage, is_endpoint_test_message
+from .resync import RESYNC, RESYNC_MESSAGE, ResyncRequest, is_resync
 
 __all__ = [
     "ChangeEvent",
@@ -41,7 +42,7 @@ __all__ = [
     "trim_context_body",
 ]
 
-Source = Literal["dataverse", "fno_data_event", "fno_business_event"]
+Source = Literal["dataverse", "fno_data_event", "fno_business_event", "resync"]
 
 # Service Bus application properties set by Dataverse (wire-formats 1.3).
 _CLAIMS = "http://schemas.microsoft.com/xrm/2011/Claims/"
@@ -167,11 +168,13 @@ def parse_change_event(
         return _from_business_event(data, props, raw_size=len(raw))
     if "MessageName" in data or "PrimaryEntityName" in data:
         return _from_context(data, props, lower_headers, raw=raw)
+    if is_resync(data):
+        return _from_resync(data, raw_size=len(raw))
     members = ", ".join(list(data)[:5])
     raise EnvelopeError(
         "body",
-        "neither a RemoteExecutionContext (MessageName, PrimaryEntityName) nor a business event "
-        f"(BusinessEventId, EventId); members: {excerpt(members, 60) if members else 'none'}",
+        "neither a RemoteExecutionContext (MessageName, PrimaryEntityName), a business event "
+        f"(BusinessEventId, EventId) nor a resync (p2c: resync); members: {excerpt(members, 60) if members else 'none'}",
     )
 
 
@@ -426,5 +429,33 @@ def _from_business_event(data: dict[str, Any], props: dict[str, Any], *, raw_siz
         company=company,
         event_time=event.occurred_at,
         organization=_lower(_prop(props, CLAIM_ORGANIZATION)),
+        raw_size=raw_size,
+    )
+
+
+# --- resync (our own: backfill, reconcile --fix, catch-up) ------------------------------------------------
+
+def _from_resync(data: dict[str, Any], *, raw_size: int) -> ChangeEvent:
+    """A notification to re-read one source record (p2csync/envelopes/resync.py): no version, never complete.
+    An F&O record's key fields are its attributes, under their OData names, as a business event carries them."""
+    try:
+        request = ResyncRequest.model_validate(data)
+    except ValidationError as exc:
+        raise envelope_error_from_validation(exc) from None
+    key = dict(request.key or {})
+    company = _lower(key.get("dataAreaId"))
+    if company is not None:
+        key["dataAreaId"] = company
+    return ChangeEvent(
+        source=RESYNC,
+        entity=request.table,
+        record_id=request.id if request.system == "dataverse" else request.record_text,
+        message_name=RESYNC_MESSAGE,
+        source_message_name=RESYNC_MESSAGE,
+        dedupe_key=request.dedupe_key,
+        version=None,
+        attributes=key,
+        is_complete=False,
+        company=company,
         raw_size=raw_size,
     )

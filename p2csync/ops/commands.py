@@ -23,7 +23,9 @@ from p2csync.ops.send import parse_property
 from p2csync.ops.context import OpsContext, ops_settings
 from p2csync.settings import ROOT
 
-OPS_COMMANDS = ("status", "trace", "deadletters", "send", "pause", "resume")
+OPS_COMMANDS = ("status", "trace", "deadletters", "send", "pause", "resume", "backfill", "reconcile")
+#: The commands that read Dataverse and F&O (the others see only the ledger and the queues).
+SYSTEM_COMMANDS = ("backfill", "reconcile")
 
 
 def _when(value: datetime | None) -> str:
@@ -130,6 +132,38 @@ def add_ops_commands(commands: Any, command: Callable[..., argparse.ArgumentPars
             parser.add_argument("--note", default=None, help="why (shown by status)")
         _common(parser)
 
+    backfill = command(commands, "backfill", "initial sync: resync every source record of a flow through the queue",
+                       "Pages the flow's source in key order (server page size, nextLink) and sends one resync "
+                       "message per record to the flow's queue; the running app applies them through the flow's "
+                       "handler, as events. A checkpoint (the last key sent) is kept in the ledger: a killed run "
+                       "resumes where it stopped, under the same run id (records sent twice are deduplicated). "
+                       "Then follows the records until each has an outcome; every rejected one goes to the CSV.",
+                       "python -m p2csync backfill accounts --errors backfill-errors.csv")
+    backfill.add_argument("flow", help="the flow (its mapping file's name, e.g. accounts, products)")
+    backfill.add_argument("--dry-run", action="store_true", help="count rows, filtered out, new and already synced; "
+                          "send nothing")
+    backfill.add_argument("--restart", action="store_true", help="start a new run even if one is unfinished")
+    backfill.add_argument("--errors", type=Path, default=Path("backfill-errors.csv"),
+                          help="CSV of every error (default: backfill-errors.csv)")
+    backfill.add_argument("--page-size", type=int, default=5000, help="rows per page asked of the source "
+                          "(default: 5000)")
+    backfill.add_argument("--no-wait", action="store_true", help="stop once every record is sent")
+    backfill.add_argument("--timeout", type=parse_duration, default=parse_duration("2h"), metavar="DURATION",
+                          help="how long to follow the records being applied (default: 2h)")
+    _common(backfill)
+
+    rec = command(commands, "reconcile", "compare both systems through a flow's mapping and report drift",
+                  "Runs the flow's handler as a dry run for every source record: it reads both systems and says "
+                  "what it would write. Drift: missing (no counterpart), differs (the fields named), ledger (the "
+                  "target holds the record, the ledger does not know it), waiting / error (cannot compare). "
+                  "--fix resyncs the drifted records through the queue.",
+                  "python -m p2csync reconcile accounts --csv drift.csv")
+    rec.add_argument("flow", help="the flow (e.g. accounts, products)")
+    rec.add_argument("--fix", action="store_true", help="resync every record that drifted")
+    rec.add_argument("--csv", type=Path, default=None, help="also write the drift to this CSV")
+    rec.add_argument("--where", default=None, help="an OData $filter on the source, e.g. \"dataAreaId eq 'usmf'\"")
+    _common(rec)
+
 
 def run_ops(args: argparse.Namespace, console: Console | None = None) -> int:
     """Run one operator command; a wrong flow name or an unreadable file is one line on stderr, exit 1."""
@@ -141,6 +175,10 @@ def run_ops(args: argparse.Namespace, console: Console | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace, console: Console) -> int:
+    if args.command in SYSTEM_COMMANDS:
+        from p2csync.ops.flows import run_flow_command
+
+        return await run_flow_command(args, console)
     settings = ops_settings(args.settings)
     ctx = OpsContext.from_settings(settings, with_registry=args.command in ("deadletters", "pause", "resume",
                                                                             "status"))

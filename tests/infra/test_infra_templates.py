@@ -49,6 +49,7 @@ REQUIRED_SETTINGS = {
     "FNO_EVENTS_QUEUE": "fnoEventsQueueName",
     "INTEGRATION_USER_IDS": "integrationUserIds",
     "P2C_SERVICEBUS_MAX_MESSAGE_BYTES": "serviceBusMaxMessageBytes",
+    "P2C_CATCHUP_SCHEDULE": "catchUpSchedule",
     "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT": "1048576",
 }
 

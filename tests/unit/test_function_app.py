@@ -23,8 +23,14 @@ def _trigger(spec: dict) -> dict:
     return next(b for b in spec["bindings"] if b["type"].endswith("Trigger"))
 
 
-def test_the_app_registers_exactly_the_four_functions() -> None:
-    assert set(_functions()) == {"dataverse_webhook", "sales_events", "fno_events", "health"}
+def test_the_app_registers_exactly_the_five_functions() -> None:
+    assert set(_functions()) == {"dataverse_webhook", "sales_events", "fno_events", "health", "catch_up"}
+
+
+def test_the_catch_up_runs_on_the_schedule_setting_and_not_at_start_up() -> None:
+    trigger = _trigger(_functions()["catch_up"])
+    assert trigger["type"] == "timerTrigger" and trigger["schedule"] == "%P2C_CATCHUP_SCHEDULE%"
+    assert trigger.get("runOnStartup") is False
 
 
 def test_webhook_binding_is_a_function_key_post_on_dataverse_webhook() -> None:
