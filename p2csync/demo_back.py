@@ -182,8 +182,8 @@ def verify_invoice(stack: LocalStack, invoice_number: str, order_number: str) ->
     if invoice is not None and order is not None:
         lines = sorted((r for r in dataverse.rows("invoicedetail") if r["_invoiceid_value"] == invoice["invoiceid"]),
                        key=lambda r: r["sequencenumber"])
-        step.sales = (f"invoice of {order_number}, total {Decimal(str(invoice.get('totalamount') or 0)):g}; "
-                      ("order Invoiced" if order["statecode"] == 4 else f"order statecode {order['statecode']}"))
+        state = "order Invoiced" if order["statecode"] == 4 else f"order statecode {order['statecode']}"
+        step.sales = f"invoice of {order_number}, total {Decimal(str(invoice.get('totalamount') or 0)):g}; {state}"
         step.lines = [f"{r['sequencenumber']}: x{Decimal(str(r['quantity'])):g} @ {Decimal(str(r['priceperunit'])):g}"
                       for r in lines]
         step.ok = invoice.get("_salesorderid_value") == order["salesorderid"] and bool(lines) and \

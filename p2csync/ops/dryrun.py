@@ -146,7 +146,10 @@ class DryFnO:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
 
-    async def upsert(self, entity_set: str, key: Mapping[str, Any], body: Mapping[str, Any]) -> UpsertResult:
+    async def upsert(self, entity_set: str, key: Mapping[str, Any], body: Mapping[str, Any], *,
+                     exists: bool | None = None) -> UpsertResult:
+        """What ``FnOClient.upsert`` would do; ``exists`` (the ledger's guess) does not matter to a dry run, which
+        always compares with the row F&O holds."""
         row = await self._real.get(entity_set, key)
         if row is None:
             self._recorder.add("fno", entity_set, key, "create")
