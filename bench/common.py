@@ -81,6 +81,8 @@ class Call:
     body: bytes
     status: int | None = None
     correlation: str | None = None
+    started: float = 0.0  # perf_counter when the request came in
+    ended: float = 0.0  # and when it was answered
 
 
 @dataclass
@@ -109,7 +111,7 @@ class Recorder:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             call = Call(system=recorder.system, method=scope["method"], path=scope["path"],
                         query=scope.get("query_string", b"").decode("latin-1"), headers=headers, body=b"",
-                        correlation=headers.get("x-ms-correlation-id"))
+                        correlation=headers.get("x-ms-correlation-id"), started=time.perf_counter())
 
             async def tapped_send(message: Any) -> None:
                 if message["type"] == "http.response.start":
@@ -120,6 +122,7 @@ class Recorder:
                 await app(scope, tapped_receive, tapped_send)
             finally:
                 call.body = b"".join(chunks)
+                call.ended = time.perf_counter()
                 recorder.calls.append(call)
 
         return recording
