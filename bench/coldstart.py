@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import Figure, at_most, median, pick, progress
-from bench.world import create_accounts
+from bench.world import WEBHOOK_WORKERS, create_accounts
 from mappings import load_mappings
 from p2csync.connectors import DataverseClient, StaticTokenProvider
 from p2csync.queue.embedded import EmbeddedQueue
 from p2csync.registration import register
 from p2csync.settings import ROOT
+from sandbox.dataverse import Dataverse
 from sandbox.server import SandboxServer
 
 PLATFORM = "azure.functions, azurefunctions.extensions.bindings.servicebus"
@@ -97,7 +98,8 @@ async def host_run(events: int) -> HostRun:
     global _cached
     if _cached is not None and _cached.events == events:
         return _cached
-    with tempfile.TemporaryDirectory(prefix="p2c-bench-host-") as tmp, SandboxServer() as sandbox:
+    with tempfile.TemporaryDirectory(prefix="p2c-bench-host-") as tmp, SandboxServer(
+            dataverse=Dataverse(webhook_workers=WEBHOOK_WORKERS)) as sandbox:
         dataverse = sandbox.dataverse
         env = {**os.environ, "DATAVERSE_URL": sandbox.dataverse_url, "FNO_URL": sandbox.fno_url,
                "FNO_DEFAULT_COMPANY": "usmf", "P2C_AUTH_MODE": "static",

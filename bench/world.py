@@ -18,9 +18,13 @@ from sandbox.fno import FnO
 from sandbox.server import SandboxServer
 
 
+WEBHOOK_WORKERS = 8
+
+
 def recorded_sandbox(**dataverse_kwargs: Any) -> tuple[SandboxServer, Recorder, Recorder]:
     """A sandbox whose Dataverse and F&O apps record every request with its body."""
-    dataverse, fno = Dataverse(**dataverse_kwargs), FnO()
+    # Deliveries in parallel, as the asynchronous service runs them; the product must not need their order.
+    dataverse, fno = Dataverse(**{"webhook_workers": WEBHOOK_WORKERS, **dataverse_kwargs}), FnO()
     dv_rec, fno_rec = Recorder("dataverse"), Recorder("fno")
     dataverse.app = dv_rec.wrap(dataverse.app)
     fno.app = fno_rec.wrap(fno.app)
