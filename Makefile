@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install demo test test-live unit clean schema
+.PHONY: install demo test test-live unit clean schema bench
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(STAMP) $(NODE_STAMP)
 # Opt-in: the local host against a real Service Bus namespace (P2C_LIVE_SERVICEBUS_NAMESPACE, docs/deploy.md).
 test-live: $(STAMP)
 	$(PY) -m pytest -q -m live tests/live
+
+# Every benchmark of issue 11 in one go (under 10 minutes on 2 cores): report in .var/bench/, printed too.
+bench: $(STAMP)
+	$(PY) -m bench
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

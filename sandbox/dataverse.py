@@ -117,6 +117,8 @@ class Dataverse:
         timestamp_precision: Dataverse stores datetimes to the second; "millisecond" relaxes that.
         webhook_timeout / webhook_retry_delay: delivery timeout (60 s documented) and pause before the
             single retry of a 502/503/504.
+        webhook_workers: webhook deliveries in flight at once (the asynchronous service runs async steps in
+            parallel; 1, the default, delivers in commit order).
         default_page_size: page size without `Prefer: odata.maxpagesize`.
         batch_failed_changeset: how `$batch` answers a failed change set: "single" (the failing request's
             answer as one `application/http` part, as ASP.NET OData writes it) or "changeset" (that answer
@@ -133,7 +135,7 @@ class Dataverse:
                  webhook_timeout: float = 60.0, webhook_retry_delay: float = 0.2,
                  default_page_size: int = 5000, seed: int = 0,
                  batch_failed_changeset: Literal["single", "changeset"] = "single",
-                 create_products_active: bool = False) -> None:
+                 create_products_active: bool = False, webhook_workers: int = 1) -> None:
         self.lock = threading.RLock()
         self.batch_failed_changeset = batch_failed_changeset
         self.create_products_active = create_products_active
@@ -155,7 +157,8 @@ class Dataverse:
         self._initial_limits = self.protection.limits.model_copy()
         self.webhooks = WebhookDispatcher(ContextSerializer(self.tables, self._currency_symbol),
                                           self.organization, timeout=webhook_timeout,
-                                          retry_delay=webhook_retry_delay, on_job=self._record_job, seed=seed)
+                                          retry_delay=webhook_retry_delay, on_job=self._record_job, seed=seed,
+                                          workers=webhook_workers)
         self._rows: dict[str, dict[str, dict[str, Any]]] = {}
         self.registrations = Registrations(lambda: self._rows, self.tables)
         self._versions = itertools.count(1)

@@ -345,7 +345,13 @@ class WebhookDispatcher:
     """Matches committed changes to steps, queues one job per step execution and delivers them."""
 
     def __init__(self, serializer: ContextSerializer, organization: Organization, *, timeout: float = 60.0,
-                 retry_delay: float = 0.2, on_job: JobListener | None = None, seed: int = 0) -> None:
+                 retry_delay: float = 0.2, on_job: JobListener | None = None, seed: int = 0,
+                 workers: int = 1) -> None:
+        """``workers``: deliveries in flight at once. The asynchronous service runs async steps in parallel
+        (no order between events is promised); 1 keeps commit order, which many tests rely on."""
+        if workers < 1:
+            raise ValueError("workers: at least 1 delivery thread is needed")
+        self.workers = workers
         self.serializer = serializer
         self.organization = organization
         self.timeout = timeout
@@ -362,7 +368,7 @@ class WebhookDispatcher:
         self._jobs: dict[str, SystemJob] = {}
         self._attempts: list[DeliveryAttempt] = []
         self._payloads: list[dict[str, Any]] = []
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # -- registrations (derived from the registration rows by the store) -------------------------
     def set_registrations(self, registrations: list[WebhookRegistration]) -> None:
@@ -491,19 +497,22 @@ class WebhookDispatcher:
 
     # -- worker -------------------------------------------------------------------------------------
     def _ensure_worker(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        if not self._threads:
             self._stopped = False
-            self._thread = threading.Thread(target=self._run, name="sandbox-webhook-delivery", daemon=True)
-            self._thread.start()
+        while len(self._threads) < self.workers:
+            thread = threading.Thread(target=self._run, name="sandbox-webhook-delivery", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def close(self) -> None:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(timeout=5)
-        self._thread = None
+        self._threads = []
 
     def _run(self) -> None:
         with httpx.Client(timeout=self.timeout, trust_env=False) as client:

@@ -273,3 +273,48 @@ def test_webhook_registration_through_admin_endpoint(sandbox: SandboxServer, rec
     idle = httpx.get(f"{sandbox.dataverse_url}/_sandbox/delivery/idle", params={"timeout": 5}, trust_env=False)
     assert idle.json() == {"idle": True}
     assert [c["query"]["code"] for c in receiver.calls] == ["k2"]
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_webhook_workers_deliver_that_many_at_once(workers: int) -> None:
+    """The asynchronous service runs async steps in parallel: with ``webhook_workers`` N, a slow endpoint
+    sees N deliveries at once (1, the default, keeps commit order: one at a time)."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from sandbox.dataverse import Dataverse
+
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            self.rfile.read(int(self.headers["content-length"]))
+            with lock:
+                state["now"] += 1
+                state["most"] = max(state["most"], state["now"])
+            time.sleep(0.1)
+            with lock:
+                state["now"] -= 1
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dataverse = Dataverse(webhook_workers=workers)
+    try:
+        dataverse.register_webhook(f"http://127.0.0.1:{server.server_port}/hook",
+                                   steps=[WebhookStep(table="account", message="Create")])
+        for n in range(8):
+            dataverse.create("account", {"name": f"Parallel {n}"})
+        assert dataverse.wait_idle(10)
+        assert state["most"] == workers
+        assert len(dataverse.webhooks.delivered_payloads) == 8
+    finally:
+        dataverse.close()
+        server.shutdown()
