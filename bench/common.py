@@ -6,7 +6,6 @@ compared across runs.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import statistics
