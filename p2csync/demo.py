@@ -400,9 +400,9 @@ async def run_demo(accounts: int = 8, workdir: Path | None = None) -> int:
         print(f"sandbox: Dataverse {stack.sandbox.dataverse_url}, F&O {stack.sandbox.fno_url}")
         print(f"local host: {stack.host.base_url if stack.host else '?'} (webhook registered with a function key)")
         print(f"releasing {len(back.FNO_PRODUCTS)} products in F&O (OData, as an F&O user)...\n")
-        await back.release_products(stack)
+        latencies = await back.release_products(stack)
         settled = await stack.wait_settled(timeout=25)
-        products = back.verify_products(stack)
+        products = back.verify_products(stack, latencies)
         back.print_steps("F&O released products -> Sales products (priced in the first price list of their currency)",
                          products)
         print(f"creating {len(plan)} accounts and editing 2 as a Sales user...\n")
@@ -423,17 +423,17 @@ async def run_demo(accounts: int = 8, workdir: Path | None = None) -> int:
         await _verify_order(stack, order)
         _print_order(order)
         print(f"in F&O: confirming {order.number} and calculating its totals (the way back to Sales)...\n")
-        await back.confirm_and_total(stack, order.number)
+        came_back = await back.confirm_and_total(stack, order.number)
         settled = await stack.wait_settled(timeout=25) and settled
-        story = [back.verify_order_back(stack, order.number, order.record_id)]
+        story = [back.verify_order_back(stack, order.number, order.record_id, came_back)]
         print(f"in F&O: posting the invoice of {order.number}...\n")
-        invoice = await back.post_invoice(stack, order.number)
+        invoice, invoiced = await back.post_invoice(stack, order.number)
         settled = await stack.wait_settled(timeout=25) and settled
-        story.append(back.verify_invoice(stack, invoice, order.number))
+        story.append(back.verify_invoice(stack, invoice, order.number, invoiced))
         print("in F&O: entering order FO-D01 for a customer from Sales, confirming it, calculating totals...\n")
-        await back.enter_fno_order(stack, "FO-D01", plan[3].number or "")
+        entered = await back.enter_fno_order(stack, "FO-D01", plan[3].number or "")
         settled = await stack.wait_settled(timeout=25) and settled
-        story.append(back.verify_fno_order(stack, "FO-D01"))
+        story.append(back.verify_fno_order(stack, "FO-D01", entered))
         back.print_steps("F&O sales orders and invoices -> Sales", story)
         await _verify(stack, plan)
         await _verify_contacts(stack, plan, contacts)

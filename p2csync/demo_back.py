@@ -15,6 +15,7 @@ through F&O's OData and actions, and reach Sales only through the events F&O rai
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -40,6 +41,16 @@ class Step:
     ok: bool = False
     detail: str = ""
     lines: list[str] = field(default_factory=list)
+    latency_ms: float | None = None  # from the change in F&O to Sales showing it
+
+
+async def until_in_sales(probe: Any, started: float, timeout: float = 20.0) -> float | None:
+    """Milliseconds from ``started`` (time.perf_counter) until ``probe()`` is true in Sales; None on timeout."""
+    while time.perf_counter() - started < timeout:
+        if await asyncio.to_thread(probe):
+            return (time.perf_counter() - started) * 1000
+        await asyncio.sleep(0.02)
+    return None
 
 
 def fno_client(stack: LocalStack) -> httpx.Client:
@@ -58,7 +69,8 @@ def act(stack: LocalStack, action: str, company: str, number: str) -> dict[str, 
 # ------------------------------------------------------------------------------------------------ products
 
 
-async def release_products(stack: LocalStack) -> None:
+async def release_products(stack: LocalStack) -> dict[str, float | None]:
+    """Release the products in F&O; per product, the milliseconds until Sales has it priced."""
     def release() -> None:
         with fno_client(stack) as http:
             for number, name, price in FNO_PRODUCTS:
@@ -66,14 +78,23 @@ async def release_products(stack: LocalStack) -> None:
                     "dataAreaId": "usmf", "ProductNumber": number, "ProductName": name, "SalesUnitSymbol": "ea",
                     "SalesPrice": float(price), "ProductType": "Item", "IsStockedProduct": "Yes"})
                 created.raise_for_status()
+    started = time.perf_counter()
     await asyncio.to_thread(release)
+    dataverse = stack.sandbox.dataverse
+
+    def priced(number: str) -> bool:
+        product = next((r for r in dataverse.rows("product") if r["productnumber"] == number), None)
+        return product is not None and any(r["_productid_value"] == product["productid"]
+                                           for r in dataverse.rows("productpricelevel"))
+    return {number: await until_in_sales(lambda n=number: priced(n), started) for number, _, _ in FNO_PRODUCTS}
 
 
-def verify_products(stack: LocalStack) -> list[Step]:
+def verify_products(stack: LocalStack, latencies: dict[str, float | None]) -> list[Step]:
     dataverse = stack.sandbox.dataverse
     steps = []
     for number, name, price in FNO_PRODUCTS:
-        step = Step(f"product {number}", fno=f"{name}, released in usmf at {price} USD")
+        step = Step(f"product {number}", fno=f"{name}, released in usmf at {price} USD",
+                    latency_ms=latencies.get(number))
         product = next((r for r in dataverse.rows("product") if r["productnumber"] == number), None)
         items = [] if product is None else [r for r in dataverse.rows("productpricelevel")
                                             if r["_productid_value"] == product["productid"]]
@@ -120,16 +141,20 @@ def describe_order(stack: LocalStack, number: str, company: str = "usmf") -> tup
     return order, sales_text, fno_text
 
 
-async def confirm_and_total(stack: LocalStack, number: str) -> None:
+async def confirm_and_total(stack: LocalStack, number: str) -> float | None:
+    """Confirm and total the order in F&O; the milliseconds until Sales shows it Confirmed."""
     def run() -> None:
         act(stack, "confirm-sales-order", "usmf", number)
         act(stack, "calculate-sales-totals", "usmf", number)
+    started = time.perf_counter()
     await asyncio.to_thread(run)
+    return await until_in_sales(lambda: (sales_order(stack, number) or {}).get("msdynce_processingstatus")
+                                == processing_status("Confirmed"), started)
 
 
-def verify_order_back(stack: LocalStack, number: str, order_id: str) -> Step:
+def verify_order_back(stack: LocalStack, number: str, order_id: str, latency_ms: float | None = None) -> Step:
     order, sales_text, fno_text = describe_order(stack, number)
-    step = Step(f"order {number} back", sales=sales_text, fno=fno_text)
+    step = Step(f"order {number} back", sales=sales_text, fno=fno_text, latency_ms=latency_ms)
     if order is not None:
         step.lines = sales_lines(stack, order["salesorderid"])
         step.ok = (order["salesorderid"] == order_id and order.get("msdynce_processingstatus")
@@ -137,7 +162,7 @@ def verify_order_back(stack: LocalStack, number: str, order_id: str) -> Step:
     return step
 
 
-async def enter_fno_order(stack: LocalStack, number: str, customer: str) -> None:
+async def enter_fno_order(stack: LocalStack, number: str, customer: str) -> float | None:
     """An order taken by phone in F&O for a customer that came from Sales: two lines and a header tax."""
     def run() -> None:
         with fno_client(stack) as http:
@@ -151,32 +176,38 @@ async def enter_fno_order(stack: LocalStack, number: str, customer: str) -> None
                     "ProductNumber": product, "SalesUnitSymbol": "ea", "OrderedSalesQuantity": quantity,
                     "SalesPrice": 50, "CurrencyCode": "USD"}).raise_for_status()
     await asyncio.to_thread(run)
-    await confirm_and_total(stack, number)
+    return await confirm_and_total(stack, number)
 
 
-def verify_fno_order(stack: LocalStack, number: str) -> Step:
+def verify_fno_order(stack: LocalStack, number: str, latency_ms: float | None = None) -> Step:
     order, sales_text, fno_text = describe_order(stack, number)
-    step = Step(f"order {number} (made in F&O)", sales=sales_text, fno=fno_text)
+    step = Step(f"order {number} (made in F&O)", sales=sales_text, fno=fno_text, latency_ms=latency_ms)
     if order is not None:
         step.lines = sales_lines(stack, order["salesorderid"])
         step.ok = len(step.lines) == 3 and any("Freight Tax" in line for line in step.lines)
     return step
 
 
-async def post_invoice(stack: LocalStack, number: str) -> str:
-    """F&O posts the order's invoice (the sandbox action, over HTTP); the invoice number."""
+async def post_invoice(stack: LocalStack, number: str) -> tuple[str, float | None]:
+    """F&O posts the order's invoice (the sandbox action, over HTTP); the invoice number, and the milliseconds
+    until Sales has the invoice."""
+    started = time.perf_counter()
     answer = await asyncio.to_thread(act, stack, "post-sales-invoice", "usmf", number)
-    return str(answer["InvoiceNumber"])
+    invoice = str(answer["InvoiceNumber"])
+    latency = await until_in_sales(lambda: any(r["invoicenumber"] == invoice
+                                               for r in stack.sandbox.dataverse.rows("invoice")), started)
+    return invoice, latency
 
 
-def verify_invoice(stack: LocalStack, invoice_number: str, order_number: str) -> Step:
+def verify_invoice(stack: LocalStack, invoice_number: str, order_number: str,
+                   latency_ms: float | None = None) -> Step:
     """The invoice in Sales, linked to its order, with its lines; the order Invoiced (statecode 4)."""
     dataverse = stack.sandbox.dataverse
     fno = next((r for r in stack.sandbox.fno.rows("SalesInvoiceHeadersV2", "usmf")
                 if r["InvoiceNumber"] == invoice_number), None)
     invoice = next((r for r in dataverse.rows("invoice") if r["invoicenumber"] == invoice_number), None)
     order = sales_order(stack, order_number)
-    step = Step(f"invoice {invoice_number}",
+    step = Step(f"invoice {invoice_number}", latency_ms=latency_ms,
                 fno="(none)" if fno is None else f"posted for {order_number}, total "
                                                 f"{Decimal(str(fno.get('TotalInvoiceAmount') or 0)):g}")
     if invoice is not None and order is not None:
@@ -193,11 +224,13 @@ def verify_invoice(stack: LocalStack, invoice_number: str, order_number: str) ->
 
 def print_steps(title: str, steps: list[Step]) -> None:
     print(title)
-    header = f"  {'record':<30} {'F&O':<44} {'Sales':<58}"
+    header = f"  {'record':<30} {'F&O':<44} {'Sales':<58} {'latency':>8}"
     print(header)
     print("  " + "-" * (len(header) - 2))
     for step in steps:
-        print(f"  {step.name:<30} {step.fno[:44]:<44} {step.sales[:58]:<58} {'ok' if step.ok else 'FAILED'}")
+        latency = f"{step.latency_ms:.0f} ms" if step.latency_ms is not None else "-"
+        print(f"  {step.name:<30} {step.fno[:44]:<44} {step.sales[:58]:<58} {latency:>8}  "
+              f"{'ok' if step.ok else 'FAILED'}")
         for line in step.lines:
             print(f"  {'':<30} {'':<44} {line}")
         if step.detail:
