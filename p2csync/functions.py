@@ -1,20 +1,32 @@
-"""The bodies of the functions in function_app.py, as plain coroutines a test can call."""
+"""The bodies of the functions in function_app.py, as plain coroutines a test can call.
+
+The runtime (connectors, ledger, mappings, handlers) is imported on the first invocation, not when the host
+indexes function_app.py: indexing stays fast (issue 11, figure 5) and the first call pays the import once.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
 from p2csync import __version__
-from p2csync.ingress import accept_dataverse_webhook
-from p2csync.runtime import InboundMessage, get_runtime
-from p2csync.settlement import MessageActions
+
+if TYPE_CHECKING:
+    from p2csync.settlement import MessageActions
+
+
+def _runtime() -> Any:
+    from p2csync.runtime import get_runtime
+
+    return get_runtime()
 
 
 async def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
-    runtime = get_runtime()
+    from p2csync.ingress import accept_dataverse_webhook
+
+    runtime = _runtime()
     result = await accept_dataverse_webhook(
         req.get_body(), dict(req.headers), runtime.transport, runtime.settings.sales_events_queue,
         max_message_bytes=runtime.settings.servicebus_max_message_bytes,
@@ -24,18 +36,20 @@ async def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
 
 async def queue_message(queue: str, msg: Any, actions: MessageActions) -> None:
     """Process one Service Bus delivery and settle it explicitly (see p2csync.settlement)."""
-    await get_runtime().handle(InboundMessage.from_trigger(queue, msg), msg, actions)
+    from p2csync.runtime import InboundMessage
+
+    await _runtime().handle(InboundMessage.from_trigger(queue, msg), msg, actions)
 
 
 async def catch_up(timer: Any) -> None:
     """The scheduled catch-up of the F&O -> Sales flows (p2csync/ops/catchup.py)."""
     from p2csync.ops.catchup import catch_up as run
 
-    await run(get_runtime())
+    await run(_runtime())
 
 
 async def health(req: func.HttpRequest) -> func.HttpResponse:
-    runtime = get_runtime()
+    runtime = _runtime()
     body = {
         "status": "ok",
         "version": __version__,

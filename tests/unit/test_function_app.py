@@ -137,3 +137,19 @@ def test_property_values_the_copy_cannot_carry_become_text() -> None:
     assert property_value(datetime(2026, 1, 2, tzinfo=UTC)) == "2026-01-02T00:00:00+00:00"
     assert property_value(None) is None
     assert [property_value(v) for v in ("a", 1, 2.5, True)] == ["a", 1, 2.5, True]
+
+
+def test_indexing_function_app_does_not_import_the_runtime() -> None:
+    """The host imports function_app.py to index the functions (cold start); the runtime (connectors, ledger,
+    mappings, handlers) loads on the first invocation, so indexing costs only the platform packages."""
+    import subprocess
+    import sys
+
+    from p2csync.settings import ROOT
+
+    probe = ("import sys, function_app; "
+             "print(sorted(m for m in ('p2csync.runtime', 'p2csync.ingress', 'handlers', 'mappings', 'httpx') "
+             "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
