@@ -7,6 +7,7 @@ and upserts the counterpart. It returns an outcome; it never settles messages it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -376,15 +377,23 @@ class SalesToFnORecordSync:
     async def _resolve_lookups(
         self, spec: MappingSpec, record: dict[str, Any], ctx: FlowContext, known: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Fetch the columns that dotted source paths read through lookups (cached per process); paths in
-        ``known`` are already answered (read fresh by the caller)."""
+        """Fetch the columns that dotted source paths read through lookups (cached per process, single-flight:
+        concurrent records naming one currency share one read); paths in ``known`` are already answered (read
+        fresh by the caller)."""
         resolved: dict[str, Any] = dict(known or {})
         for request in spec.lookups(record):
             if request.path in resolved:
                 continue
             cache_key = (request.table, request.id, request.column)
-            if cache_key not in ctx.lookup_cache:
-                row = await ctx.dataverse.get(request.entity_set, request.id, select=[request.column])
-                ctx.lookup_cache[cache_key] = None if row is None else row.get(request.column)
-            resolved[request.path] = ctx.lookup_cache[cache_key]
+            pending = ctx.lookup_cache.get(cache_key)
+            if pending is None:
+                pending = ctx.lookup_cache[cache_key] = asyncio.ensure_future(
+                    ctx.dataverse.get(request.entity_set, request.id, select=[request.column]))
+            try:
+                row = await asyncio.shield(pending)
+            except BaseException:
+                if pending.done():  # a failed read is not cached: the next record tries again
+                    ctx.lookup_cache.pop(cache_key, None)
+                raise
+            resolved[request.path] = None if row is None else row.get(request.column)
         return resolved

@@ -377,3 +377,16 @@ async def test_two_instances_on_one_ledger_handle_the_same_message_once(
     assert [a.actions for a in actions] == [["complete"], ["complete"]]
     assert fno_writes(sandbox) == [("POST", 201)]
     assert len(sandbox.fno.rows(CUSTOMERS)) == 1
+
+
+async def test_concurrent_records_naming_one_currency_share_one_read(
+    sandbox: SandboxServer, capture: Capture, runtime: SyncRuntime
+) -> None:
+    """A cold process handling 8 accounts at once reads their currency (transactioncurrencyid.isocurrencycode)
+    once: identical lookups are single-flight, then cached."""
+    messages = [await created_account(sandbox, capture, f"RT-SF{n}") for n in range(8)]
+    sandbox.dataverse.request_log.clear()
+    outcomes = await asyncio.gather(*(runtime.handle(m, m, RecordingActions()) for m in messages))
+    assert all(isinstance(o, Applied) for o in outcomes), outcomes
+    reads = [r.path for r in sandbox.dataverse.request_log.entries() if "transactioncurrencies(" in r.path]
+    assert len(reads) == 1, reads
