@@ -76,23 +76,13 @@ async def validate_online(specs: Mapping[str, MappingSpec], settings_file: Path 
     settings (the environment, else ``settings_file``); prints the result, returns the exit code."""
     import sys
 
-    from p2csync.connectors import (
-        AzureIdentityTokenProvider, ConnectorError, StaticTokenProvider, TokenProvider, default_credential, scope_for,
-    )
-    from p2csync.settings import DataverseAccess, SettingsError, load_local_settings
+    from p2csync.connectors import ConnectorError
+    from p2csync.settings import DataverseAccess, load_local_settings
 
     if settings_file is not None and settings_file.exists():
         load_local_settings(settings_file)
     access = DataverseAccess.from_env()
-    credential = None
-    tokens: TokenProvider
-    if access.auth_mode == "static":
-        if not access.static_token:
-            raise SettingsError("P2C_STATIC_TOKEN: required when P2C_AUTH_MODE=static")
-        tokens = StaticTokenProvider(access.static_token)
-    else:
-        credential = default_credential(access.managed_identity_client_id)
-        tokens = AzureIdentityTokenProvider(credential, scope_for(access.dataverse_url))
+    tokens, credential = access.token_provider()
     try:
         async with DataverseClient(access.dataverse_url, tokens, tag=None) as dataverse:
             count = await resolve_choice_labels(dataverse, specs)

@@ -141,10 +141,7 @@ def _read_key(from_stdin: bool) -> str | None:
 async def register_webhook(args: argparse.Namespace) -> int:
     """``register``: plan (and unless ``--dry-run`` apply) the webhook registration; errors in one line."""
     from mappings import MappingError, load_mappings
-    from p2csync.connectors import (
-        AzureIdentityTokenProvider, ConnectorError, DataverseClient, StaticTokenProvider, TokenProvider,
-        default_credential, scope_for,
-    )
+    from p2csync.connectors import ConnectorError, DataverseClient
     from p2csync.registration import RegistrationError, describe_error, register
     from p2csync.settings import DataverseAccess
 
@@ -156,14 +153,7 @@ async def register_webhook(args: argparse.Namespace) -> int:
     try:
         key = _read_key(args.key_stdin)
         specs = load_mappings(args.mappings or os.environ.get("P2C_MAPPINGS_DIR") or ROOT / "mappings")
-        tokens: TokenProvider
-        if access.auth_mode == "static":
-            if not access.static_token:
-                raise SettingsError("P2C_STATIC_TOKEN: required when P2C_AUTH_MODE=static")
-            tokens = StaticTokenProvider(access.static_token)
-        else:
-            credential = default_credential(access.managed_identity_client_id)
-            tokens = AzureIdentityTokenProvider(credential, scope_for(access.dataverse_url))
+        tokens, credential = access.token_provider()
         async with DataverseClient(access.dataverse_url, tokens, tag=None) as dv:
             await register(dv, specs, url=args.webhook_url, key=key, endpoint_name=args.endpoint_name,
                            existing_endpoint=args.existing_endpoint, prune=args.prune, dry_run=args.dry_run)

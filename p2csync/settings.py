@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -167,6 +167,17 @@ class DataverseAccess(BaseModel):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DataverseAccess:
         return _from_env(cls, env, _DATAVERSE_NAMES)
+
+    def token_provider(self) -> tuple[Any, Any]:
+        """(token provider, the azure-identity credential to close afterwards or None) for these settings."""
+        from p2csync.connectors import AzureIdentityTokenProvider, StaticTokenProvider, default_credential, scope_for
+
+        if self.auth_mode == "static":
+            if not self.static_token:
+                raise SettingsError("P2C_STATIC_TOKEN: required when P2C_AUTH_MODE=static")
+            return StaticTokenProvider(self.static_token), None
+        credential = default_credential(self.managed_identity_client_id)
+        return AzureIdentityTokenProvider(credential, scope_for(self.dataverse_url)), credential
 
 
 #: A value still holding a template placeholder, e.g. "https://<your-org>.crm.dynamics.com".

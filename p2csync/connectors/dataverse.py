@@ -495,22 +495,10 @@ class DataverseClient(ApiClient):
 
     def _changeset_results(self, ops: list[DataverseOperation], parts: list[BatchRequestPart],
                            answered: list[list[BatchResponsePart]], response: httpx.Response) -> list[BatchResult]:
-        url = response.request.url
-        if len(answered) != 1:
-            raise PermanentError("dataverse", response.status_code, "BatchResponse",
-                                 f"a $batch with one change set was answered with {len(answered)} items", "POST", url)
-        answers = answered[0]
-        by_id = {part.content_id: index for index, part in enumerate(parts)}
-        failed = next((answer for answer in answers if answer.status >= 400), None)
-        if failed is None and len(answers) == len(ops) and response.is_success:
-            ordered = sorted(answers, key=lambda a: by_id.get(a.content_id, answers.index(a)))
-            return [self._applied(op, answer) for op, answer in zip(ops, ordered, strict=True)]
+        ordered, failed, culprit = self.match_changeset(len(ops), parts, answered, status=response.status_code,
+                                                        url=response.request.url, applied=response.is_success)
         if failed is None:
-            raise PermanentError("dataverse", response.status_code, "BatchResponse",
-                                 f"a change set of {len(ops)} operations was answered with {len(answers)} parts and "
-                                 "no error", "POST", url)
-        # The failing request's answer stands for the whole set: nothing of it was applied.
-        culprit = by_id.get(failed.content_id)
+            return [self._applied(op, answer) for op, answer in zip(ops, ordered or [], strict=True)]
         request = parts[culprit] if culprit is not None else BatchRequestPart("POST", "$batch")
         error = self.part_error(failed, request)
         return [BatchResult(op, failed.status if index == culprit else None, error=error,

@@ -649,22 +649,10 @@ class FnOClient(ApiClient):
 
     def _changeset_results(self, ops: list[BatchOperation], parts: list[BatchRequestPart],
                            answered: list[list[BatchResponsePart]], url: httpx.URL) -> list[BatchResult]:
-        if len(answered) != 1:
-            raise PermanentError("fno", 200, "BatchResponse",
-                                 f"a $batch with one change set was answered with {len(answered)} items", "POST", url)
-        answers = answered[0]
-        by_id = {part.content_id: index for index, part in enumerate(parts)}
-        failed = next((answer for answer in answers if answer.status >= 400), None)
-        if failed is None and len(answers) == len(ops):
-            ordered = sorted(answers, key=lambda a: by_id.get(a.content_id, answers.index(a)))
-            return [self._applied(op, answer) for op, answer in zip(ops, ordered, strict=True)]
+        ordered, failed, culprit = self.match_changeset(len(ops), parts, answered, status=200, url=url)
         if failed is None:
-            raise PermanentError("fno", 200, "BatchResponse", f"a change set of {len(ops)} operations was answered "
-                                 f"with {len(answers)} successes and no error", "POST", url)
-        # One answer, the failing request's, stands for the whole set (OData 4.0 §11.7.4): nothing was applied.
-        culprit = by_id.get(failed.content_id)
-        error = self.part_error(failed, parts[culprit] if culprit is not None else
-                                 BatchRequestPart("POST", "$batch"))
+            return [self._applied(op, answer) for op, answer in zip(ops, ordered or [], strict=True)]
+        error = self.part_error(failed, parts[culprit] if culprit is not None else BatchRequestPart("POST", "$batch"))
         return [BatchResult(op, failed.status if index == culprit else None, error=error,
                             failed_here=index == culprit) for index, op in enumerate(ops)]
 

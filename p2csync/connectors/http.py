@@ -29,7 +29,7 @@ import json as jsonlib
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -427,6 +427,27 @@ class ApiClient:
         answer = httpx.Response(part.status, headers=dict(part.headers), content=part.body,
                                 request=httpx.Request(request.method, self.base_url.join(request.url)))
         return self._redact(error_from_response(self.system, answer, method=request.method))
+
+    def match_changeset(
+        self, count: int, parts: Sequence[BatchRequestPart], answered: list[list[BatchResponsePart]], *,
+        status: int, url: httpx.URL, applied: bool = True,
+    ) -> tuple[list[BatchResponsePart], None, None] | tuple[None, BatchResponsePart, int | None]:
+        """The answers of a one-change-set ``$batch``: every operation's answer in operation order (matched by
+        Content-ID), or the one failing answer that stands for the whole set (nothing of it was applied, OData 4.0
+        11.7.4) and the index of the operation it answers (None when it does not say). ``applied``: the outer
+        status allows success. Anything else is an answer the service never gives: PermanentError."""
+        if len(answered) != 1:
+            raise PermanentError(self.system, status, "BatchResponse",
+                                 f"a $batch with one change set was answered with {len(answered)} items", "POST", url)
+        answers = answered[0]
+        by_id = {part.content_id: index for index, part in enumerate(parts)}
+        failed = next((answer for answer in answers if answer.status >= 400), None)
+        if failed is None and len(answers) == count and applied:
+            return sorted(answers, key=lambda a: by_id.get(a.content_id, answers.index(a))), None, None
+        if failed is None:
+            raise PermanentError(self.system, status, "BatchResponse", f"a change set of {count} operations was "
+                                 f"answered with {len(answers)} parts and no error", "POST", url)
+        return None, failed, by_id.get(failed.content_id)
 
     def _redact(self, error: ConnectorError) -> ConnectorError:
         """Belt and braces: remove the exact token in use even where the patterns in ``scrub`` miss it."""
