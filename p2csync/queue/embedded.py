@@ -131,7 +131,7 @@ class EmbeddedQueue:
         now = self._now()
         window = self.duplicate_detection_window
         results: list[tuple[int, bool]] = []
-        with self._db.write() as conn:
+        with self._db.write(durable=True) as conn:  # accepting a message answers its sender: on disk first
             if window is not None:
                 conn.execute("DELETE FROM accepted_ids WHERE accepted_at <= ?", (now - _micros(window),))
             for message in messages:
@@ -462,9 +462,20 @@ class EmbeddedTransport:
 
     def __init__(self, queue: EmbeddedQueue) -> None:
         self.queue = queue
+        #: Set when this process sends to the queue: a waiting receiver looks at once instead of at its next poll
+        #: (the webhook and the queue trigger of the local host share one process). Other processes' sends are
+        #: still found by polling.
+        self._arrivals: dict[str, asyncio.Event] = {}
+
+    def _arrival(self, queue: str) -> asyncio.Event:
+        event = self._arrivals.get(queue)
+        if event is None:
+            event = self._arrivals[queue] = asyncio.Event()
+        return event
 
     async def send(self, queue: str, message: OutboundMessage) -> None:
         await asyncio.to_thread(self.queue.send, queue, message)
+        self._arrival(queue).set()
 
     async def schedule(self, queue: str, message: OutboundMessage, at: datetime) -> int:
         """Schedule a copy; a dropped duplicate returns the sequence number of the one already accepted, so
@@ -479,7 +490,22 @@ class EmbeddedTransport:
     async def receive_wait(
         self, queue: str, max_messages: int = 1, timeout: float | timedelta = 5.0
     ) -> list[ReceivedMessage]:
-        return await self.queue.receive_wait(queue, max_messages, timeout)
+        """Like ``EmbeddedQueue.receive_wait``, woken early by a send of this process."""
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        deadline = time.monotonic() + seconds
+        arrival = self._arrival(queue)
+        pause = 0.002
+        while True:
+            arrival.clear()  # before looking: a send after the look sets it again, so none is missed
+            received = await asyncio.to_thread(self.queue.receive, queue, max_messages)
+            remaining = deadline - time.monotonic()
+            if received or remaining <= 0:
+                return received
+            try:
+                await asyncio.wait_for(arrival.wait(), min(pause, remaining))
+            except TimeoutError:
+                pass
+            pause = min(pause * 2, 0.05)
 
     async def complete(self, message: ReceivedMessage) -> None:
         await asyncio.to_thread(self.queue.complete, message.lock_token)

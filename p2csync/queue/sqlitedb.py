@@ -42,7 +42,17 @@ def from_micros(value: int) -> datetime:
 
 
 class SqliteDatabase:
-    """One SQLite file: per-thread connections, WAL, busy timeout, short transactions."""
+    """One SQLite file: per-thread connections, WAL, busy timeout, short transactions.
+
+    Durability is chosen per transaction. WAL with ``synchronous=NORMAL`` (the default here) survives a crash
+    of the process: every committed transaction is in the WAL file. Only a crash of the operating system or a
+    power loss can roll back the newest transactions, always a suffix of them, in order (SQLite "WAL mode",
+    "PRAGMA synchronous"). ``write(durable=True)`` commits with ``FULL`` (the WAL is fsynced before COMMIT
+    returns): used where the commit answers someone outside this machine, i.e. a message accepted onto the
+    embedded queue. An fsync costs about a millisecond here against 40 microseconds for a NORMAL commit
+    (issue 11, figure 1), and a lost suffix of ledger writes or settlements only means a message processed
+    again, which the ledger's idempotency already absorbs.
+    """
 
     def __init__(
         self,
@@ -50,7 +60,7 @@ class SqliteDatabase:
         *,
         schema: str,
         busy_timeout: timedelta = timedelta(seconds=30),
-        synchronous: Synchronous = "FULL",
+        synchronous: Synchronous = "NORMAL",
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +68,9 @@ class SqliteDatabase:
         self._synchronous = synchronous
         self._local = threading.local()
         self._lock = threading.Lock()
+        #: Writers of this process queue here rather than in SQLite's busy handler, which sleeps in steps of
+        #: milliseconds however soon the lock frees; other processes still meet the busy timeout.
+        self._write_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
         self._initialise(schema)
@@ -96,16 +109,25 @@ class SqliteDatabase:
         return conn
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction holding the database's write lock from its first statement."""
+    def write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the database's write lock from its first statement; ``durable``: on
+        disk (fsynced) when it returns, whatever the database's ``synchronous`` setting."""
         conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
+        upgrade = durable and self._synchronous not in ("FULL", "EXTRA")
+        if upgrade:
+            conn.execute("PRAGMA synchronous=FULL")  # not allowed inside a transaction: set before BEGIN
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            with self._write_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        finally:
+            if upgrade:
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,55 @@
+"""Per-transaction durability of the SQLite files (p2csync.queue.sqlitedb): WAL with synchronous=NORMAL for
+ledger writes and settlements, an fsynced (FULL) commit for a message accepted onto the embedded queue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from p2csync.queue.base import OutboundMessage
+from p2csync.queue.embedded import EmbeddedQueue
+from p2csync.queue.sqlitedb import SqliteDatabase
+
+
+def traced(db: SqliteDatabase) -> list[str]:
+    statements: list[str] = []
+    db.connection().set_trace_callback(statements.append)
+    return statements
+
+
+def synchronous(db: SqliteDatabase) -> int:
+    return int(db.connection().execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_a_durable_write_commits_with_full_and_goes_back_to_normal(tmp_path: Path) -> None:
+    db = SqliteDatabase(tmp_path / "x.sqlite", schema="CREATE TABLE IF NOT EXISTS t (a INTEGER);")
+    assert synchronous(db) == 1  # NORMAL
+    statements = traced(db)
+    with db.write(durable=True) as conn:
+        assert synchronous(db) == 2  # FULL while the transaction commits
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert synchronous(db) == 1
+    assert statements.index("PRAGMA synchronous=FULL") < statements.index("BEGIN IMMEDIATE") \
+        < statements.index("COMMIT") < statements.index("PRAGMA synchronous=NORMAL")
+
+
+def test_a_failed_durable_write_rolls_back_and_still_restores_normal(tmp_path: Path) -> None:
+    db = SqliteDatabase(tmp_path / "x.sqlite", schema="CREATE TABLE IF NOT EXISTS t (a INTEGER);")
+    try:
+        with db.write(durable=True) as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert synchronous(db) == 1
+    assert db.connection().execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0
+
+
+def test_the_queue_fsyncs_what_it_accepts_and_nothing_else(tmp_path: Path) -> None:
+    queue = EmbeddedQueue(tmp_path / "q.sqlite")
+    statements = traced(queue._db)
+    queue.send("sales-events", OutboundMessage(body=b"{}", message_id="m1"))
+    assert statements.count("PRAGMA synchronous=FULL") == 1
+    statements.clear()
+    [message] = queue.receive("sales-events", 1)
+    queue.complete(message.lock_token or "")
+    assert "PRAGMA synchronous=FULL" not in statements  # settlements ride on the next fsync
