@@ -46,7 +46,20 @@ def _configure_logging(verbose: bool) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-async def run_local_host(port: int, settings_file: Path | None, function_key: str | None) -> None:
+def host_max_concurrent_calls(host_json: Path = ROOT / "host.json") -> int:
+    """extensions.serviceBus.maxConcurrentCalls of host.json (the Functions host's default, 16, when unset)."""
+    try:
+        value = json.loads(host_json.read_text())["extensions"]["serviceBus"]["maxConcurrentCalls"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 16
+    if not isinstance(value, int) or value < 1:
+        raise SettingsError(f"{host_json}: extensions.serviceBus.maxConcurrentCalls must be a positive whole "
+                            f"number, got {value!r}")
+    return value
+
+
+async def run_local_host(port: int, settings_file: Path | None, function_key: str | None,
+                         max_concurrent_calls: int | None = None) -> None:
     """Start the local host with the settings of local.settings.json (and the environment).
 
     Queue triggers read the embedded queue, unless ``ServiceBusConnection__fullyQualifiedNamespace`` names a
@@ -86,6 +99,7 @@ async def run_local_host(port: int, settings_file: Path | None, function_key: st
         raise SettingsError("no queue to read: set P2C_LOCAL_QUEUE_PATH or "
                             "ServiceBusConnection__fullyQualifiedNamespace")
     host = LocalHost(function_app.app, consumer, function_key=key, port=port,
+                     max_concurrent_calls=max_concurrent_calls or host_max_concurrent_calls(),
                      receive_wait=0.05 if runtime.settings.local_queue_path else 1.0)
     install_signal_handlers(host)
     serving = asyncio.create_task(host.serve())
@@ -209,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--settings", type=Path, default=ROOT / "local.settings.json",
                      help="local.settings.json whose Values fill in unset environment variables (skipped when "
                      "missing)")
+    run.add_argument("--max-concurrent-calls", type=int, default=None, metavar="N",
+                     help="queue messages processed at once per queue (default: maxConcurrentCalls of host.json's "
+                     "serviceBus extension, as the Functions host reads it)")
     run.add_argument("--function-key", default=None,
                      help="the key callers must send as ?code= (default: $P2C_LOCAL_FUNCTION_KEY, else a new "
                      "random key, printed at start)")
@@ -277,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("azure").setLevel(logging.ERROR)  # a failed sign-in is reported in one line
     try:
         if args.command == "run":
-            asyncio.run(run_local_host(args.port, args.settings, args.function_key))
+            asyncio.run(run_local_host(args.port, args.settings, args.function_key, args.max_concurrent_calls))
         elif args.command == "sandbox":
             from sandbox.server import main as sandbox_main
 

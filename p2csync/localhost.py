@@ -285,25 +285,29 @@ class LocalHost:
 
     # -- queue triggers -------------------------------------------------------------------------------
     async def _pump(self, fn: QueueFunction) -> None:
-        slots = asyncio.Semaphore(self.max_concurrent_calls)
+        """Keep up to ``max_concurrent_calls`` invocations running, receiving as many messages at once as there
+        are free calls (one lock round trip for several messages, not one per message)."""
         running: set[asyncio.Task[None]] = set()
         while not self._stopping.is_set():
-            await slots.acquire()
+            if len(running) >= self.max_concurrent_calls:
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                continue
             try:
-                batch = await self.consumer.receive_wait(fn.queue, 1, self.receive_wait)
+                batch = await self.consumer.receive_wait(fn.queue, self.max_concurrent_calls - len(running),
+                                                         self.receive_wait)
             except Exception:
                 log.exception("receive from %s failed", fn.queue)
                 batch = []
             if not batch:
-                slots.release()
                 try:
                     await asyncio.wait_for(self._stopping.wait(), self.poll_interval)
                 except TimeoutError:
                     pass
                 continue
-            task = asyncio.create_task(self._invoke(fn, batch[0]))
-            running.add(task)
-            task.add_done_callback(lambda t: (running.discard(t), slots.release()))
+            for message in batch:
+                task = asyncio.create_task(self._invoke(fn, message))
+                running.add(task)
+                task.add_done_callback(running.discard)
         if running:
             await asyncio.gather(*running, return_exceptions=True)
 
