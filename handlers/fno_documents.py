@@ -80,6 +80,13 @@ class FnOToSalesDocumentSync(FnOToSalesRecordSync):
     # A line's data event carries the header's key fields under the same names, so source_key reads the
     # document's key from it as from a header event.
 
+    def event_filter_fields(self, event: ChangeEvent, spec: MappingSpec) -> tuple[str, dict[str, str]]:
+        """A line event shows the header filter fields its entity repeats (lines.source.header_filter_fields)."""
+        line = self.line_tables.get(event.entity.lower())
+        if line is None:
+            return super().event_filter_fields(event, spec)
+        return str(line.source.entity_set or ""), dict(line.source.header_filter_fields)
+
     # ---------------------------------------------------------------------------------------------- sync
 
     def not_synced(self, event: ChangeEvent, described: str) -> Skipped | None:
@@ -94,7 +101,7 @@ class FnOToSalesDocumentSync(FnOToSalesRecordSync):
                     state: RecordState, ctx: FlowContext, described: str) -> Outcome:
         """Filter, read the lines, map, bind, diff with Sales and write (also the entry point of the catch-up)."""
         if reason := spec.filter_reason(header):
-            return Skipped(reason=f"filtered out: {reason}")
+            return Skipped(reason=self.explain_filtered(f"filtered out: {reason}", header, described))
         source_lines = {line.name: await self.read_lines(line, key, ctx) for line in spec.lines}
         mapped = spec.apply(header, default_company=ctx.settings.fno_default_company)
         try:

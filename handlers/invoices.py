@@ -57,12 +57,13 @@ class InvoiceSync(FnOToSalesDocumentSync):
                     state: RecordState, ctx: FlowContext, described: str) -> Outcome:
         if not is_empty(header.get(ORDER_FIELD)) and (reason := await self.customer_not_from_sales(header, ctx)):
             return Skipped(reason=f"filtered out: {reason}")
-        outcome = await super().write(spec, key, header, state, ctx, described)
-        if isinstance(outcome, Skipped) and outcome.reason.startswith("filtered out") \
-                and is_empty(header.get(ORDER_FIELD)):
-            return outcome.model_copy(update={"reason": f"free-text invoice: {described} invoices no sales order, "
-                                                        f"so there is no Sales order to link ({outcome.reason})"})
-        return outcome
+        return await super().write(spec, key, header, state, ctx, described)
+
+    def explain_filtered(self, reason: str, row: Mapping[str, Any], described: str) -> str:
+        if ORDER_FIELD in row and is_empty(row.get(ORDER_FIELD)):
+            return f"free-text invoice: {described} invoices no sales order, so there is no Sales order to link " \
+                   f"({reason})"
+        return reason
 
     @staticmethod
     async def customer_not_from_sales(header: Mapping[str, Any], ctx: FlowContext) -> str | None:

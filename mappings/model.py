@@ -577,6 +577,12 @@ class LineSource(_Strict):
     version_field: str | None = Field(None, description="Column that orders the states of one line.")
     triggers: list[str] = Field(default_factory=lambda: ["Create", "Update"], description="Messages that start it.")
     columns: list[str] = Field(default_factory=list, description="Extra columns to fetch.")
+    header_filter_fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="F&O sources: header filter fields the line entity repeats, as {header field: line field} "
+        "(CDSSalesOrderLines carries the order's processing status and customer flags). A line's data event whose "
+        "own values show its document failing the header filter is skipped without reading F&O.",
+    )
 
 
 class LineTarget(_Strict):
@@ -728,6 +734,7 @@ class MappingSpec(_Strict):
         for n, line in enumerate(self.lines):
             problems += self._reference_problems(("lines", n), line.references, line.fields)
             problems += self._split_problems(("lines", n, "discount_split"), line)
+            problems += self._header_filter_problems(("lines", n, "source", "header_filter_fields"), line)
         if company_field and self.target.system == "dataverse":
             problems.append((("company", "target_field"), "a Dataverse target has no company field"))
         if company_field and self.target.system == "fno":
@@ -860,6 +867,23 @@ class MappingSpec(_Strict):
                 fit(self.target.entity_set, company_field, company.strip().lower())
             except DoesNotFit as exc:
                 problems.append((loc, f"company {company!r} does not fit {company_field}: {exc}"))
+        return problems
+
+    def _header_filter_problems(self, at: tuple[Any, ...], line: LineSpec) -> list[tuple[tuple[Any, ...], str]]:
+        """Each entry names a field of the header filter and a field of the line entity."""
+        fields = line.source.header_filter_fields
+        if not fields:
+            return []
+        if self.source.system != "fno":
+            return [(at, "only F&O line entities repeat header fields (a Dataverse line event is read in full)")]
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        filtered = {column for cond in self.filter for column in cond.columns()}
+        for header_field, line_field in fields.items():
+            if header_field not in filtered:
+                problems.append(((*at, header_field), f"'{header_field}' is not a field of the header filter "
+                                 f"(it tests: {', '.join(sorted(filtered)) or 'nothing'})"))
+            elif msg := field_problem(line.source.entity_set or "", line_field):
+                problems.append(((*at, header_field), msg))
         return problems
 
     def _split_problems(self, at: tuple[Any, ...], line: LineSpec) -> list[tuple[tuple[Any, ...], str]]:

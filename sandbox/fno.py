@@ -76,12 +76,30 @@ def _customers_flags(row: Row, fno: FnO) -> Row:
             "InvoiceCustomerIsExternallyMaintained": flag(invoice)}
 
 
+def _order_fields_of_line(row: Row, fno: FnO) -> Row:
+    """What a CDS order line repeats of its order: the processing status, the totals flag and the customer flags
+    (p2c-mappings 6: "The line entity has AreTotalsCalculated, AreSalesOrderTotalsUpdated, the same
+    IsExternallyMaintained flags, and SalesOrderProcessingStatus"). [Inferred] they are the header's values (the
+    entity joins the order), so the sandbox copies them on every line write and the actions write the header
+    first; a line of an order that does not exist (yet) keeps what it has."""
+    header = fno.get("CDSSalesOrderHeaders",
+                     {"dataAreaId": row["dataAreaId"], "SalesOrderNumber": row["SalesOrderNumber"]})
+    if header is None:
+        return {}
+    return {"SalesOrderProcessingStatus": header.get("SalesOrderProcessingStatus"),
+            "AreSalesOrderTotalsUpdated": header.get("AreTotalsUpdated"),
+            "OrderingCustomerIsExternallyMaintained": header.get("OrderingCustomerIsExternallyMaintained"),
+            "InvoiceCustomerIsExternallyMaintained": header.get("InvoiceCustomerIsExternallyMaintained")}
+
+
 #: Fields F&O computes on every write, whatever the client sends: a released product's CurrencyCode is the
-#: accounting currency of its legal entity (p2c-mappings 4.1 row 1); an order header's customer flags.
+#: accounting currency of its legal entity (p2c-mappings 4.1 row 1); an order header's customer flags, and what
+#: its lines repeat of it.
 COMPUTED: dict[str, Callable[[Row, FnO], Row]] = {
     "CDSReleasedDistinctProducts": lambda row, fno: {
         "CurrencyCode": ACCOUNTING_CURRENCIES.get(row["dataAreaId"], "USD")},
     "CDSSalesOrderHeaders": _customers_flags,
+    "CDSSalesOrderLines": _order_fields_of_line,
 }
 KeyTuple = tuple[Any, ...]
 StringOverflow = Literal["error", "truncate"]

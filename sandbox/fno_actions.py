@@ -138,17 +138,17 @@ class SalesActions:
             if header.get("SalesOrderProcessingStatus") == "Canceled":
                 raise ActionError(409, f"Sales order '{header['SalesOrderNumber']}' is Canceled: its totals are "
                                        "not calculated.")
-            for line in lines:
-                amount, tax = self._line_totals(line)
-                self.fno.update(LINES, self._line_key(line),
-                                {"LineAmount": _stored(amount), "TotalTaxAmount": _stored(tax),
-                                 "AreTotalsCalculated": "Yes", "AreSalesOrderTotalsUpdated": "Yes"}, user=self.user)
             totals = self._totals(header, lines)
             values = {"OrderTotalAmount": _stored(totals["total"]), "OrderTotalTaxAmount": _stored(totals["tax"]),
                       "OrderTotalChargesAmount": _stored(totals["charges"]),
                       "OrderTotalDiscountAmount": _stored(totals["discount"]),
                       "TotalDiscountAmount": _stored(totals["discount"]), "AreTotalsUpdated": "Yes"}
-            self.fno.update(HEADERS, self._key(header), values, user=self.user)
+            self.fno.update(HEADERS, self._key(header), values, user=self.user)  # first: lines repeat its flags
+            for line in lines:
+                amount, tax = self._line_totals(line)
+                self.fno.update(LINES, self._line_key(line),
+                                {"LineAmount": _stored(amount), "TotalTaxAmount": _stored(tax),
+                                 "AreTotalsCalculated": "Yes", "AreSalesOrderTotalsUpdated": "Yes"}, user=self.user)
         return {**self._key(header), **values}
 
     # -- invoice ---------------------------------------------------------------------------------
@@ -178,6 +178,9 @@ class SalesActions:
                                                   "OrderHeaderTaxAmount"))),
                                               "TotalChargeAmount": _stored(totals["charges"]),
                                               "TotalDiscountAmount": _stored(totals["discount"])}, user=self.user)
+            # The order first: its lines repeat its processing status (sandbox/fno.py _order_fields_of_line).
+            self.fno.update(HEADERS, self._key(header), {"SalesOrderStatus": "Invoiced",
+                                                         "SalesOrderProcessingStatus": "Invoiced"}, user=self.user)
             for line in lines:
                 amount, tax = self._line_totals(line)
                 self.fno.create(INVOICE_LINES, {
@@ -192,8 +195,6 @@ class SalesActions:
                 self.fno.update(LINES, self._line_key(line), {"SalesOrderLineStatus": "Invoiced",
                                                               "SalesOrderProcessingStatus": "Invoiced"},
                                 user=self.user)
-            self.fno.update(HEADERS, self._key(header), {"SalesOrderStatus": "Invoiced",
-                                                         "SalesOrderProcessingStatus": "Invoiced"}, user=self.user)
         # Sent only once the posting transaction committed (wire-formats 3.1).
         self.fno.events.raise_business_event(INVOICE_EVENT, company, {
             "InvoiceAccount": self._invoice_account(header),

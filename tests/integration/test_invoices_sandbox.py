@@ -172,7 +172,8 @@ async def test_a_free_text_invoice_is_skipped_with_that_reason(
     assert isinstance(outcome, Skipped), outcome
     assert outcome.reason == ("free-text invoice: SalesInvoiceHeadersV2(dataAreaId='usmf',InvoiceNumber='FTI-0001') "
                               "invoices no sales order, so there is no Sales order to link (filtered out: "
-                              "SalesOrderNumber is empty, expected it not to be empty)")
+                              "SalesOrderNumber is empty, expected it not to be empty (as the Create event shows "
+                              "it; F&O not read))")
     assert sandbox.dataverse.request_log.entries() == [] and sandbox.dataverse.rows("invoice") == []
 
 

@@ -138,7 +138,8 @@ async def test_a_currency_without_a_price_list_is_dead_lettered_with_nothing_wri
 async def test_a_product_of_another_legal_entity_and_a_delete_are_not_synced(
         sandbox: SandboxServer, runtime: SyncRuntime) -> None:
     outcome = await handled(runtime, await released(sandbox, "SPK-500", dataAreaId="usrt"))
-    assert isinstance(outcome, Skipped) and outcome.reason == "filtered out: dataAreaId is 'usrt', expected 'usmf'"
+    assert isinstance(outcome, Skipped) and outcome.reason == "filtered out: dataAreaId is 'usrt', expected 'usmf' (as " \
+        "the Create event shows it; F&O not read)"
     assert isinstance(await handled(runtime, await released(sandbox, "SPK-501")), Applied)
     [delete] = await fno_change(sandbox, lambda: sandbox.fno.delete(
         PRODUCTS, {"dataAreaId": "usmf", "ProductNumber": "SPK-501"}), data_events=(PRODUCTS,))
