@@ -532,12 +532,18 @@ def _lookup(pairs: list[Any], key: str, default: Any) -> Any:
     return found
 
 
+#: Decoded values that are already plain: most attribute values, so they skip the chain of model checks.
+_PLAIN_TYPES = frozenset({str, int, float, bool, Decimal, datetime, type(None)})
+
+
 def to_python(value: Any) -> Any:
     """A decoded wire value as a plain Python value: Money -> Decimal, OptionSetValue -> int,
     multi-select -> list[int], EntityReference -> EntityRef, EntityReferenceCollection -> list[EntityRef],
     Entity -> dict of its attributes, EntityCollection -> list of such dicts, AliasedValue and
     BooleanManagedProperty -> their value; byte[] -> bytes; scalars, datetimes and `UnparsedValue`
     unchanged."""
+    if type(value) in _PLAIN_TYPES:
+        return value
     if isinstance(value, Money):
         return value.value
     if isinstance(value, OptionSetValue):

@@ -317,8 +317,8 @@ def _from_context(data: dict[str, Any], props: dict[str, Any], headers: dict[str
     pre_images = {alias: image.values() for alias, image in ctx.pre_images().items()}
     attributes: dict[str, Any] = {}
     formatted: dict[str, str | UnparsedValue] = {}
-    for image in ctx.post_images().values():
-        attributes.update(image.values())
+    for alias, image in ctx.post_images().items():
+        attributes.update(post_images[alias])
         formatted.update(image.formatted())
     key_attributes: dict[str, Any] = {}
     if isinstance(target, Entity):
