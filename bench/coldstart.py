@@ -11,26 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import Figure, at_most, median, pick, progress
+from bench.host import host_process
 from bench.world import WEBHOOK_WORKERS, create_accounts
-from mappings import load_mappings
-from p2csync.connectors import DataverseClient, StaticTokenProvider
-from p2csync.queue.embedded import EmbeddedQueue
-from p2csync.registration import register
 from p2csync.settings import ROOT
 from sandbox.dataverse import Dataverse
 from sandbox.server import SandboxServer
 
 PLATFORM = "azure.functions, azurefunctions.extensions.bindings.servicebus"
-KEY = "bench-key"
 TARGET_EVENTS = 10_000
 
 
@@ -73,23 +67,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _drain(sandbox: SandboxServer, queue: EmbeddedQueue, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sandbox.dataverse.webhooks.pending == 0:
-            counts = await asyncio.to_thread(queue.counts, "sales-events")
-            if counts.active == counts.scheduled == counts.locked == 0:
-                return
-        await asyncio.sleep(0.05)
-    raise TimeoutError("the host did not drain its queue")
-
-
 _cached: HostRun | None = None
 
 
@@ -98,50 +75,21 @@ async def host_run(events: int) -> HostRun:
     global _cached
     if _cached is not None and _cached.events == events:
         return _cached
-    with tempfile.TemporaryDirectory(prefix="p2c-bench-host-") as tmp, SandboxServer(
-            dataverse=Dataverse(webhook_workers=WEBHOOK_WORKERS)) as sandbox:
-        dataverse = sandbox.dataverse
-        env = {**os.environ, "DATAVERSE_URL": sandbox.dataverse_url, "FNO_URL": sandbox.fno_url,
-               "FNO_DEFAULT_COMPANY": "usmf", "P2C_AUTH_MODE": "static",
-               "P2C_STATIC_TOKEN": dataverse.integration_user.token,
-               "INTEGRATION_USER_IDS": dataverse.integration_user.id,
-               "P2C_LEDGER_PATH": f"{tmp}/ledger.sqlite", "P2C_LOCAL_QUEUE_PATH": f"{tmp}/queue.sqlite"}
-        port = _free_port()
-        log = Path(tmp) / "host.log"
-        async with DataverseClient(sandbox.dataverse_url, StaticTokenProvider(dataverse.integration_user.token),
-                                   tag=None) as dv:
-            await register(dv, load_mappings(ROOT / "mappings"), key=KEY, out=lambda line: None,
-                           url=f"http://127.0.0.1:{port}/api/dataverse/webhook")
-        with log.open("ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "p2csync", "run", "--port", str(port), "--function-key",
-                                     KEY, "--settings", f"{tmp}/absent.json"], cwd=ROOT, env=env, stdout=out,
-                                    stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 30
-            while b"local host ready" not in log.read_bytes():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"host did not start: {log.read_text()[-2000:]}")
-                await asyncio.sleep(0.05)
-            queue = EmbeddedQueue(Path(tmp) / "queue.sqlite")
+    with SandboxServer(dataverse=Dataverse(webhook_workers=WEBHOOK_WORKERS)) as sandbox:
+        async with host_process(sandbox) as host:
             first = max(1, events // 3)
             await asyncio.to_thread(create_accounts, sandbox, "MEMA", first)
-            await _drain(sandbox, queue)
-            rss_first = _rss_kb(proc.pid)
-            cpu_host, cpu_self, started = _cpu_seconds(proc.pid), time.process_time(), time.perf_counter()
+            await host.drain()
+            rss_first = _rss_kb(host.pid)
+            cpu_host, cpu_self, started = _cpu_seconds(host.pid), time.process_time(), time.perf_counter()
             await asyncio.to_thread(create_accounts, sandbox, "MEMB", events - first)
-            await _drain(sandbox, queue)
+            await host.drain()
             seconds = time.perf_counter() - started
-            host_cpu, sandbox_cpu = _cpu_seconds(proc.pid) - cpu_host, time.process_time() - cpu_self
-            rss = _rss_kb(proc.pid)
+            host_cpu, sandbox_cpu = _cpu_seconds(host.pid) - cpu_host, time.process_time() - cpu_self
+            rss = _rss_kb(host.pid)
             customers = len(sandbox.fno.rows("CustomersV3"))
             if customers != events:
-                raise RuntimeError(f"{customers} customers for {events} events: {log.read_text()[-2000:]}")
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                raise RuntimeError(f"{customers} customers for {events} events: {host.log.read_text()[-2000:]}")
     _cached = HostRun(events, rss / 1024, (rss - rss_first) / (events - first), host_cpu, sandbox_cpu, seconds)
     return _cached
 
