@@ -23,7 +23,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from p2csync import telemetry
-from p2csync.envelopes import EnvelopeError, dedupe_message_id, parse_change_event, trim_context_body
+from p2csync.envelopes import (INGRESS_PROPERTY, WEBHOOK_INGRESS, EnvelopeError, dedupe_message_id, parse_change_event,
+                               recent_parses, trim_context_body)
 from p2csync.envelopes.event import PROPERTY_MESSAGE_MAX_SIZE_EXCEEDED
 from p2csync.queue.base import OutboundMessage, QueueTransport
 from p2csync.queue.sizing import MAX_MESSAGE_BYTES_STANDARD, MessageSizeExceeded, serialized_size
@@ -86,7 +87,7 @@ async def _accept(
         f"{CLAIMS}EntityLogicalName": event.entity,
         f"{CLAIMS}RequestName": event.message_name,
         "p2c-received-at": datetime.now(UTC).isoformat(),
-        "p2c-ingress": "webhook",
+        INGRESS_PROPERTY: WEBHOOK_INGRESS,
     }
     if org := lowered.get("x-ms-dynamics-organization"):
         properties[f"{CLAIMS}Organization"] = org
@@ -108,6 +109,8 @@ async def _accept(
     trimmed = serialized_size(message) + DEFERRAL_HEADROOM > max_message_bytes
     if trimmed:
         message = _trimmed(message)
+    else:  # before the send: the queue trigger of this process may take the message at once
+        recent_parses.remember(message.body, event)
     try:
         try:
             await transport.send(queue, message)

@@ -39,7 +39,8 @@ from p2csync.connectors.auth import (
 from p2csync.connectors.dataverse import DataverseClient
 from p2csync.connectors.errors import ConnectorError, PermanentError, ThrottledError, TransientError
 from p2csync.connectors.fno import FnOClient
-from p2csync.envelopes import ChangeEvent, EndpointTestMessage, EnvelopeError, parse_change_event
+from p2csync.envelopes import (INGRESS_PROPERTY, WEBHOOK_INGRESS, ChangeEvent, EndpointTestMessage, EnvelopeError,
+                               parse_change_event, recent_parses)
 from p2csync.ledger.base import JournalEntry, Ledger, LeaseBusy, LeaseLost
 from p2csync.outcomes import Applied, Deferred, Outcome, Rejected, Skipped, describe
 from p2csync.pauses import PAUSE_WAITS, PauseCache
@@ -263,9 +264,12 @@ class SyncRuntime:
         if message.body_error:
             return Rejected(reason="MalformedMessage", description=message.body_error), None, None
         try:
-            event = parse_change_event(
-                message.body, message.application_properties, content_type=message.content_type
-            )
+            event = recent_parses.take(message.body) \
+                if message.application_properties.get(INGRESS_PROPERTY) == WEBHOOK_INGRESS else None
+            if event is None:
+                event = parse_change_event(
+                    message.body, message.application_properties, content_type=message.content_type
+                )
         except EnvelopeError as exc:
             return Rejected(reason="MalformedMessage", description=str(exc)), None, None
         except EndpointTestMessage as test:

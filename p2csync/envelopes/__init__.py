@@ -4,9 +4,10 @@ into a `ChangeEvent` (docs/architecture.md, "Change event")."""
 
 from ._common import EnvelopeError
 from .dataverse import EntityRef
-from .event import ChangeEvent, Source, dedupe_message_id, parse_change_event, trim_context_body
+from .event import (INGRESS_PROPERTY, WEBHOOK_INGRESS, ChangeEvent, Source, dedupe_message_id, parse_change_event,
+                    recent_parses, trim_context_body)
 from .fno import EndpointTestMessage
 from .resync import RESYNC, ResyncRequest, resync_body, resync_message_id
 
-__all__ = ["RESYNC", "ChangeEvent", "EndpointTestMessage", "EntityRef", "EnvelopeError", "ResyncRequest", "Source",
-           "dedupe_message_id", "parse_change_event", "resync_body", "resync_message_id", "trim_context_body"]
+__all__ = ["INGRESS_PROPERTY", "RESYNC", "WEBHOOK_INGRESS", "ChangeEvent", "EndpointTestMessage", "EntityRef", "EnvelopeError", "ResyncRequest", "Source",
+           "dedupe_message_id", "parse_change_event", "recent_parses", "resync_body", "resync_message_id", "trim_context_body"]

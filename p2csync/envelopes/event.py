@@ -3,6 +3,8 @@ reads raw payloads (docs/architecture.md, "Change event")."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import hashlib
 import json
 from collections.abc import Mapping
@@ -176,6 +178,38 @@ def parse_change_event(
         "neither a RemoteExecutionContext (MessageName, PrimaryEntityName), a business event "
         f"(BusinessEventId, EventId) nor a resync (p2c: resync); members: {excerpt(members, 60) if members else 'none'}",
     )
+
+
+class RecentParses:
+    """Events the webhook ingress of this process parsed, by their exact body, for the queue trigger that gets
+    the same message back (the webhook and the queue function share a process, locally and on one instance in
+    Azure): a webhook is parsed once, not twice (issue 11: the second parse was a tenth of the host's CPU).
+
+    Only for messages the ingress enqueued itself (``p2c-ingress: webhook``), whose properties carry what its
+    headers said (the size-exceeded flag, the organization), so the parse would come out the same. Bounded: the
+    oldest are dropped, and a miss just parses."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._events: OrderedDict[bytes, ChangeEvent] = OrderedDict()
+
+    def remember(self, body: bytes, event: ChangeEvent) -> None:
+        self._events[body] = event
+        while len(self._events) > self.size:
+            self._events.popitem(last=False)
+
+    def take(self, body: bytes) -> ChangeEvent | None:
+        """The event parsed from exactly this body, once (a redelivery parses again)."""
+        return self._events.pop(body, None)
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+
+#: The process's one cache of webhook parses (p2csync.ingress fills it, p2csync.runtime takes from it).
+recent_parses = RecentParses()
+#: The application property the webhook ingress stamps on what it enqueues, and its value.
+INGRESS_PROPERTY, WEBHOOK_INGRESS = "p2c-ingress", "webhook"
 
 
 def trim_context_body(body: bytes | str) -> bytes:

@@ -15,7 +15,7 @@ from typing import Any
 
 from mappings import MappingSpec
 from p2csync.connectors.fno import fno_literal
-from p2csync.envelopes import ResyncRequest, resync_body, resync_message_id
+from p2csync.envelopes import INGRESS_PROPERTY, ResyncRequest, resync_body, resync_message_id
 from p2csync.envelopes._common import normalise_guid
 from p2csync.queue.base import OutboundMessage
 
@@ -64,7 +64,7 @@ class FlowSource:
         request = self.request(key, run)
         return OutboundMessage(body=resync_body(request), message_id=resync_message_id(request),
                                content_type="application/json",
-                               application_properties={"p2c-ingress": "resync", "p2c-run": run})
+                               application_properties={INGRESS_PROPERTY: "resync", "p2c-run": run})
 
     def after_filter(self, after: Mapping[str, Any] | None) -> str | None:
         """The rows past ``after`` in key order: ``k1 gt v1 or (k1 eq v1 and k2 gt v2) ...``."""
