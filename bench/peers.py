@@ -148,6 +148,13 @@ def cpu_ms(outcome: Outcome) -> float:
     return outcome.cpu_seconds * 1000 / done if done else float("nan")
 
 
+def ceiling(theirs: Outcome) -> str:
+    """Why the target can be out of reach: no client exceeds concurrency / latency on the same service, so
+    the best ratio possible is that ideal over the peer's rate."""
+    best = CONCURRENCY / LATENCY / theirs.rate if theirs.rate > 0 else float("inf")
+    return f"at most {best:.2f}x is possible against this peer at this concurrency and latency"
+
+
 def conditions(records: int) -> str:
     return (f"{records} records per side per round, {CONCURRENCY} in flight, {LATENCY * 1000:.0f} ms injected "
             f"latency per call (ideal {CONCURRENCY / LATENCY:.0f}/s), each client in its own process")
@@ -165,7 +172,7 @@ def figure(peer: Peer, pairs: list[tuple[Outcome, Outcome]], records: int) -> Fi
     mid = sorted(pairs, key=lambda p: ratio(*p))[len(pairs) // 2]
     detail = (f"{ours.client} {mid[0].rate:.0f}/s vs {theirs.client} {mid[1].rate:.0f}/s (median of {len(pairs)} "
               f"rounds: {', '.join(f'{r:.2f}' for r in ratios)}); {peer.note}; {conditions(records)}; client CPU "
-              f"per write {cpu_ms(mid[0]):.2f} ms ours vs {cpu_ms(mid[1]):.2f} ms peer")
+              f"per write {cpu_ms(mid[0]):.2f} ms ours vs {cpu_ms(mid[1]):.2f} ms peer; {ceiling(mid[1])}")
     return at_least(BENCH, peer.title, round(median(ratios), 3), TARGET, "x", detail)
 
 

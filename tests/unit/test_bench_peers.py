@@ -90,6 +90,7 @@ def test_the_figure_is_the_median_round_ratio_with_what_was_compared() -> None:
     assert figure.value == 2.2 and figure.passed is True and figure.target == ">= 2"
     assert "ours 220/s vs peer 100/s" in figure.detail and "3.00, 1.50, 2.20" in figure.detail
     assert "16 in flight" in figure.detail and "30 ms" in figure.detail and "accountnumber" in figure.detail
+    assert "at most 5.33x is possible" in figure.detail  # 16 in flight / 30 ms = 533/s, the peer at 100/s
     assert peers.figure(peers.DATAVERSE, pairs[1:2], 100).passed is False
 
 
