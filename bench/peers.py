@@ -100,15 +100,23 @@ def ensure_installed(peer: Peer) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ one run
+class SideFailed(RuntimeError):
+    """A side's process printed no result; ``module`` says which side."""
+
+    def __init__(self, module: str, message: str) -> None:
+        super().__init__(message)
+        self.module = module
+
+
 def run_side(python: str | Path, module: str, job: Job) -> Outcome:
-    """One side's writes in its own process; its result line, or RuntimeError with its stderr."""
+    """One side's writes in its own process; its result line, or ``SideFailed`` with its stderr."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run([str(python), "-m", module], input=job.to_json(), cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT)
     try:
         return parse_outcome(done.stdout)
     except ValueError as exc:
-        raise RuntimeError(f"{module} exited {done.returncode}: {exc}; stderr: {done.stderr[-1500:]}") from exc
+        raise SideFailed(module, f"{module} exited {done.returncode}: {exc}; stderr: {done.stderr[-1500:]}") from exc
 
 
 def job_for(sandbox: SandboxServer, system: str, prefix: str, records: int) -> Job:
@@ -202,5 +210,11 @@ async def run() -> list[Figure]:
             figures.append(Figure(bench=BENCH, name=peer.title, value=None, unit="x", target=f">= {TARGET:g}",
                                   passed=None, detail=f"not measured: {reason}"))
             continue
-        figures.append(figure(peer, await compare(peer, records, rounds), records))
+        try:
+            figures.append(figure(peer, await compare(peer, records, rounds), records))
+        except SideFailed as exc:
+            if exc.module != peer.module:
+                raise  # our side failing is this benchmark failing
+            figures.append(Figure(bench=BENCH, name=peer.title, value=None, unit="x", target=f">= {TARGET:g}",
+                                  passed=None, detail=f"not measured: the peer did not run: {str(exc)[-600:]}"))
     return figures

@@ -130,3 +130,23 @@ def test_a_failed_install_is_the_reason_the_figure_gives(tmp_path: Path, monkeyp
     reason = peers.ensure_installed(peers.FNO)
     assert reason is not None and "No matching distribution found" in reason
     assert not peers.FNO.marker.exists()
+
+
+def test_a_peer_that_does_not_run_is_not_measured_but_our_side_failing_fails(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peers, "scale", lambda: "full")
+    monkeypatch.setattr(peers, "ensure_installed", lambda peer: None)
+    failing = {"module": peers.DATAVERSE.module}
+
+    async def compare(peer: peers.Peer, records: int, rounds: int) -> list[tuple[Outcome, Outcome]]:
+        if peer is peers.DATAVERSE:
+            raise peers.SideFailed(failing["module"], "ImportError: no module named PowerPlatform")
+        return [(_outcome(200), _outcome(100))]
+
+    monkeypatch.setattr(peers, "compare", compare)
+    dataverse, fno = asyncio.run(peers.run())
+    assert dataverse.value is None and "the peer did not run: ImportError" in dataverse.detail
+    assert fno.value == 2.0
+    failing["module"] = "bench.peer_ours"
+    with pytest.raises(peers.SideFailed):
+        asyncio.run(peers.run())
