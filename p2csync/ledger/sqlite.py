@@ -1,8 +1,9 @@
 """The SQLite ledger: the local (and test) implementation of `Ledger`.
 
 Why this shape: each method is one short transaction; lease acquisition and commit use BEGIN IMMEDIATE, so
-of two processes racing on one file exactly one sees the lease free and takes it. The work runs in a
-worker thread (`asyncio.to_thread`) so an event loop never waits on the file lock.
+of two processes racing on one file exactly one sees the lease free and takes it. The work runs on the
+calling thread, or in a worker thread when the file is locked (`SqliteDatabase.run`), so an event loop never
+waits on the file lock.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class SqliteLedger:
             raise ValueError("lease must be positive")
         if not owner:
             raise ValueError("owner must not be empty")
-        return await asyncio.to_thread(self._acquire, record_key, owner, lease)
+        return await self._db.run(self._acquire, record_key, owner, lease)
 
     def _acquire(self, record_key: str, owner: str, lease: timedelta) -> RecordState:
         now = self._clock()
@@ -154,7 +155,7 @@ class SqliteLedger:
         return _state(row)
 
     async def message_outcome(self, record_key: str, message_key: str) -> MessageEntry | None:
-        return await asyncio.to_thread(self._message_outcome, record_key, message_key)
+        return await self._db.run(self._message_outcome, record_key, message_key)
 
     def _message_outcome(self, record_key: str, message_key: str) -> MessageEntry | None:
         row = (
@@ -193,7 +194,7 @@ class SqliteLedger:
 
         An expired lease that nobody else has taken still belongs to its owner: no one can have written
         the record in between, so committing is safe."""
-        await asyncio.to_thread(
+        await self._db.run(
             self._commit, record_key, owner, message_key, outcome, reason, version, payload_hash, target_key,
             replace_version,
         )
@@ -245,7 +246,7 @@ class SqliteLedger:
         otherwise."""
         if lease <= timedelta(0):
             raise ValueError("lease must be positive")
-        await asyncio.to_thread(self._renew, record_key, owner, lease)
+        await self._db.run(self._renew, record_key, owner, lease)
 
     def _renew(self, record_key: str, owner: str, lease: timedelta) -> None:
         with self._db.write() as conn:
@@ -258,7 +259,7 @@ class SqliteLedger:
 
     async def claim(self, target_key: str, record_key: str, *, previous: str | None = None) -> str:
         """See `Ledger.claim`: one transaction, so of two records racing for a target exactly one gets it."""
-        return await asyncio.to_thread(self._claim, target_key, record_key, previous)
+        return await self._db.run(self._claim, target_key, record_key, previous)
 
     def _claim(self, target_key: str, record_key: str, previous: str | None) -> str:
         with self._db.write() as conn:
@@ -277,7 +278,7 @@ class SqliteLedger:
         return record_key
 
     async def unclaim(self, target_key: str, record_key: str) -> bool:
-        return await asyncio.to_thread(self._unclaim, target_key, record_key)
+        return await self._db.run(self._unclaim, target_key, record_key)
 
     def _unclaim(self, target_key: str, record_key: str) -> bool:
         with self._db.write() as conn:
@@ -288,7 +289,7 @@ class SqliteLedger:
 
     async def release(self, record_key: str, owner: str) -> None:
         """Drop the lease if `owner` holds it; a no-op otherwise (it may have been taken over already)."""
-        await asyncio.to_thread(self._release, record_key, owner)
+        await self._db.run(self._release, record_key, owner)
 
     def _release(self, record_key: str, owner: str) -> None:
         with self._db.write() as conn:
@@ -299,7 +300,7 @@ class SqliteLedger:
             )
 
     async def journal(self, entry: JournalEntry) -> None:
-        await asyncio.to_thread(self._journal, entry)
+        await self._db.run(self._journal, entry)
 
     def _journal(self, entry: JournalEntry) -> None:
         with self._db.write() as conn:
@@ -324,14 +325,14 @@ class SqliteLedger:
             )
 
     async def get_value(self, key: str) -> str | None:
-        return await asyncio.to_thread(self._get_value, key)
+        return await self._db.run(self._get_value, key)
 
     def _get_value(self, key: str) -> str | None:
         row = self._db.connection().execute("SELECT value FROM shared_values WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row["value"])
 
     async def put_value(self, key: str, value: str | None) -> None:
-        await asyncio.to_thread(self._put_value, key, value)
+        await self._db.run(self._put_value, key, value)
 
     def _put_value(self, key: str, value: str | None) -> None:
         with self._db.write() as conn:

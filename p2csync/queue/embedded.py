@@ -13,10 +13,11 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from p2csync.queue._store import COLUMNS, SCHEMA, dump_properties, to_message
 from p2csync.queue.base import (
@@ -31,6 +32,8 @@ from p2csync.queue.base import (
 )
 from p2csync.queue.sizing import MAX_MESSAGE_BYTES_STANDARD, MessageSizeExceeded, serialized_size
 from p2csync.queue.sqlitedb import SqliteDatabase, from_micros, to_micros, utc
+
+T = TypeVar("T")
 
 __all__ = ["Clock", "EmbeddedQueue", "EmbeddedTransport"]
 
@@ -96,6 +99,10 @@ class EmbeddedQueue:
     def _now(self) -> int:
         return to_micros(self._clock())
 
+    async def run(self, transaction: Callable[..., T], *args: object) -> T:
+        """Run one of this queue's single-transaction methods from async code (``SqliteDatabase.run``)."""
+        return await self._db.run(transaction, *args)
+
     # -- sending ------------------------------------------------------------------------------------
     def send(self, queue: str, message: OutboundMessage) -> int | None:
         """Enqueue one message; its sequence number, or None when dropped as a duplicate MessageId."""
@@ -105,6 +112,16 @@ class EmbeddedQueue:
     def send_many(self, queue: str, messages: Iterable[OutboundMessage]) -> list[int | None]:
         """Enqueue several messages atomically (duplicates within the batch are dropped too)."""
         return [seq if accepted else None for seq, accepted in self._enqueue(queue, list(messages))]
+
+    def send_each(self, items: Sequence[tuple[str, OutboundMessage]]) -> list[int | None]:
+        """Enqueue messages for any queues in one durable transaction (one fsync for all: group commit); as
+        ``send`` for each. The caller checks sizes first (``check_size``): one too large fails them all."""
+        return [seq if accepted else None for seq, accepted in self._enqueue_pairs(list(items))]
+
+    def check_size(self, message: OutboundMessage) -> None:
+        """Raise MessageSizeExceeded when the message (body and properties) is over the entity's limit."""
+        if (size := serialized_size(message)) > self.max_message_bytes:
+            raise MessageSizeExceeded(size, self.max_message_bytes)
 
     def schedule(self, queue: str, message: OutboundMessage, at: datetime) -> int | None:
         """Enqueue a message that becomes visible at `at` (None when dropped as a duplicate)."""
@@ -122,19 +139,21 @@ class EmbeddedQueue:
             raise MessageNotFound(sequence_number, "no scheduled message that is not yet due")
 
     def _enqueue(self, queue: str, messages: list[OutboundMessage]) -> list[tuple[int, bool]]:
+        return self._enqueue_pairs([(queue, message) for message in messages])
+
+    def _enqueue_pairs(self, items: list[tuple[str, OutboundMessage]]) -> list[tuple[int, bool]]:
         """Insert messages in one transaction; (sequence number, accepted) per message. A dropped duplicate
         reports the sequence number of the message first accepted with that MessageId."""
-        _check_queue(queue)
-        for message in messages:
-            if (size := serialized_size(message)) > self.max_message_bytes:
-                raise MessageSizeExceeded(size, self.max_message_bytes)
+        for queue, message in items:
+            _check_queue(queue)
+            self.check_size(message)
         now = self._now()
         window = self.duplicate_detection_window
         results: list[tuple[int, bool]] = []
         with self._db.write(durable=True) as conn:  # accepting a message answers its sender: on disk first
             if window is not None:
                 conn.execute("DELETE FROM accepted_ids WHERE accepted_at <= ?", (now - _micros(window),))
-            for message in messages:
+            for queue, message in items:
                 if window is not None:
                     seen = conn.execute(
                         "SELECT sequence_number FROM accepted_ids WHERE queue = ? AND message_id = ?",
@@ -466,6 +485,9 @@ class EmbeddedTransport:
         #: (the webhook and the queue trigger of the local host share one process). Other processes' sends are
         #: still found by polling.
         self._arrivals: dict[str, asyncio.Event] = {}
+        #: Sends waiting for the next durable write (group commit) and the task writing them.
+        self._outbox: list[tuple[str, OutboundMessage, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     def _arrival(self, queue: str) -> asyncio.Event:
         event = self._arrivals.get(queue)
@@ -474,8 +496,32 @@ class EmbeddedTransport:
         return event
 
     async def send(self, queue: str, message: OutboundMessage) -> None:
-        await asyncio.to_thread(self.queue.send, queue, message)
-        self._arrival(queue).set()
+        """Enqueue durably. Sends that arrive while one is being written go together in the next transaction:
+        one fsync for the group, not one each (webhooks arrive in parallel; an fsync took 1-20 ms here and
+        serialised them, issue 11). Each sender still returns only once its own message is on disk."""
+        self.queue.check_size(message)  # before joining a group: a message too large fails alone
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox.append((queue, message, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_outbox())
+        await asyncio.shield(done)  # a cancelled sender does not cancel the others' write
+
+    async def _write_outbox(self) -> None:
+        while self._outbox:
+            group, self._outbox = self._outbox, []
+            try:
+                await asyncio.to_thread(self.queue.send_each, [(queue, message) for queue, message, _ in group])
+            except BaseException as exc:
+                for _, _, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for queue, _, done in group:
+                self._arrival(queue).set()
+                if not done.done():
+                    done.set_result(None)
 
     async def schedule(self, queue: str, message: OutboundMessage, at: datetime) -> int:
         """Schedule a copy; a dropped duplicate returns the sequence number of the one already accepted, so
@@ -497,7 +543,7 @@ class EmbeddedTransport:
         pause = 0.002
         while True:
             arrival.clear()  # before looking: a send after the look sets it again, so none is missed
-            received = await asyncio.to_thread(self.queue.receive, queue, max_messages)
+            received = await self.queue.run(self.queue.receive, queue, max_messages)
             remaining = deadline - time.monotonic()
             if received or remaining <= 0:
                 return received
@@ -508,18 +554,18 @@ class EmbeddedTransport:
             pause = min(pause * 2, 0.05)
 
     async def complete(self, message: ReceivedMessage) -> None:
-        await asyncio.to_thread(self.queue.complete, message.lock_token)
+        await self.queue.run(self.queue.complete, message.lock_token)
 
     async def abandon(self, message: ReceivedMessage) -> None:
-        await asyncio.to_thread(self.queue.abandon, message.lock_token)
+        await self.queue.run(self.queue.abandon, message.lock_token)
 
     async def dead_letter(
         self, message: ReceivedMessage, reason: str | None = None, description: str | None = None
     ) -> None:
-        await asyncio.to_thread(self.queue.dead_letter, message.lock_token, reason, description)
+        await self.queue.run(self.queue.dead_letter, message.lock_token, reason, description)
 
     async def renew_lock(self, message: ReceivedMessage) -> datetime:
-        return await asyncio.to_thread(self.queue.renew_lock, message.lock_token)
+        return await self.queue.run(self.queue.renew_lock, message.lock_token)
 
     # -- QueueAdmin (operator commands) ---------------------------------------------------------------
     async def counts(self, queue: str) -> QueueCounts:

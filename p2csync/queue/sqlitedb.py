@@ -9,19 +9,29 @@ consistent snapshot).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 __all__ = ["SqliteDatabase", "to_micros", "from_micros", "utc"]
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+T = TypeVar("T")
+
+#: Set while SqliteDatabase.run tries a transaction on the calling thread: connections do not wait for locks then.
+_INLINE: ContextVar[bool] = ContextVar("p2c_sqlite_inline", default=False)
+
+
+class _Busy(Exception):
+    """An inline attempt met a lock someone holds: the transaction goes to a worker thread, which may wait."""
 
 
 def utc(value: datetime) -> datetime:
@@ -35,6 +45,11 @@ def to_micros(value: datetime) -> int:
     """Integer microseconds since the epoch: exact, and compares correctly in SQL."""
     delta = utc(value) - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 def from_micros(value: int) -> datetime:
@@ -90,41 +105,74 @@ class SqliteDatabase:
                 time.sleep(0.01)
 
     def connection(self) -> sqlite3.Connection:
-        """This thread's connection (a new one after a fork: a parent's connection is unusable there)."""
+        """This thread's connection (a new one after a fork: a parent's connection is unusable there). Inside
+        ``run``'s attempt on the calling thread, a second connection of this thread that never waits for a lock."""
         if self._closed:
             raise sqlite3.ProgrammingError(f"{self.path} is closed")
+        inline = _INLINE.get()
+        name = "inline" if inline else "conn"
         pid = os.getpid()
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and getattr(self._local, "pid", None) == pid:
+        conn: sqlite3.Connection | None = getattr(self._local, name, None)
+        if conn is not None and getattr(self._local, f"{name}_pid", None) == pid:
             return conn
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
-        )
-        conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        busy_ms = 0 if inline else self._busy_ms
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000)
+        conn.execute(f"PRAGMA busy_timeout={busy_ms}")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.row_factory = sqlite3.Row
-        self._local.conn, self._local.pid = conn, pid
+        setattr(self._local, name, conn)
+        setattr(self._local, f"{name}_pid", pid)
         with self._lock:
             self._connections.append(conn)
         return conn
+
+    async def run(self, transaction: Callable[..., T], *args: object) -> T:
+        """Run one short transaction (a function doing at most ONE ``write()``) from async code.
+
+        On the calling thread when nobody holds the lock: a NORMAL commit takes tens of microseconds, while a
+        worker thread costs a hand-off and then waits for the GIL behind a busy event loop (up to the 5 ms
+        switch interval, holding the write lock meanwhile: issue 11's profile found ledger writes queueing
+        there). When the lock is held (another thread or process is writing), the attempt gives way at once
+        and the transaction runs in a worker thread, which waits with the busy timeout as before, so the event
+        loop never waits on a lock. Not for durable writes: an fsync would block the loop."""
+        token = _INLINE.set(True)
+        try:
+            return transaction(*args)
+        except _Busy:
+            pass
+        finally:
+            _INLINE.reset(token)
+        return await asyncio.to_thread(transaction, *args)
 
     @contextmanager
     def write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """One write transaction holding the database's write lock from its first statement; ``durable``: on
         disk (fsynced) when it returns, whatever the database's ``synchronous`` setting."""
+        inline = _INLINE.get()
+        if inline and durable:
+            raise _Busy()  # an fsync must not block the event loop: a worker thread does it
         conn = self.connection()
         upgrade = durable and self._synchronous not in ("FULL", "EXTRA")
         if upgrade:
             conn.execute("PRAGMA synchronous=FULL")  # not allowed inside a transaction: set before BEGIN
         try:
-            with self._write_lock:
-                conn.execute("BEGIN IMMEDIATE")
+            if not self._write_lock.acquire(blocking=not inline):
+                raise _Busy()
+            try:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if inline and _is_busy(exc):
+                        raise _Busy() from exc
+                    raise
                 try:
                     yield conn
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
+            finally:
+                self._write_lock.release()
         finally:
             if upgrade:
                 conn.execute(f"PRAGMA synchronous={self._synchronous}")

@@ -53,3 +53,53 @@ def test_the_queue_fsyncs_what_it_accepts_and_nothing_else(tmp_path: Path) -> No
     [message] = queue.receive("sales-events", 1)
     queue.complete(message.lock_token or "")
     assert "PRAGMA synchronous=FULL" not in statements  # settlements ride on the next fsync
+
+
+async def test_run_commits_on_the_calling_thread_when_the_file_is_free(tmp_path: Path) -> None:
+    import threading
+
+    db = SqliteDatabase(tmp_path / "x.sqlite", schema="CREATE TABLE IF NOT EXISTS t (a INTEGER);")
+
+    def insert() -> int:
+        with db.write() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+        return threading.get_ident()
+
+    assert await db.run(insert) == threading.get_ident()  # no hand-off to a worker thread
+
+
+async def test_run_gives_way_to_a_worker_thread_while_another_writer_holds_the_lock(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3
+    import threading
+
+    db = SqliteDatabase(tmp_path / "x.sqlite", schema="CREATE TABLE IF NOT EXISTS t (a INTEGER);")
+    other = sqlite3.connect(tmp_path / "x.sqlite", isolation_level=None)  # another process, as far as SQLite knows
+    other.execute("BEGIN IMMEDIATE")
+    threads: list[int] = []
+
+    def insert() -> None:
+        with db.write() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+        threads.append(threading.get_ident())
+
+    pending = asyncio.ensure_future(db.run(insert))
+    await asyncio.sleep(0.2)
+    assert not pending.done()  # waiting with the busy timeout, in a worker thread: the event loop runs on
+    other.execute("COMMIT")
+    await asyncio.wait_for(pending, 10)
+    assert threads and threads[0] != threading.get_ident()
+    assert db.connection().execute("SELECT COUNT(*) FROM t").fetchone()[0] == 1  # written once, not twice
+
+
+async def test_a_durable_write_never_runs_on_the_event_loop(tmp_path: Path) -> None:
+    import threading
+
+    db = SqliteDatabase(tmp_path / "x.sqlite", schema="CREATE TABLE IF NOT EXISTS t (a INTEGER);")
+
+    def insert() -> int:
+        with db.write(durable=True) as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+        return threading.get_ident()
+
+    assert await db.run(insert) != threading.get_ident()  # an fsync would block the loop
