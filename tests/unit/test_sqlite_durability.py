@@ -103,3 +103,30 @@ async def test_a_durable_write_never_runs_on_the_event_loop(tmp_path: Path) -> N
         return threading.get_ident()
 
     assert await db.run(insert) != threading.get_ident()  # an fsync would block the loop
+
+
+async def test_concurrent_sends_share_durable_writes_and_each_waits_for_its_own(tmp_path: Path) -> None:
+    import asyncio
+
+    from p2csync.queue.embedded import EmbeddedTransport
+    from p2csync.queue.sizing import MessageSizeExceeded
+
+    queue = EmbeddedQueue(tmp_path / "q.sqlite", max_message_bytes=64 * 1024)
+    groups: list[int] = []
+    write = queue.send_each
+
+    def counted(items: list[tuple[str, OutboundMessage]]) -> list[int | None]:
+        groups.append(len(items))
+        return write(items)
+
+    queue.send_each = counted  # type: ignore[method-assign]
+    transport = EmbeddedTransport(queue)
+    await asyncio.gather(*(transport.send("sales-events", OutboundMessage(body=b"{}", message_id=f"m{i}"))
+                           for i in range(20)))
+    assert sum(groups) == 20 and len(groups) < 20  # one fsync for many
+    assert queue.counts("sales-events").active == 20  # every sender returned after its message was on disk
+    too_large = OutboundMessage(body=b"x" * (70 * 1024), message_id="big")
+    results = await asyncio.gather(transport.send("sales-events", too_large),
+                                   transport.send("sales-events", OutboundMessage(body=b"{}", message_id="ok")),
+                                   return_exceptions=True)
+    assert isinstance(results[0], MessageSizeExceeded) and results[1] is None  # a message too large fails alone
