@@ -12,10 +12,12 @@ from the 429s alone (the ``x-ms-ratelimit-*`` headers are documented as for debu
   window's budget ``B``, and the time from the run's first request to the end of ``Retry-After`` its period
   ``P`` (the oldest request leaves the window then). From then on at most ``B`` requests start in any ``P``
   seconds: a client-side sliding window, so the service's window never overflows;
-* **probe**: after ``probe_after`` periods and ``probe_requests`` admitted requests in which the pacer had to
-  hold requests back without a 429, the budget grows by ``probe_step`` of itself (at least one), so a limit
-  that was under-estimated (or raised) is found again; a probe that overshoots costs one 429 (so at most one
-  429 per ``probe_requests``), and the budget becomes what the window held.
+* **probe**: after ``probe_after`` periods and ``probe_requests`` admitted requests (fewer for a small budget:
+  eight budgets) in which the pacer had to hold requests back without a 429, the budget grows by ``probe_step``
+  of itself (at least one). A probe that overshoots costs one 429, the budget becomes what the window held and
+  the step starts again small; one that does not shows the budget was below the limit (a window partly used
+  by someone else when the run began, or a raised limit): the step doubles (up to the budget itself) and the
+  next probe comes after ``probe_after`` periods alone, so the limit is found again in a few periods.
 
 [Inferred] Not documented by Microsoft and decided here: a request answered 429 does not count against the
 window (the service rejected it unprocessed); a run begins after ``idle_reset`` seconds without a request
@@ -43,7 +45,7 @@ class PacingPolicy:
     """How a client paces itself. ``enabled=False`` keeps only the shared gate after a 429."""
 
     enabled: bool = True
-    probe_after: float = 4.0
+    probe_after: float = 2.0
     probe_requests: int = 200
     probe_step: float = 0.125
     idle_reset: float = 5.0
@@ -97,6 +99,7 @@ class RequestPacer:
     _seq: int = 0
     _learned_seq: int = -1  # the request whose 429 set the budget
     _admitted_since: int = 0  # answered without a 429 since the budget last changed
+    _step: float | None = None  # the next probe's share of the budget
     _adjusted_at: float = -math.inf
     _held_back: bool = False
     _last_send: float | None = None
@@ -192,6 +195,7 @@ class RequestPacer:
         self.budget = max(1, admitted_before)
         self._epoch += 1
         self._learned_seq = ticket.seq
+        self._step = self.policy.probe_step
         self._adjusted(now)
 
     def _adjusted(self, now: float) -> None:
@@ -201,7 +205,12 @@ class RequestPacer:
 
     def _maybe_probe(self, now: float) -> None:
         assert self.budget is not None and self.period is not None
-        if self._held_back and now - self._adjusted_at >= self.policy.probe_after * self.period \
-                and self._admitted_since >= self.policy.probe_requests and self.policy.probe_step > 0:
-            self.budget += max(1, int(self.budget * self.policy.probe_step))
+        step = self.policy.probe_step if self._step is None else self._step
+        # At the limit (no probe has succeeded since the last 429) a probe waits for enough requests that its
+        # 429 is a small share; once one succeeded the budget is below the limit and each period counts.
+        climbing = step > self.policy.probe_step
+        if self._held_back and now - self._adjusted_at >= self.policy.probe_after * self.period and step > 0 \
+                and (climbing or self._admitted_since >= min(self.policy.probe_requests, 8 * self.budget)):
+            self.budget += max(1, int(self.budget * step))
+            self._step = min(1.0, step * 2)
             self._adjusted(now)
