@@ -332,7 +332,6 @@ class ApiClient:
             min(options.initial_concurrency, options.max_concurrency), maximum=options.max_concurrency
         )
         self.pacer = RequestPacer(options.pacing, clock=options.clock, sleep=options.sleep)
-        self._sleep = options.sleep
         self._rng = options.rng
         self._client = create_http_client(base_url, headers=headers, options=options)
         self._last_token: str | None = None
@@ -543,7 +542,7 @@ class ApiClient:
                    "http_status": reason, "attempt": attempt, "retry_delay": delay},
         )
         telemetry.http_retried(self.system, reason, delay)
-        await self._sleep(delay)
+        await self.pacer.pause(delay)
 
     def _check_origin(self, request: httpx.Request) -> None:
         base = self._client.base_url

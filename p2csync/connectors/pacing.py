@@ -145,11 +145,15 @@ class RequestPacer:
         return self.gate_until
 
     # -- internals -------------------------------------------------------------------------------------
-    async def _sleep(self, until: float) -> None:
-        """Sleep until ``until`` (pacer time); whatever the clock did not advance counts as passed anyway, so an
-        instant test sleep with the real clock never spins."""
-        await (self.sleep or asyncio.sleep)(until - self.now())
+    async def pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` (a retry's own wait); whatever the clock did not advance counts as passed anyway,
+        so an instant test sleep with the real clock never spins on the gate or the window."""
+        until = self.now() + seconds
+        await (self.sleep or asyncio.sleep)(seconds)
         self._offset += max(0.0, until - self.now())
+
+    async def _sleep(self, until: float) -> None:
+        await self.pause(until - self.now())
 
     def _window_wait(self, now: float) -> float:
         """Seconds until the learned window has room (0: now)."""
@@ -189,6 +193,8 @@ class RequestPacer:
 
     def _learn(self, ticket: PaceTicket, now: float) -> None:
         admitted_before = sum(1 for t in self._log if t.counted and t.seq < ticket.seq)
+        if admitted_before == 0 and self.budget is None:
+            return  # refused before anything was admitted: says nothing about a window (F&O's resource-based 429)
         if self.budget is None or self.period is None:
             first = self._log[0].at if self._log else ticket.at
             self.period = self.policy.period_with_margin(max(self.gate_until - first, 1e-3))

@@ -213,6 +213,16 @@ async def test_a_429_about_concurrency_or_with_pacing_off_only_closes_the_gate()
     assert off.budget is None and off.gate_until == pytest.approx(2.0)
 
 
+async def test_a_429_before_anything_was_admitted_teaches_no_budget():
+    time = FakeTime()
+    p = pacer(time)
+    p.answered(await p.admit(), 429, 2.0)  # e.g. F&O's resource-based throttling: no window behind it
+    assert p.budget is None and p.gate_until == pytest.approx(2.0)
+    for _ in range(20):
+        p.answered(await p.admit(), 200)
+    assert time.sleeps == [pytest.approx(2.0)]
+
+
 def test_policy_validates():
     with pytest.raises(ValueError):
         PacingPolicy(probe_after=0)
