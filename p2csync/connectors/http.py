@@ -496,14 +496,14 @@ class ApiClient:
             except BaseException:
                 self.pacer.answered(ticket, None)
                 raise
-            gate = self.pacer.answered(ticket, response.status_code, parse_retry_after(
-                response.headers.get("Retry-After")), learn=CONCURRENCY_LIMIT_CODE not in response.content)
-            if response.status_code == 429:
-                outcome = "throttled"
-                telemetry.record_throttled(self.system)
-            elif response.is_success:
-                outcome = "success"
-            return response, gate if response.status_code == 429 else None
+            if response.status_code != 429:
+                self.pacer.answered(ticket, response.status_code)
+                outcome = "success" if response.is_success else "neutral"
+                return response, None
+            outcome = "throttled"
+            telemetry.record_throttled(self.system)
+            return response, self.pacer.answered(ticket, 429, parse_retry_after(response.headers.get("Retry-After")),
+                                                 learn=CONCURRENCY_LIMIT_CODE not in response.content)
         finally:
             self.concurrency.release(generation, outcome)
 

@@ -271,3 +271,18 @@ async def test_client_gate_longer_than_the_policy_waits_is_a_throttled_error_wit
     assert first.value.retry_after == 900
     assert second.value.retry_after == pytest.approx(900) and second.value.status == 429
     assert len(sent) == 1  # the second never left: the message is deferred, not lost
+
+
+async def test_client_learns_nothing_from_a_429_about_concurrent_requests():
+    time = FakeTime()
+    answers = deque([httpx.Response(200, json={}), httpx.Response(200, json={}), httpx.Response(
+        429, headers={"Retry-After": "1"},
+        json={"error": {"code": "0x80072326", "message": "Number of concurrent requests exceeded the limit of 52."}})])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return answers.popleft() if answers else httpx.Response(200, json={})
+
+    async with api(handler, time) as client:
+        for _ in range(4):
+            await client.request("GET", "accounts")
+    assert client.pacer.throttles == 1 and client.pacer.budget is None
