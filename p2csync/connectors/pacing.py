@@ -21,8 +21,8 @@ from the 429s alone (the ``x-ms-ratelimit-*`` headers are documented as for debu
 
 [Inferred] Not documented by Microsoft and decided here: a request answered 429 does not count against the
 window (the service rejected it unprocessed); a run begins after ``idle_reset`` seconds without a request
-(the budget is then unknown) or after a full period; a period gets a small safety margin because the
-service stamps a request when it arrives and this client when it sends it.
+(the budget is then unknown); the service stamps a request when it arrives, so the pacer dates a request's
+place in the window by its answer (never too early) and the period, measured from a send, gets a small margin.
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ class PaceTicket:
     epoch: int
     seq: int
     counted: bool = True  # against the window: in flight or admitted by the service
+    done: float | None = None  # when it was answered: the service stamped it between ``at`` and this
+    logged: bool = True  # still in the pacer's log
 
 
 @dataclass
@@ -129,10 +131,11 @@ class RequestPacer:
                  learn: bool = True) -> float:
         """Record the answer to ``ticket``'s request; returns the gate (a 429 closes it for ``Retry-After``).
         ``learn=False``: a 429 that is not about the request window (e.g. too many concurrent requests)."""
+        now = self.now()
         if status != 429:
+            ticket.done = now
             self._admitted_since += 1
             return self.gate_until
-        now = self.now()
         self.throttles += 1
         self._uncount(ticket)
         self.gate_until = max(self.gate_until, now + (1.0 if retry_after is None else retry_after))
@@ -164,12 +167,14 @@ class RequestPacer:
         if self._counted < self.budget:
             return 0.0
         oldest = next(t for t in self._log if t.counted)
-        return max(oldest.at + self.period - now, 1e-3)
+        return max((now if oldest.done is None else oldest.done) + self.period - now, 1e-3)
 
     def _start(self, now: float) -> PaceTicket:
         if self.budget is None:
             idle = self._last_send is not None and now - self._last_send >= self.policy.idle_reset
             if idle:
+                for ticket in self._log:
+                    ticket.logged = False
                 self._log.clear()
                 self._counted = 0
             self._prune(now - self.policy.max_run)
@@ -181,14 +186,21 @@ class RequestPacer:
         return ticket
 
     def _prune(self, before: float) -> None:
-        while self._log and self._log[0].at <= before:
-            if self._log.popleft().counted:
+        """Forget what left the window: a counted request by its answer time (the service stamped it on arrival,
+        somewhere before that; one still in flight stays), a refused one by its send time."""
+        while self._log:
+            head = self._log[0]
+            left = head.done if head.counted else head.at
+            if left is None or left > before:
+                return
+            self._log.popleft().logged = False
+            if head.counted:
                 self._counted -= 1
 
     def _uncount(self, ticket: PaceTicket) -> None:
         if ticket.counted:
             ticket.counted = False
-            if self._log and ticket.at >= self._log[0].at:
+            if ticket.logged:
                 self._counted -= 1
 
     def _learn(self, ticket: PaceTicket, now: float) -> None:

@@ -188,6 +188,19 @@ async def test_a_window_partly_used_when_the_run_began_is_found_again_by_probing
     assert last <= 400 / 20 * 3.0 * 2  # within twice the best possible time, probes included
 
 
+async def test_a_request_holds_its_place_in_the_window_until_its_answer_plus_the_period():
+    time = FakeTime()
+    p = pacer(time)
+    slow = await p.admit()
+    time.now = 0.5  # the service stamped it somewhere in between: only its answer is a safe date
+    p.answered(slow, 200)
+    time.now = 0.6
+    p.answered(await p.admit(), 429, 1.0)
+    assert p.budget == 1 and p.period is not None
+    follower = await p.admit()
+    assert follower.at == pytest.approx(0.5 + p.period)
+
+
 async def test_idle_time_starts_a_new_run():
     time = FakeTime()
     p = pacer(time, idle_reset=5.0)
