@@ -17,7 +17,8 @@ from the 429s alone (the ``x-ms-ratelimit-*`` headers are documented as for debu
   of itself (at least one). A probe that overshoots costs one 429, the budget becomes what the window held and
   the step starts again small; one that does not shows the budget was below the limit (a window partly used
   by someone else when the run began, or a raised limit): the step doubles (up to the budget itself) and the
-  next probe comes after ``probe_after`` periods alone, so the limit is found again in a few periods.
+  next probe comes after half as many periods alone, so the limit is found again in a few periods. Probes at
+  the limit are rare because each costs a 429 and the wait of its ``Retry-After``.
 
 [Inferred] Not documented by Microsoft and decided here: a request answered 429 does not count against the
 window (the service rejected it unprocessed); a run begins after ``idle_reset`` seconds without a request
@@ -45,7 +46,7 @@ class PacingPolicy:
     """How a client paces itself. ``enabled=False`` keeps only the shared gate after a 429."""
 
     enabled: bool = True
-    probe_after: float = 2.0
+    probe_after: float = 4.0
     probe_requests: int = 200
     probe_step: float = 0.125
     idle_reset: float = 5.0
@@ -227,7 +228,8 @@ class RequestPacer:
         # At the limit (no probe has succeeded since the last 429) a probe waits for enough requests that its
         # 429 is a small share; once one succeeded the budget is below the limit and each period counts.
         climbing = step > self.policy.probe_step
-        if self._held_back and now - self._adjusted_at >= self.policy.probe_after * self.period and step > 0 \
+        after = self.policy.probe_after * self.period / (2 if climbing else 1)
+        if self._held_back and now - self._adjusted_at >= after and step > 0 \
                 and (climbing or self._admitted_since >= min(self.policy.probe_requests, 8 * self.budget)):
             self.budget += max(1, int(self.budget * step))
             self._step = min(1.0, step * 2)
