@@ -12,9 +12,12 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if TYPE_CHECKING:
+    from p2csync.connectors.http import HttpOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,7 +123,33 @@ class Settings(BaseModel):
         "tier; on Premium the queue's maxMessageSizeInKilobytes (1 MB by default, up to 100 MB)",
     )
 
+    http_max_concurrency: int = Field(
+        32, ge=1, le=52, description="Requests in flight to each system per process at most (both services allow "
+        "52 concurrent requests per user; a 429 halves it, successes raise it back)"
+    )
+    http_initial_concurrency: int | None = Field(
+        None, ge=1, le=52, description="Requests in flight to each system at start (default: the maximum)"
+    )
+    http_pacing: bool = Field(
+        True, description="Learn each system's request window from its 429s and keep below it (off: only wait "
+        "out each Retry-After)"
+    )
+    http_probe_requests: int = Field(
+        200, ge=0, description="Requests admitted without a 429 before the pacer tries a larger budget (each try "
+        "that overshoots costs one 429)"
+    )
+
     _url = field_validator("dataverse_url", "fno_url")(_http_url)
+
+    def http_options(self) -> HttpOptions:
+        """How the connectors talk HTTP under these settings (concurrency, pacing)."""
+        from p2csync.connectors.http import HttpOptions
+        from p2csync.connectors.pacing import PacingPolicy
+
+        maximum = self.http_max_concurrency
+        return HttpOptions(initial_concurrency=min(self.http_initial_concurrency or maximum, maximum),
+                           max_concurrency=maximum,
+                           pacing=PacingPolicy(enabled=self.http_pacing, probe_requests=self.http_probe_requests))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -147,6 +176,10 @@ class Settings(BaseModel):
             "servicebus_max_message_bytes": "P2C_SERVICEBUS_MAX_MESSAGE_BYTES",
             "pause_recheck_seconds": "P2C_PAUSE_RECHECK_SECONDS",
             "pause_cache_seconds": "P2C_PAUSE_CACHE_SECONDS",
+            "http_max_concurrency": "P2C_HTTP_MAX_CONCURRENCY",
+            "http_initial_concurrency": "P2C_HTTP_INITIAL_CONCURRENCY",
+            "http_pacing": "P2C_HTTP_PACING",
+            "http_probe_requests": "P2C_HTTP_PROBE_REQUESTS",
         }
         return _from_env(cls, env, names, {"integration_user_ids": _csv(env.get("INTEGRATION_USER_IDS"))})
 

@@ -5,6 +5,8 @@ typed ``ConnectorError`` (see ``errors``). On the way it
 
 * injects the bearer token (``Authorization`` is added per attempt and never logged),
 * waits for a slot of the ``AdaptiveConcurrency`` limiter (AIMD: halve on 429, +1 after a run of successes),
+* waits for the ``RequestPacer`` (``pacing``): no request starts while a 429's ``Retry-After`` runs, and at most
+  the window's learned budget starts per period, so the client runs at the service's limit without 429s,
 * retries what is worth retrying (``RetryPolicy``): 429/502/503/504 and connection errors, honouring
   ``Retry-After``, with capped exponential backoff and jitter otherwise,
 * logs one line per retry on ``p2csync.http``.
@@ -28,6 +30,7 @@ import enum
 import json as jsonlib
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +58,7 @@ from p2csync.connectors.errors import (
     scrub,
 )
 from p2csync.connectors.odata import BatchRequestPart, BatchResponsePart
+from p2csync.connectors.pacing import GateTooLong, PaceTicket, PacingPolicy, RequestPacer
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -62,6 +66,7 @@ __all__ = [
     "AdaptiveConcurrency",
     "ApiClient",
     "HttpOptions",
+    "PacingPolicy",
     "RetryPolicy",
     "create_http_client",
     "dumps_json",
@@ -87,6 +92,10 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _TRANSIENT_TRANSPORT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 Sleep = Callable[[float], Awaitable[None]]
+
+#: The Dataverse error code of "Number of concurrent requests exceeded the limit of 52": a 429 that says
+#: nothing about the request window, so the pacer only waits for it and learns no budget from it.
+CONCURRENCY_LIMIT_CODE = b"0x80072326"
 
 
 # ------------------------------------------------------------------------------------------ retry policy
@@ -220,16 +229,23 @@ class AdaptiveConcurrency:
 
 @dataclass(frozen=True)
 class HttpOptions:
-    """How a connector talks HTTP. Tests pass ``transport`` (``httpx.MockTransport``) and a fake ``sleep``."""
+    """How a connector talks HTTP. Tests pass ``transport`` (``httpx.MockTransport``), a fake ``sleep`` and
+    ``clock``.
+
+    Concurrency starts at its maximum: 32 stays well under the 52 concurrent requests per user both services
+    allow, and a 429 halves it (once per burst) while the pacer holds the request rate to the window.
+    """
 
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
     limits: httpx.Limits = field(default_factory=lambda: DEFAULT_LIMITS)
-    initial_concurrency: int = 8
+    initial_concurrency: int = 32
     max_concurrency: int = 32
     concurrency: AdaptiveConcurrency | None = None
+    pacing: PacingPolicy = field(default_factory=PacingPolicy)
     transport: httpx.AsyncBaseTransport | None = None
     sleep: Sleep = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
     rng: random.Random | None = None
 
 
@@ -315,7 +331,7 @@ class ApiClient:
         self.concurrency = options.concurrency or AdaptiveConcurrency(
             min(options.initial_concurrency, options.max_concurrency), maximum=options.max_concurrency
         )
-        self._sleep = options.sleep
+        self.pacer = RequestPacer(options.pacing, clock=options.clock, sleep=options.sleep)
         self._rng = options.rng
         self._client = create_http_client(base_url, headers=headers, options=options)
         self._last_token: str | None = None
@@ -373,16 +389,20 @@ class ApiClient:
         request_headers = dict(headers or {})
         if json is not None:
             request_headers.setdefault("Content-Type", "application/json")
-        self._check_origin(self._client.build_request(method, url, params=params))
+        request = self._client.build_request(method, url, content=body, headers=request_headers, params=params)
+        self._check_origin(request)
 
         failures = 0
         reauthenticated = False
+        waited_for: float | None = None  # the gate a retried 429 already slept through
         while True:
             attempt = failures + 1
-            # A fresh request per attempt: a new token, and nothing of a failed attempt carried over.
-            request = self._client.build_request(method, url, content=body, headers=request_headers, params=params)
+            if attempt > 1 or reauthenticated:
+                # A fresh request per retry: a new token, and nothing of a failed attempt carried over.
+                request = self._client.build_request(method, url, content=body, headers=request_headers,
+                                                     params=params)
             try:
-                response = await self._send_once(request)
+                response, waited_for = await self._send_once(request, waited_for)
             except _TRANSIENT_TRANSPORT as exc:
                 error = TransientError(
                     self.system, None, type(exc).__name__, scrub(str(exc)) or type(exc).__name__, method, request.url
@@ -460,22 +480,44 @@ class ApiClient:
                 error.infolog = error.infolog.replace(token, "***")
         return error
 
-    async def _send_once(self, request: httpx.Request) -> httpx.Response:
+    async def _send_once(self, request: httpx.Request, waited_for: float | None
+                         ) -> tuple[httpx.Response, float | None]:
+        """One attempt: a concurrency slot, the pacer's go, the send. Returns the answer and, for a 429, the
+        pacer's gate it closed (the retry sleeps its ``Retry-After`` itself and passes it as ``waited_for``)."""
         token = await self._token()
         self._last_token = token
         request.headers["Authorization"] = f"Bearer {token}"
         generation = await self.concurrency.acquire()
         outcome: Literal["success", "throttled", "neutral"] = "neutral"
         try:
-            response = await self._client.send(request)
-            if response.status_code == 429:
-                outcome = "throttled"
-                telemetry.record_throttled(self.system)
-            elif response.is_success:
-                outcome = "success"
-            return response
+            ticket = await self._paced(request, waited_for)
+            try:
+                response = await self._client.send(request)
+            except BaseException:
+                self.pacer.answered(ticket, None)
+                raise
+            if response.status_code != 429:
+                self.pacer.answered(ticket, response.status_code)
+                outcome = "success" if response.is_success else "neutral"
+                return response, None
+            outcome = "throttled"
+            telemetry.record_throttled(self.system)
+            return response, self.pacer.answered(ticket, 429, parse_retry_after(response.headers.get("Retry-After")),
+                                                 learn=CONCURRENCY_LIMIT_CODE not in response.content)
         finally:
             self.concurrency.release(generation, outcome)
+
+    async def _paced(self, request: httpx.Request, waited_for: float | None) -> PaceTicket:
+        """The pacer's go; a gate closed for longer than the policy waits in-process is a ``ThrottledError``
+        now (the caller defers the message), as a 429 with that ``Retry-After`` would be."""
+        try:
+            return await self.pacer.admit(max_wait=self.retry.max_retry_after, waited_for=waited_for)
+        except GateTooLong as exc:
+            raise ThrottledError(
+                self.system, 429, "Throttled", f"{self.system} asked this client to wait another "
+                f"{exc.retry_after:.0f} s (Retry-After of an earlier 429)", request.method, request.url,
+                retry_after=exc.retry_after,
+            ) from None
 
     async def _token(self) -> str:
         try:
@@ -500,7 +542,7 @@ class ApiClient:
                    "http_status": reason, "attempt": attempt, "retry_delay": delay},
         )
         telemetry.http_retried(self.system, reason, delay)
-        await self._sleep(delay)
+        await self.pacer.pause(delay)
 
     def _check_origin(self, request: httpx.Request) -> None:
         base = self._client.base_url
