@@ -237,8 +237,9 @@ class SyncRuntime:
         """Build every part from the settings; a wrong mapping file or setting fails here, at start-up."""
         mappings = load_mappings(settings.mappings_dir)
         dataverse_tokens, fno_tokens = _token_providers(settings)
-        dataverse = DataverseClient(settings.dataverse_url, dataverse_tokens, tag=settings.write_tag)
-        fno = FnOClient(settings.fno_url, fno_tokens)
+        http = settings.http_options()  # one HttpOptions, but each client builds its own limiter and pacer
+        dataverse = DataverseClient(settings.dataverse_url, dataverse_tokens, tag=settings.write_tag, http=http)
+        fno = FnOClient(settings.fno_url, fno_tokens, http=http)
         return cls(
             settings,
             ledger=_ledger(settings),
