@@ -38,6 +38,7 @@ class HostProcess:
     sandbox: SandboxServer
     queue: EmbeddedQueue
     log: Path
+    ledger_path: Path
 
     @property
     def pid(self) -> int:
@@ -88,7 +89,7 @@ async def host_process(sandbox: SandboxServer, *, max_concurrent_calls: int | No
                 await asyncio.sleep(0.05)
             queue = EmbeddedQueue(Path(tmp) / "queue.sqlite")
             try:
-                yield HostProcess(proc, sandbox, queue, log)
+                yield HostProcess(proc, sandbox, queue, log, Path(tmp) / "ledger.sqlite")
             finally:
                 queue.close()
         finally:
