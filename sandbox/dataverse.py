@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute
 
 from sandbox.dataverse_events import Change, ContextSerializer, SystemJob, WebhookDispatcher, WebhookStep
 from sandbox.dataverse_events import WebhookEndpoint, WebhookRegistration
+from sandbox.indexed_rows import IndexedRows
 from sandbox.dataverse_registrations import (
     WEBHOOK_TABLES, Registrations, RuleViolation, registration_tables, seed_rows as registration_seed_rows,
 )
@@ -159,7 +160,7 @@ class Dataverse:
                                           self.organization, timeout=webhook_timeout,
                                           retry_delay=webhook_retry_delay, on_job=self._record_job, seed=seed,
                                           workers=webhook_workers)
-        self._rows: dict[str, dict[str, dict[str, Any]]] = {}
+        self._rows: dict[str, IndexedRows] = {}
         self.registrations = Registrations(lambda: self._rows, self.tables)
         self._versions = itertools.count(1)
         self._line_numbers: dict[tuple[str, str], int] = {}  # (line table, document id) -> last sequencenumber
@@ -386,7 +387,7 @@ class Dataverse:
 
     def _seed(self) -> None:
         for table in self.tables.values():
-            self._rows.setdefault(table.logical_name, {})
+            self._rows.setdefault(table.logical_name, IndexedRows(table.alternate_keys))
         now = self._now()
         rows = seed_rows()
         rows.setdefault("systemuser", []).extend(u.systemuser_row() for u in self.users)
@@ -459,24 +460,23 @@ class Dataverse:
     def _match_key(self, table: Table, keys: KeyValues) -> str | None:
         columns = self.key_columns(table, list(keys))
         wanted = {col: self.coerce(table, col, value) for col, value in zip(columns, keys.values())}
-        for record_id, row in self._rows[table.logical_name].items():
-            if all(_same(row.get(col), value) for col, value in wanted.items()):
-                return record_id
-        return None
+        key = next(tuple(k) for k in table.alternate_keys if sorted(k) == sorted(columns))
+        found = self._rows[table.logical_name].ids_for(key, wanted)  # indexed: values compared as `_same` does
+        return found[0] if found else None
 
     def _check_alternate_keys(self, table: Table, row: dict[str, Any], record_id: str) -> None:
+        rows = self._rows[table.logical_name]
         for key in table.alternate_keys:
             values = [row.get(col) for col in key]
             if any(v is None for v in values):
                 continue
-            for other_id, other in self._rows[table.logical_name].items():
-                if other_id != record_id and all(_same(other.get(c), v) for c, v in zip(key, values)):
-                    described = ", ".join(f"{c}:{_display(v)}" for c, v in zip(key, values))
-                    raise DataverseError(
-                        412, "0x80060892",
-                        f"Entity Key {table.logical_name}_{'_'.join(key)} violated. A record with the same "
-                        f"value for {', '.join(key)} already exists. A duplicate record cannot be created. "
-                        f"Duplicate key: {described}")
+            if any(other_id != record_id for other_id in rows.ids_for(tuple(key), row)):
+                described = ", ".join(f"{c}:{_display(v)}" for c, v in zip(key, values))
+                raise DataverseError(
+                    412, "0x80060892",
+                    f"Entity Key {table.logical_name}_{'_'.join(key)} violated. A record with the same "
+                    f"value for {', '.join(key)} already exists. A duplicate record cannot be created. "
+                    f"Duplicate key: {described}")
 
     def _computed(self, table: Table, row: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
         """Platform-computed columns a write adds to its Target: status for a new state, full name,
@@ -638,9 +638,13 @@ class Dataverse:
         if not isinstance(price_list, LookupValue):
             return
         unit = row.get("uomid")
-        priced = any(item.get("pricelevelid") == price_list and item.get("productid") == product
-                     and (not isinstance(unit, LookupValue) or item.get("uomid") == unit)
-                     for item in self._rows["productpricelevel"].values())
+        items, key = self._rows["productpricelevel"], ("pricelevelid", "productid", "uomid")
+        if isinstance(unit, LookupValue) and items.has_key(key):  # indexed: one item per list, product, unit
+            priced = bool(items.ids_for(key, {"pricelevelid": price_list, "productid": product, "uomid": unit}))
+        else:
+            priced = any(item.get("pricelevelid") == price_list and item.get("productid") == product
+                         and (not isinstance(unit, LookupValue) or item.get("uomid") == unit)
+                         for item in items.values())
         if not priced:
             raise DataverseError(400, INVALID_ARGUMENT, "The product is not in the price list of the "
                                                         f"{parent_table}; add it to the price list or override the "
@@ -705,7 +709,7 @@ class Dataverse:
         state = ChangeSet()
         thread = threading.get_ident()
         with self.lock:
-            saved_rows = {name: dict(rows) for name, rows in self._rows.items()}
+            marks = {name: rows.begin() for name, rows in self._rows.items()}  # an undo journal per table
             saved_lines = dict(self._line_numbers)
             self._held[thread] = []
             try:
@@ -715,8 +719,13 @@ class Dataverse:
                 raise
             finally:
                 held = self._held.pop(thread)
+                for name, mark in marks.items():
+                    if state.rolled_back:
+                        self._rows[name].rollback(mark)
+                    else:
+                        self._rows[name].end(mark)
                 if state.rolled_back:
-                    self._rows, self._line_numbers = saved_rows, saved_lines
+                    self._line_numbers = saved_lines
                     self._sync_webhooks()
         if not state.rolled_back:
             for change in held:

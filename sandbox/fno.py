@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from sandbox.indexed_rows import IndexedRows
 from sandbox.faults import FaultInjector
 from sandbox.front import ADMIN_PREFIX
 from sandbox.fno_entities import (
@@ -308,8 +309,8 @@ class FnO:
             "CDSSalesOrderLines": [order_line_validator],
         }
         self._sinks: list[ChangeSink] = []
-        self._rows: dict[str, dict[KeyTuple, Row]] = {name: {} for name in self.entities}
-        self._versions: dict[str, dict[KeyTuple, int]] = {name: {} for name in self.entities}
+        self._rows: dict[str, IndexedRows] = {name: IndexedRows() for name in self.entities}  # KeyTuple -> Row
+        self._versions: dict[str, IndexedRows] = {name: IndexedRows() for name in self.entities}  # KeyTuple -> int
         self._rec_versions = itertools.count(22565421176)
         self._held: dict[int, list[FnoChange]] = {}  # thread id -> changes of an open change set
         self._sequences: dict[tuple[str, str], int] = {}
@@ -373,8 +374,8 @@ class FnO:
         """Empty every entity set; clear faults, limits, settings and the request log (sinks and validators
         stay)."""
         with self.lock:
-            self._rows = {name: {} for name in self.entities}
-            self._versions = {name: {} for name in self.entities}
+            self._rows = {name: IndexedRows() for name in self.entities}
+            self._versions = {name: IndexedRows() for name in self.entities}
         self.faults.clear()
         self.request_log.clear()
         self.protection.configure(self._initial_limits.model_copy())
@@ -632,8 +633,8 @@ class FnO:
         state = ChangeSet()
         thread = threading.get_ident()
         with self.lock:
-            saved_rows = {name: dict(rows) for name, rows in self._rows.items()}
-            saved_versions = {name: dict(versions) for name, versions in self._versions.items()}
+            stores = [*self._rows.values(), *self._versions.values()]
+            marks = [store.begin() for store in stores]  # undo journals, not copies of every entity set
             self._held[thread] = []
             try:
                 yield state
@@ -642,8 +643,11 @@ class FnO:
                 raise
             finally:
                 held = self._held.pop(thread)
-                if state.rolled_back:
-                    self._rows, self._versions = saved_rows, saved_versions
+                for store, mark in zip(stores, marks):
+                    if state.rolled_back:
+                        store.rollback(mark)
+                    else:
+                        store.end(mark)
         if not state.rolled_back:
             for change in held:
                 self.notify(change)
