@@ -32,7 +32,7 @@ from sandbox.dataverse_tables import (
 from sandbox.faults import FaultInjector
 from sandbox.limits import LimitRejection, ServiceProtection, ServiceProtectionLimits
 from sandbox.odata import GUID_RE, GuidLiteral, format_datetime, parse_datetime
-from sandbox.request_log import RequestLog
+from sandbox.request_log import HISTORY_LIMIT, PAYLOAD_HISTORY_LIMIT, RequestLog
 
 KeyValues = dict[str, Any]
 RowRef = str | Mapping[str, Any]  # a GUID or {alternate key column: value}
@@ -124,6 +124,9 @@ class Dataverse:
         batch_failed_changeset: how `$batch` answers a failed change set: "single" (the failing request's
             answer as one `application/http` part, as ASP.NET OData writes it) or "changeset" (that answer
             inside a change set response). [Inferred] both: no capture of Dataverse's own was found.
+        history_limit / payload_history_limit: records kept of the request log, delivery attempts and finished
+            system jobs / of delivered webhook contexts (`sandbox.request_log.HISTORY_LIMIT`,
+            `PAYLOAD_HISTORY_LIMIT`; None keeps all).
         create_products_active: Organization.CreateProductsWithoutParentInActiveState. "By default, a product
             record is in the Draft state when you create it"; the column is 0 (false) "for a fresh
             installation" (Sales developer guide, product lifecycle), so the default here is Draft.
@@ -136,7 +139,9 @@ class Dataverse:
                  webhook_timeout: float = 60.0, webhook_retry_delay: float = 0.2,
                  default_page_size: int = 5000, seed: int = 0,
                  batch_failed_changeset: Literal["single", "changeset"] = "single",
-                 create_products_active: bool = False, webhook_workers: int = 1) -> None:
+                 create_products_active: bool = False, webhook_workers: int = 1,
+                 history_limit: int | None = HISTORY_LIMIT,
+                 payload_history_limit: int | None = PAYLOAD_HISTORY_LIMIT) -> None:
         self.lock = threading.RLock()
         self.batch_failed_changeset = batch_failed_changeset
         self.create_products_active = create_products_active
@@ -153,13 +158,14 @@ class Dataverse:
         self.timestamp_precision = timestamp_precision
         self.default_page_size = default_page_size
         self.faults = FaultInjector(seed)
-        self.request_log = RequestLog()
+        self.request_log = RequestLog(history_limit)
         self.protection = ServiceProtection(limits)
         self._initial_limits = self.protection.limits.model_copy()
         self.webhooks = WebhookDispatcher(ContextSerializer(self.tables, self._currency_symbol),
                                           self.organization, timeout=webhook_timeout,
                                           retry_delay=webhook_retry_delay, on_job=self._record_job, seed=seed,
-                                          workers=webhook_workers)
+                                          workers=webhook_workers, history_limit=history_limit,
+                                          payload_history_limit=payload_history_limit)
         self._rows: dict[str, IndexedRows] = {}
         self.registrations = Registrations(lambda: self._rows, self.tables)
         self._versions = itertools.count(1)

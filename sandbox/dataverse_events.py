@@ -25,6 +25,7 @@ import httpx
 from pydantic import BaseModel, Field, model_validator
 
 from sandbox.dataverse_tables import ColumnType, DataverseUser, LookupValue, Organization, Table
+from sandbox.request_log import HISTORY_LIMIT, PAYLOAD_HISTORY_LIMIT
 
 CONTRACTS = "http://schemas.microsoft.com/xrm/2011/Contracts"
 ENTITY_TYPE = f"Entity:{CONTRACTS}"
@@ -346,9 +347,12 @@ class WebhookDispatcher:
 
     def __init__(self, serializer: ContextSerializer, organization: Organization, *, timeout: float = 60.0,
                  retry_delay: float = 0.2, on_job: JobListener | None = None, seed: int = 0,
-                 workers: int = 1) -> None:
+                 workers: int = 1, history_limit: int | None = HISTORY_LIMIT,
+                 payload_history_limit: int | None = PAYLOAD_HISTORY_LIMIT) -> None:
         """``workers``: deliveries in flight at once. The asynchronous service runs async steps in parallel
-        (no order between events is promised); 1 keeps commit order, which many tests rely on."""
+        (no order between events is promised); 1 keeps commit order, which many tests rely on.
+        ``history_limit``: finished system jobs and delivery attempts kept; ``payload_history_limit``: delivered
+        contexts kept (the oldest go first; queued and running jobs are always kept)."""
         if workers < 1:
             raise ValueError("workers: at least 1 delivery thread is needed")
         self.workers = workers
@@ -366,8 +370,9 @@ class WebhookDispatcher:
         self._paused = False
         self._stopped = False
         self._jobs: dict[str, SystemJob] = {}
-        self._attempts: list[DeliveryAttempt] = []
-        self._payloads: list[dict[str, Any]] = []
+        self.history_limit = history_limit
+        self._attempts: deque[DeliveryAttempt] = deque(maxlen=history_limit)
+        self._payloads: deque[dict[str, Any]] = deque(maxlen=payload_history_limit)
         self._threads: list[threading.Thread] = []
 
     # -- registrations (derived from the registration rows by the store) -------------------------
@@ -422,11 +427,22 @@ class WebhookDispatcher:
                         message_name=change.message, correlation_id=change.correlation_id,
                         created_on=datetime.now(timezone.utc), auto_delete=step.async_auto_delete)
         self._jobs[operation_id] = job
+        self._forget_finished_jobs()
         self._queue.append(_Job(job=job, url=_endpoint_url(endpoint), headers=headers, body=body,
                                 context=context))
         if self.on_job:
             self.on_job(job.model_copy())
         return operation_id
+
+    def _forget_finished_jobs(self) -> None:
+        """Beyond `history_limit`, drop the oldest jobs while they are finished (statecode 3, Completed)."""
+        if self.history_limit is None:
+            return
+        while len(self._jobs) > self.history_limit:
+            oldest = next(iter(self._jobs))
+            if self._jobs[oldest].statecode != 3:
+                return
+            del self._jobs[oldest]
 
     # -- knobs ------------------------------------------------------------------------------------
     def pause(self) -> None:
@@ -565,6 +581,7 @@ class WebhookDispatcher:
             job.completed_on = datetime.now(timezone.utc)
             if ok:
                 self._payloads.append(item.context)
+            self._forget_finished_jobs()
         if self.on_job:
             self.on_job(job.model_copy())
 

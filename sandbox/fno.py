@@ -39,7 +39,7 @@ from sandbox.fno_entities import (
     utf16_truncate,
 )
 from sandbox.limits import LimitRejection, ServiceProtection, ServiceProtectionLimits
-from sandbox.request_log import RequestLog
+from sandbox.request_log import HISTORY_LIMIT, PAYLOAD_HISTORY_LIMIT, RequestLog
 
 WRITE_EXCEPTION = "Microsoft.Dynamics.Platform.Integration.Services.OData.AxODataWriteException"
 ODATA_EXCEPTION = "Microsoft.OData.ODataException"
@@ -275,6 +275,8 @@ class FnO:
         page_size: server-driven page size (F&O pages at 10,000).
         limits: service protection limits (user-based limits are optional in F&O; off by default).
         write_error_status, plus_in_key, string_overflow: see `FnoSettings`.
+        history_limit / payload_history_limit: records kept of the request log and event errors / of
+            delivered event messages (`sandbox.request_log.HISTORY_LIMIT`, `PAYLOAD_HISTORY_LIMIT`).
     """
 
     def __init__(self, *, entities: list[FnoEntity] | None = None, companies: Sequence[str] = DEFAULT_COMPANIES,
@@ -283,7 +285,8 @@ class FnO:
                  clock: Callable[[], datetime] | None = None, seed: int = 0,
                  write_error_status: Literal[400, 500] = 500,
                  plus_in_key: Literal["route", "space"] = "route",
-                 string_overflow: StringOverflow = "error") -> None:
+                 string_overflow: StringOverflow = "error", history_limit: int | None = HISTORY_LIMIT,
+                 payload_history_limit: int | None = PAYLOAD_HISTORY_LIMIT) -> None:
         self.lock = threading.RLock()
         self.settings = FnoSettings(write_error_status=write_error_status, plus_in_key=plus_in_key,
                                     string_overflow=string_overflow)
@@ -297,7 +300,7 @@ class FnO:
         self.page_size = page_size
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.faults = FaultInjector(seed)
-        self.request_log = RequestLog()
+        self.request_log = RequestLog(history_limit)
         self.protection = ServiceProtection(limits or ServiceProtectionLimits(max_concurrent=None,
                                                                               max_requests=None))
         self._initial_limits = self.protection.limits.model_copy()
@@ -316,7 +319,8 @@ class FnO:
         self._sequences: dict[tuple[str, str], int] = {}
         from sandbox.fno_events import FnoEvents
 
-        self.events = FnoEvents(self, seed=seed)
+        self.events = FnoEvents(self, seed=seed, history_limit=history_limit,
+                                payload_history_limit=payload_history_limit)
         self.on_change(self.events.on_change)
         from sandbox.fno_api import build_app
 
