@@ -861,6 +861,12 @@ class Dataverse:
                 return str(currency_row["currencysymbol"])
         return "$"
 
+    def related_row(self, ref: LookupValue) -> dict[str, Any] | None:
+        """A copy of the row a lookup points at, or None when there is none (an expanded lookup is null)."""
+        with self.lock:
+            row = self._rows.get(ref.table, {}).get(ref.id)
+            return dict(row) if row is not None else None
+
     def primary_name_of(self, ref: LookupValue) -> str | None:
         table = self.tables.get(ref.table)
         if table is None:
