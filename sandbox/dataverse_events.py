@@ -2,8 +2,8 @@
 `sandbox/dataverse_registrations.py`), the RemoteExecutionContext JSON a step produces, and the asynchronous
 delivery that POSTs it with Dataverse's retry rules.
 
-Delivery runs on one background thread in commit order. Knobs (`pause`/`resume(order=...)`,
-`duplicates`) let tests reproduce the reordering and redelivery the integration must tolerate.
+Delivery runs on `workers` background threads (one: commit order), each on its own keep-alive connection.
+Knobs (`pause`/`resume(order=...)`, `duplicates`) let tests reproduce the reordering and redelivery the integration must tolerate.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
-import httpx
 from pydantic import BaseModel, Field, model_validator
 
 from sandbox.dataverse_tables import ColumnType, DataverseUser, LookupValue, Organization, Table
+from sandbox.poster import PostError, Poster
 from sandbox.request_log import HISTORY_LIMIT, PAYLOAD_HISTORY_LIMIT
 
 CONTRACTS = "http://schemas.microsoft.com/xrm/2011/Contracts"
@@ -531,7 +531,8 @@ class WebhookDispatcher:
         self._threads = []
 
     def _run(self) -> None:
-        with httpx.Client(timeout=self.timeout, trust_env=False) as client:
+        client = Poster(self.timeout)
+        try:
             while True:
                 with self._cond:
                     while not self._stopped and (self._paused or not self._queue):
@@ -548,18 +549,19 @@ class WebhookDispatcher:
                     with self._cond:
                         self._in_flight -= 1
                         self._cond.notify_all()
+        finally:
+            client.close()
 
-    def _deliver(self, client: httpx.Client, item: _Job) -> None:
+    def _deliver(self, client: Poster, item: _Job) -> None:
         job = item.job
         ok, message = False, None
         for attempt in (1, 2):
             status: int | None = None
             error: str | None = None
             try:
-                response = client.post(item.url, content=item.body, headers=item.headers)
-                status = response.status_code
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                status = client.post(item.url, item.body, item.headers)
+            except PostError as exc:
+                error = str(exc)
             with self._cond:
                 self._attempts.append(DeliveryAttempt(operation_id=job.id, step_id=job.step_id, url=item.url,
                                                       attempt=attempt, status=status, error=error,
