@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -58,6 +58,10 @@ PARENT_NOT_EDITABLE = ("0x80040203", "The detail cannot be updated because the p
 INVALID_ARGUMENT = "0x80040203"
 #: Lines priced from their document's price list (the F&O -> Sales flows write these).
 PRICED_LINES = frozenset({"salesorderdetail", "invoicedetail"})
+#: Column types whose `$filter` equality compares as the key index does (text case-insensitively, numbers by value);
+#: datetimes (parsed from text literals) and lookups (`_x_value`) are filtered by a scan.
+INDEXED_FILTER_TYPES = frozenset({ColumnType.STRING, ColumnType.MEMO, ColumnType.INT, ColumnType.BIGINT,
+                                  ColumnType.DECIMAL, ColumnType.MONEY, ColumnType.FLOAT, ColumnType.OPTIONSET})
 #: product statecode/statuscode of a Draft product.
 PRODUCT_DRAFT = (2, 0)
 
@@ -933,6 +937,20 @@ class Dataverse:
     def snapshot(self, table: Table) -> list[dict[str, Any]]:
         with self.lock:
             return [dict(row) for row in self._rows[table.logical_name].values()]
+
+    def query(self, table: Table, keep: Callable[[dict[str, Any]], bool],
+              hint: tuple[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Copies of the rows `keep` accepts, in table order. `hint` (column, value): the filter is exactly
+        `column eq value`; when the column is a single-column alternate key only the rows its index holds under
+        that value are tested (the index compares as `$filter` does: case-insensitive text, numbers by value)."""
+        with self.lock:
+            rows = self._rows[table.logical_name]
+            candidates: Iterable[str] = rows
+            column = table.column(hint[0]) if hint is not None else None
+            if hint is not None and column is not None and column.type in INDEXED_FILTER_TYPES \
+                    and rows.has_key((hint[0],)):
+                candidates = rows.ids_for((hint[0],), {hint[0]: hint[1]})
+            return [dict(rows[record_id]) for record_id in candidates if keep(rows[record_id])]
 
 
 def web_value(value: Any) -> Any:

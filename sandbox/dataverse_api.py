@@ -23,8 +23,8 @@ from sandbox.dataverse_registrations import READ_ONLY_TABLES, required_privilege
 from sandbox.dataverse_tables import ColumnType, Table
 from sandbox.front import SandboxFront, request_user
 from sandbox.odata import (
-    FilterRow, GuidLiteral, ODataSyntaxError, UnknownProperty, compile_filter, parse_key, parse_orderby,
-    parse_resource_path, parse_select, sort_rows,
+    FilterRow, GuidLiteral, ODataSyntaxError, UnknownProperty, compile_filter, equality_hint, parse_key,
+    parse_orderby, parse_resource_path, parse_select, sort_rows,
 )
 
 #: The largest page the Web API returns (and the largest odata.maxpagesize it honours).
@@ -253,10 +253,12 @@ class DataverseApi:
         select = self.validated_select(table, request)
         expansions = self.expansions(table, request)
         known = self.dv.select_names(table)
-        rows = self.dv.snapshot(table)
         if params.get("$filter"):
             predicate = compile_filter(params["$filter"], known.__contains__)
-            rows = [row for row in rows if predicate(FilterRow(row, self.dv.filter_value))]
+            rows = self.dv.query(table, lambda row: predicate(FilterRow(row, self.dv.filter_value)),
+                                 equality_hint(params["$filter"]))
+        else:
+            rows = self.dv.snapshot(table)
         if params.get("$orderby"):
             rows = sort_rows(rows, parse_orderby(params["$orderby"], known.__contains__), self.dv.filter_value)
         if params.get("$top"):

@@ -3,13 +3,16 @@ right after a key column changes, a row is deleted, or a change set rolls back."
 
 from __future__ import annotations
 
+import asyncio
 import random
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 
 from sandbox.dataverse import Dataverse, DataverseError, _same
+from sandbox.dataverse_tables import INTEGRATION_TOKEN
 from sandbox.fno import FnO
 from sandbox.indexed_rows import IndexedRows
 
@@ -123,3 +126,33 @@ def test_fno_rollback_restores_rows_and_versions() -> None:
     assert fno.get("CustomersV3", {"CustomerAccount": "US-002", "dataAreaId": "usmf"}) is None
     assert fno.etag(entity, fno.get("CustomersV3", key)) == etag
     assert fno.get("CustomersV3", key).get("OrganizationName") != "Changed"
+
+
+
+@pytest.mark.parametrize("literal,numbers", [
+    ("'F-1'", ["F-1"]), ("'f-1'", ["F-1"]), ("'F-1 '", []), ("7", []), ("'7'", ["7"]), ("'nope'", [])])
+def test_a_key_equality_filter_uses_the_index_and_answers_as_a_scan(dv: Dataverse, literal: str,
+                                                                    numbers: list[str]) -> None:
+    for number in ("F-1", "F-2", "7"):
+        dv.create("account", {"name": f"Filter {number}", "accountnumber": number})
+    hinted: list[tuple[Any, list[str], list[str]]] = []
+    query = dv.query
+
+    def spy(table: Any, keep: Any, hint: Any = None) -> list[dict[str, Any]]:
+        rows = query(table, keep, hint)
+        hinted.append((hint, [r["accountid"] for r in rows], [r["accountid"] for r in query(table, keep, None)]))
+        return rows
+
+    dv.query = spy  # type: ignore[method-assign]
+
+    async def fetch() -> list[str]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=dv.app), base_url="http://dv/api/data/v9.2/",
+                                     headers={"Authorization": f"Bearer {INTEGRATION_TOKEN}"}) as client:
+            response = await client.get("accounts", params={"$filter": f"accountnumber eq {literal}",
+                                                            "$select": "accountnumber"})
+            assert response.status_code == 200, response.text
+            return [r["accountnumber"] for r in response.json()["value"]]
+
+    assert asyncio.run(fetch()) == numbers
+    [(hint, with_index, with_scan)] = hinted
+    assert hint is not None and hint[0] == "accountnumber" and with_index == with_scan
