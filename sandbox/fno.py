@@ -612,10 +612,12 @@ class FnO:
             return FnoChange(entity_set=entity.entity_set, operation="Delete", row=dict(current), changed=[],
                              user=user.user_id, company=current["dataAreaId"], time=self.clock())
 
-    def snapshot(self, entity: FnoEntity, companies: Sequence[str]) -> list[tuple[Row, str]]:
+    def snapshot(self, entity: FnoEntity, companies: Sequence[str],
+                 keep: Callable[[Row], bool] | None = None) -> list[tuple[Row, str]]:
+        """Copies of the rows of `companies` (that `keep` accepts) with their etags; only kept rows are copied."""
         with self.lock:
             return [(dict(row), self.etag(entity, row)) for row in self._rows[entity.entity_set].values()
-                    if row.get("dataAreaId") in companies]
+                    if row.get("dataAreaId") in companies and (keep is None or keep(row))]
 
     def notify(self, change: FnoChange) -> None:
         """Hand a committed change to every sink (held back until its change set commits)."""
