@@ -397,7 +397,7 @@ class Dataverse:
 
     def _seed(self) -> None:
         for table in self.tables.values():
-            self._rows.setdefault(table.logical_name, IndexedRows(table.alternate_keys))
+            self._rows.setdefault(table.logical_name, IndexedRows(_indexes(table)))
         now = self._now()
         rows = seed_rows()
         rows.setdefault("systemuser", []).extend(u.systemuser_row() for u in self.users)
@@ -940,17 +940,40 @@ class Dataverse:
 
     def query(self, table: Table, keep: Callable[[dict[str, Any]], bool],
               hint: tuple[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Copies of the rows `keep` accepts, in table order. `hint` (column, value): the filter is exactly
-        `column eq value`; when the column is a single-column alternate key only the rows its index holds under
-        that value are tested (the index compares as `$filter` does: case-insensitive text, numbers by value)."""
+        """Copies of the rows `keep` accepts, in table order. `hint` (property, value): the filter is exactly
+        `property eq value`; when the column is indexed alone (a single-column key, or a key's first column) only
+        the rows its index holds under that value are tested (the index compares as `$filter` does:
+        case-insensitive text, numbers by value, a single-target lookup by the id of its row)."""
         with self.lock:
             rows = self._rows[table.logical_name]
             candidates: Iterable[str] = rows
-            column = table.column(hint[0]) if hint is not None else None
-            if hint is not None and column is not None and column.type in INDEXED_FILTER_TYPES \
-                    and rows.has_key((hint[0],)):
-                candidates = rows.ids_for((hint[0],), {hint[0]: hint[1]})
+            indexed = self._indexed_value(table, hint) if hint is not None else None
+            if indexed is not None and rows.has_key((indexed[0],)):
+                candidates = rows.ids_for((indexed[0],), {indexed[0]: indexed[1]})
             return [dict(rows[record_id]) for record_id in candidates if keep(rows[record_id])]
+
+    @staticmethod
+    def _indexed_value(table: Table, hint: tuple[str, Any]) -> tuple[str, Any] | None:
+        """(column, stored value) a `$filter` equality can be looked up under, or None when only a scan is exact."""
+        name, value = hint
+        if name.startswith("_") and name.endswith("_value"):
+            column = table.column(name[1:-6])
+            if column is None or column.type is not ColumnType.LOOKUP or len(column.targets) != 1 \
+                    or not isinstance(value, GuidLiteral):
+                return None  # a polymorphic lookup's filter matches the id in any target table
+            return column.name, LookupValue(table=column.targets[0], id=value.value)
+        column = table.column(name)
+        if column is None or column.type not in INDEXED_FILTER_TYPES or isinstance(value, GuidLiteral):
+            return None
+        return name, value
+
+
+def _indexes(table: Table) -> list[list[str]]:
+    """The table's alternate keys, plus the first column of each composite key alone (a document's lines are
+    read by `_salesorderid_value eq <id>`)."""
+    indexes = [list(key) for key in table.alternate_keys]
+    indexes += [[key[0]] for key in table.alternate_keys if len(key) > 1 and [key[0]] not in indexes]
+    return indexes
 
 
 def web_value(value: Any) -> Any:

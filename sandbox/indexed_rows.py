@@ -12,6 +12,7 @@ numbers by value (1 == 1.0 == Decimal("1")), anything else by equality.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -42,25 +43,22 @@ class IndexedRows(dict[Any, Any]):
             tuple(key): {} for key in alternate_keys}
         self._journal: list[tuple[str, Any]] | None = None
         self._order: list[str] | None = None  # the ids' order before a change set's first delete
+        self._positions = itertools.count()
+        self._position: dict[Any, int] = {}  # id -> rank in table order (ties in an index bucket sort by it)
         for record_id, row in (rows or {}).items():
             self[record_id] = row
 
     # -- mapping writes keep the indexes (and the journal) -----------------------------------------
     def __setitem__(self, record_id: str, row: Row) -> None:
-        old = dict.get(self, record_id, _MISSING)
-        self._log(record_id, old)
-        if old is not _MISSING:
-            self._unindex(record_id, old)
-        dict.__setitem__(self, record_id, row)
-        self._index(record_id, row)
+        self._log(record_id, dict.get(self, record_id, _MISSING))
+        self._put(record_id, row)
 
     def __delitem__(self, record_id: str) -> None:
         old = dict.__getitem__(self, record_id)
         if self._journal is not None and self._order is None:
             self._order = list(self)  # a rollback puts a deleted row back where it was
         self._log(record_id, old)
-        self._unindex(record_id, old)
-        dict.__delitem__(self, record_id)
+        self._drop(record_id)
 
     def pop(self, record_id: str, *default: Any) -> Any:  # type: ignore[override]
         if record_id not in self:
@@ -96,7 +94,7 @@ class IndexedRows(dict[Any, Any]):
             return []
         if len(bucket) == 1:
             return list(bucket)
-        return [record_id for record_id in self if record_id in bucket]  # rare: null parts, platform rows
+        return sorted(bucket, key=self._position.__getitem__)  # a document's lines, null key parts
 
     def has_key(self, key: Iterable[str]) -> bool:
         return tuple(key) in self._indexes
@@ -140,14 +138,18 @@ class IndexedRows(dict[Any, Any]):
         rows.update((record_id, row) for record_id, row in dict.items(self) if record_id not in rows)
         dict.clear(self)
         dict.update(self, rows)
+        self._position = {record_id: next(self._positions) for record_id in rows}
 
     def _drop(self, record_id: str) -> None:
         self._unindex(record_id, dict.__getitem__(self, record_id))
         dict.__delitem__(self, record_id)
+        del self._position[record_id]
 
     def _put(self, record_id: str, row: Row) -> None:
         old = dict.get(self, record_id, _MISSING)
-        if old is not _MISSING:
+        if old is _MISSING:
+            self._position[record_id] = next(self._positions)  # a new id goes to the end, as in a dict
+        else:
             self._unindex(record_id, old)
         dict.__setitem__(self, record_id, row)
         self._index(record_id, row)

@@ -128,6 +128,17 @@ def test_fno_rollback_restores_rows_and_versions() -> None:
     assert fno.get("CustomersV3", key).get("OrganizationName") != "Changed"
 
 
+def web_get(dv: Dataverse, entity_set: str, params: dict[str, str]) -> list[dict[str, Any]]:
+    """GET a collection through the Web API app in process; the rows of its answer."""
+    async def fetch() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=dv.app), base_url="http://dv/api/data/v9.2/",
+                                     headers={"Authorization": f"Bearer {INTEGRATION_TOKEN}"}) as client:
+            response = await client.get(entity_set, params=params)
+            assert response.status_code == 200, response.text
+            return list(response.json()["value"])
+
+    return asyncio.run(fetch())
+
 
 @pytest.mark.parametrize("literal,numbers", [
     ("'F-1'", ["F-1"]), ("'f-1'", ["F-1"]), ("'F-1 '", []), ("7", []), ("'7'", ["7"]), ("'nope'", [])])
@@ -145,14 +156,35 @@ def test_a_key_equality_filter_uses_the_index_and_answers_as_a_scan(dv: Datavers
 
     dv.query = spy  # type: ignore[method-assign]
 
-    async def fetch() -> list[str]:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=dv.app), base_url="http://dv/api/data/v9.2/",
-                                     headers={"Authorization": f"Bearer {INTEGRATION_TOKEN}"}) as client:
-            response = await client.get("accounts", params={"$filter": f"accountnumber eq {literal}",
-                                                            "$select": "accountnumber"})
-            assert response.status_code == 200, response.text
-            return [r["accountnumber"] for r in response.json()["value"]]
-
-    assert asyncio.run(fetch()) == numbers
+    rows = web_get(dv, "accounts", {"$filter": f"accountnumber eq {literal}", "$select": "accountnumber"})
+    assert [r["accountnumber"] for r in rows] == numbers
     [(hint, with_index, with_scan)] = hinted
     assert hint is not None and hint[0] == "accountnumber" and with_index == with_scan
+
+
+def test_a_document_s_lines_are_read_through_the_parent_lookup_index(dv: Dataverse) -> None:
+    orders = [dv.create("salesorder", {"name": f"SO{n}", "ordernumber": f"SO-{n}"}) for n in range(3)]
+    for order in orders:
+        for _ in range(2):
+            dv.create("salesorderdetail", {"salesorderid": ("salesorder", order), "isproductoverridden": True,
+                                           "productdescription": "Write-in", "quantity": 1})
+    table = dv.table("salesorderdetail")
+    seen: list[Any] = []
+    query = dv.query
+
+    def spy(table_arg: Any, keep: Any, hint: Any = None) -> list[dict[str, Any]]:
+        indexed, scanned = query(table_arg, keep, hint), query(table_arg, keep, None)
+        seen.append((hint, dv._indexed_value(table, hint) if hint else None))
+        assert [r["salesorderdetailid"] for r in indexed] == [r["salesorderdetailid"] for r in scanned]
+        return indexed
+
+    dv.query = spy  # type: ignore[method-assign]
+
+    def lines(literal: str) -> list[dict[str, Any]]:
+        return web_get(dv, "salesorderdetails", {"$filter": f"_salesorderid_value eq {literal}", "$select": "quantity"})
+
+    assert len(lines(orders[1])) == 2
+    assert len(lines(orders[2].upper())) == 2
+    assert lines("00000000-0000-0000-0000-000000000000") == []
+    assert all(indexed is not None and indexed[0] == "salesorderid" for _, indexed in seen)
+    assert dv._indexed_value(dv.table("salesorder"), ("_customerid_value", None)) is None  # polymorphic: scan
