@@ -88,7 +88,12 @@ class IndexedRows(dict[Any, Any]):
 
     # -- lookups ------------------------------------------------------------------------------------
     def ids_for(self, key: KeyColumns, values: Mapping[str, Any]) -> list[str]:
-        """Ids of the rows whose `key` columns equal `values` (as `_same` compares), in table order."""
+        """Ids of the rows whose `key` columns equal `values` (as `_same` compares), in table order. A key not
+        indexed yet (an alternate key added to the table definition later) is indexed now."""
+        if key not in self._indexes:
+            self._indexes[key] = {}
+            for record_id, row in dict.items(self):
+                self._indexes[key].setdefault(tuple(key_part(row.get(col)) for col in key), {})[record_id] = None
         bucket = self._indexes[key].get(tuple(key_part(values.get(col)) for col in key))
         if not bucket:
             return []

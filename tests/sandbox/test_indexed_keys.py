@@ -188,3 +188,15 @@ def test_a_document_s_lines_are_read_through_the_parent_lookup_index(dv: Dataver
     assert lines("00000000-0000-0000-0000-000000000000") == []
     assert all(indexed is not None and indexed[0] == "salesorderid" for _, indexed in seen)
     assert dv._indexed_value(dv.table("salesorder"), ("_customerid_value", None)) is None  # polymorphic: scan
+
+
+def test_a_key_added_to_the_definition_later_is_indexed_on_first_use(dv: Dataverse) -> None:
+    dv.create("contact", {"firstname": "Jo", "lastname": "One", "emailaddress1": "jo@example.com"})
+    dv.table("contact").alternate_keys.append(["emailaddress1"])
+    try:
+        assert dv.get("contact", {"emailaddress1": "JO@example.com"})["lastname"] == "One"
+        with pytest.raises(DataverseError) as caught:
+            dv.create("contact", {"firstname": "Jo", "lastname": "Two", "emailaddress1": "jo@example.com"})
+        assert caught.value.status == 412
+    finally:
+        dv.table("contact").alternate_keys.pop()
