@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute
 
 from sandbox.dataverse_events import Change, ContextSerializer, SystemJob, WebhookDispatcher, WebhookStep
 from sandbox.dataverse_events import WebhookEndpoint, WebhookRegistration
+from sandbox.indexed_rows import IndexedRows
 from sandbox.dataverse_registrations import (
     WEBHOOK_TABLES, Registrations, RuleViolation, registration_tables, seed_rows as registration_seed_rows,
 )
@@ -31,7 +32,7 @@ from sandbox.dataverse_tables import (
 from sandbox.faults import FaultInjector
 from sandbox.limits import LimitRejection, ServiceProtection, ServiceProtectionLimits
 from sandbox.odata import GUID_RE, GuidLiteral, format_datetime, parse_datetime
-from sandbox.request_log import RequestLog
+from sandbox.request_log import HISTORY_LIMIT, PAYLOAD_HISTORY_LIMIT, RequestLog
 
 KeyValues = dict[str, Any]
 RowRef = str | Mapping[str, Any]  # a GUID or {alternate key column: value}
@@ -57,6 +58,10 @@ PARENT_NOT_EDITABLE = ("0x80040203", "The detail cannot be updated because the p
 INVALID_ARGUMENT = "0x80040203"
 #: Lines priced from their document's price list (the F&O -> Sales flows write these).
 PRICED_LINES = frozenset({"salesorderdetail", "invoicedetail"})
+#: Column types whose `$filter` equality compares as the key index does (text case-insensitively, numbers by value);
+#: datetimes (parsed from text literals) and lookups (`_x_value`) are filtered by a scan.
+INDEXED_FILTER_TYPES = frozenset({ColumnType.STRING, ColumnType.MEMO, ColumnType.INT, ColumnType.BIGINT,
+                                  ColumnType.DECIMAL, ColumnType.MONEY, ColumnType.FLOAT, ColumnType.OPTIONSET})
 #: product statecode/statuscode of a Draft product.
 PRODUCT_DRAFT = (2, 0)
 
@@ -123,6 +128,9 @@ class Dataverse:
         batch_failed_changeset: how `$batch` answers a failed change set: "single" (the failing request's
             answer as one `application/http` part, as ASP.NET OData writes it) or "changeset" (that answer
             inside a change set response). [Inferred] both: no capture of Dataverse's own was found.
+        history_limit / payload_history_limit: records kept of the request log, delivery attempts and finished
+            system jobs / of delivered webhook contexts (`sandbox.request_log.HISTORY_LIMIT`,
+            `PAYLOAD_HISTORY_LIMIT`; None keeps all).
         create_products_active: Organization.CreateProductsWithoutParentInActiveState. "By default, a product
             record is in the Draft state when you create it"; the column is 0 (false) "for a fresh
             installation" (Sales developer guide, product lifecycle), so the default here is Draft.
@@ -135,7 +143,9 @@ class Dataverse:
                  webhook_timeout: float = 60.0, webhook_retry_delay: float = 0.2,
                  default_page_size: int = 5000, seed: int = 0,
                  batch_failed_changeset: Literal["single", "changeset"] = "single",
-                 create_products_active: bool = False, webhook_workers: int = 1) -> None:
+                 create_products_active: bool = False, webhook_workers: int = 1,
+                 history_limit: int | None = HISTORY_LIMIT,
+                 payload_history_limit: int | None = PAYLOAD_HISTORY_LIMIT) -> None:
         self.lock = threading.RLock()
         self.batch_failed_changeset = batch_failed_changeset
         self.create_products_active = create_products_active
@@ -152,14 +162,15 @@ class Dataverse:
         self.timestamp_precision = timestamp_precision
         self.default_page_size = default_page_size
         self.faults = FaultInjector(seed)
-        self.request_log = RequestLog()
+        self.request_log = RequestLog(history_limit)
         self.protection = ServiceProtection(limits)
         self._initial_limits = self.protection.limits.model_copy()
         self.webhooks = WebhookDispatcher(ContextSerializer(self.tables, self._currency_symbol),
                                           self.organization, timeout=webhook_timeout,
                                           retry_delay=webhook_retry_delay, on_job=self._record_job, seed=seed,
-                                          workers=webhook_workers)
-        self._rows: dict[str, dict[str, dict[str, Any]]] = {}
+                                          workers=webhook_workers, history_limit=history_limit,
+                                          payload_history_limit=payload_history_limit)
+        self._rows: dict[str, IndexedRows] = {}
         self.registrations = Registrations(lambda: self._rows, self.tables)
         self._versions = itertools.count(1)
         self._line_numbers: dict[tuple[str, str], int] = {}  # (line table, document id) -> last sequencenumber
@@ -386,7 +397,7 @@ class Dataverse:
 
     def _seed(self) -> None:
         for table in self.tables.values():
-            self._rows.setdefault(table.logical_name, {})
+            self._rows.setdefault(table.logical_name, IndexedRows(_indexes(table)))
         now = self._now()
         rows = seed_rows()
         rows.setdefault("systemuser", []).extend(u.systemuser_row() for u in self.users)
@@ -459,24 +470,23 @@ class Dataverse:
     def _match_key(self, table: Table, keys: KeyValues) -> str | None:
         columns = self.key_columns(table, list(keys))
         wanted = {col: self.coerce(table, col, value) for col, value in zip(columns, keys.values())}
-        for record_id, row in self._rows[table.logical_name].items():
-            if all(_same(row.get(col), value) for col, value in wanted.items()):
-                return record_id
-        return None
+        key = next(tuple(k) for k in table.alternate_keys if sorted(k) == sorted(columns))
+        found = self._rows[table.logical_name].ids_for(key, wanted)  # indexed: values compared as `_same` does
+        return found[0] if found else None
 
     def _check_alternate_keys(self, table: Table, row: dict[str, Any], record_id: str) -> None:
+        rows = self._rows[table.logical_name]
         for key in table.alternate_keys:
             values = [row.get(col) for col in key]
             if any(v is None for v in values):
                 continue
-            for other_id, other in self._rows[table.logical_name].items():
-                if other_id != record_id and all(_same(other.get(c), v) for c, v in zip(key, values)):
-                    described = ", ".join(f"{c}:{_display(v)}" for c, v in zip(key, values))
-                    raise DataverseError(
-                        412, "0x80060892",
-                        f"Entity Key {table.logical_name}_{'_'.join(key)} violated. A record with the same "
-                        f"value for {', '.join(key)} already exists. A duplicate record cannot be created. "
-                        f"Duplicate key: {described}")
+            if any(other_id != record_id for other_id in rows.ids_for(tuple(key), row)):
+                described = ", ".join(f"{c}:{_display(v)}" for c, v in zip(key, values))
+                raise DataverseError(
+                    412, "0x80060892",
+                    f"Entity Key {table.logical_name}_{'_'.join(key)} violated. A record with the same "
+                    f"value for {', '.join(key)} already exists. A duplicate record cannot be created. "
+                    f"Duplicate key: {described}")
 
     def _computed(self, table: Table, row: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
         """Platform-computed columns a write adds to its Target: status for a new state, full name,
@@ -638,9 +648,13 @@ class Dataverse:
         if not isinstance(price_list, LookupValue):
             return
         unit = row.get("uomid")
-        priced = any(item.get("pricelevelid") == price_list and item.get("productid") == product
-                     and (not isinstance(unit, LookupValue) or item.get("uomid") == unit)
-                     for item in self._rows["productpricelevel"].values())
+        items, key = self._rows["productpricelevel"], ("pricelevelid", "productid", "uomid")
+        if isinstance(unit, LookupValue) and items.has_key(key):  # indexed: one item per list, product, unit
+            priced = bool(items.ids_for(key, {"pricelevelid": price_list, "productid": product, "uomid": unit}))
+        else:
+            priced = any(item.get("pricelevelid") == price_list and item.get("productid") == product
+                         and (not isinstance(unit, LookupValue) or item.get("uomid") == unit)
+                         for item in items.values())
         if not priced:
             raise DataverseError(400, INVALID_ARGUMENT, "The product is not in the price list of the "
                                                         f"{parent_table}; add it to the price list or override the "
@@ -705,7 +719,7 @@ class Dataverse:
         state = ChangeSet()
         thread = threading.get_ident()
         with self.lock:
-            saved_rows = {name: dict(rows) for name, rows in self._rows.items()}
+            marks = {name: rows.begin() for name, rows in self._rows.items()}  # an undo journal per table
             saved_lines = dict(self._line_numbers)
             self._held[thread] = []
             try:
@@ -715,8 +729,13 @@ class Dataverse:
                 raise
             finally:
                 held = self._held.pop(thread)
+                for name, mark in marks.items():
+                    if state.rolled_back:
+                        self._rows[name].rollback(mark)
+                    else:
+                        self._rows[name].end(mark)
                 if state.rolled_back:
-                    self._rows, self._line_numbers = saved_rows, saved_lines
+                    self._line_numbers = saved_lines
                     self._sync_webhooks()
         if not state.rolled_back:
             for change in held:
@@ -846,6 +865,12 @@ class Dataverse:
                 return str(currency_row["currencysymbol"])
         return "$"
 
+    def related_row(self, ref: LookupValue) -> dict[str, Any] | None:
+        """A copy of the row a lookup points at, or None when there is none (an expanded lookup is null)."""
+        with self.lock:
+            row = self._rows.get(ref.table, {}).get(ref.id)
+            return dict(row) if row is not None else None
+
     def primary_name_of(self, ref: LookupValue) -> str | None:
         table = self.tables.get(ref.table)
         if table is None:
@@ -912,6 +937,43 @@ class Dataverse:
     def snapshot(self, table: Table) -> list[dict[str, Any]]:
         with self.lock:
             return [dict(row) for row in self._rows[table.logical_name].values()]
+
+    def query(self, table: Table, keep: Callable[[dict[str, Any]], bool],
+              hint: tuple[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Copies of the rows `keep` accepts, in table order. `hint` (property, value): the filter is exactly
+        `property eq value`; when the column is indexed alone (a single-column key, or a key's first column) only
+        the rows its index holds under that value are tested (the index compares as `$filter` does:
+        case-insensitive text, numbers by value, a single-target lookup by the id of its row)."""
+        with self.lock:
+            rows = self._rows[table.logical_name]
+            candidates: Iterable[str] = rows
+            indexed = self._indexed_value(table, hint) if hint is not None else None
+            if indexed is not None and rows.has_key((indexed[0],)):
+                candidates = rows.ids_for((indexed[0],), {indexed[0]: indexed[1]})
+            return [dict(rows[record_id]) for record_id in candidates if keep(rows[record_id])]
+
+    @staticmethod
+    def _indexed_value(table: Table, hint: tuple[str, Any]) -> tuple[str, Any] | None:
+        """(column, stored value) a `$filter` equality can be looked up under, or None when only a scan is exact."""
+        name, value = hint
+        if name.startswith("_") and name.endswith("_value"):
+            column = table.column(name[1:-6])
+            if column is None or column.type is not ColumnType.LOOKUP or len(column.targets) != 1 \
+                    or not isinstance(value, GuidLiteral):
+                return None  # a polymorphic lookup's filter matches the id in any target table
+            return column.name, LookupValue(table=column.targets[0], id=value.value)
+        column = table.column(name)
+        if column is None or column.type not in INDEXED_FILTER_TYPES or isinstance(value, GuidLiteral):
+            return None
+        return name, value
+
+
+def _indexes(table: Table) -> list[list[str]]:
+    """The table's alternate keys, plus the first column of each composite key alone (a document's lines are
+    read by `_salesorderid_value eq <id>`)."""
+    indexes = [list(key) for key in table.alternate_keys]
+    indexes += [[key[0]] for key in table.alternate_keys if len(key) > 1 and [key[0]] not in indexes]
+    return indexes
 
 
 def web_value(value: Any) -> Any:

@@ -17,13 +17,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from sandbox.dataverse import Dataverse, DataverseError, RowRef, does_not_exist, invalid_property
+from sandbox.dataverse_expand import ExpandParser, Expansion, expand_into
 from sandbox.dataverse_events import WebhookEndpoint, WebhookRegistration, WebhookStep
 from sandbox.dataverse_registrations import READ_ONLY_TABLES, required_privilege
 from sandbox.dataverse_tables import ColumnType, Table
 from sandbox.front import SandboxFront, request_user
 from sandbox.odata import (
-    FilterRow, GuidLiteral, ODataSyntaxError, UnknownProperty, compile_filter, parse_key, parse_orderby,
-    parse_resource_path, parse_select, sort_rows,
+    FilterRow, GuidLiteral, ODataSyntaxError, UnknownProperty, compile_filter, equality_hint, parse_key,
+    parse_orderby, parse_resource_path, parse_select, sort_rows,
 )
 
 #: The largest page the Web API returns (and the largest odata.maxpagesize it honours).
@@ -147,6 +148,19 @@ class DataverseApi:
                     raise UnknownProperty(name)
         return select
 
+    def expansions(self, table: Table, request: Request) -> list[Expansion]:
+        """The request's `$expand` (single-valued navigation properties), validated (sandbox/dataverse_expand.py)."""
+        parser = ExpandParser(self.dv.tables, self.dv.select_names, DataverseError)
+        return parser.parse(table, request.query_params.get("$expand"))
+
+    def with_expansions(self, table: Table, row: dict[str, Any], select: list[str] | None,
+                        expansions: list[Expansion], annotations: bool) -> dict[str, Any]:
+        """A row's JSON with its expanded lookups."""
+        def web_row(target: Table, related: Any, columns: list[str] | None) -> dict[str, Any]:
+            return self.dv.web_row(target, related, columns, annotations=annotations)
+
+        return expand_into(web_row(table, row, select), row, expansions, self.dv.related_row, web_row)
+
     def bypass_async(self, request: Request) -> bool:
         header = request.headers.get("MSCRM.BypassBusinessLogicExecution", "")
         if "customasync" not in header.lower().replace(" ", ""):
@@ -177,8 +191,10 @@ class DataverseApi:
                 **self.dv.web_row(table, row, select, annotations=_wants_annotations(prefs))}
         return _json(body, status, {"ETag": self.dv.etag(row), "Preference-Applied": "return=representation"})
 
-    def context_url(self, request: Request, table: Table, select: list[str] | None, *, entity: bool) -> str:
-        selected = f"({','.join(select)})" if select else ""
+    def context_url(self, request: Request, table: Table, select: list[str] | None, *, entity: bool,
+                    expansions: list[Expansion] | None = None) -> str:
+        columns = [*(select or []), *(e.context() for e in expansions or [])]
+        selected = f"({','.join(columns)})" if columns else ""
         return f"{_root(request)}$metadata#{table.entity_set}{selected}{'/$entity' if entity else ''}"
 
     # -- dispatcher ----------------------------------------------------------------------------------
@@ -235,11 +251,14 @@ class DataverseApi:
         params = request.query_params
         prefs = _prefer(request)
         select = self.validated_select(table, request)
+        expansions = self.expansions(table, request)
         known = self.dv.select_names(table)
-        rows = self.dv.snapshot(table)
         if params.get("$filter"):
             predicate = compile_filter(params["$filter"], known.__contains__)
-            rows = [row for row in rows if predicate(FilterRow(row, self.dv.filter_value))]
+            rows = self.dv.query(table, lambda row: predicate(FilterRow(row, self.dv.filter_value)),
+                                 equality_hint(params["$filter"]))
+        else:
+            rows = self.dv.snapshot(table)
         if params.get("$orderby"):
             rows = sort_rows(rows, parse_orderby(params["$orderby"], known.__contains__), self.dv.filter_value)
         if params.get("$top"):
@@ -268,10 +287,11 @@ class DataverseApi:
                 raise DataverseError(400, "0x80060888", "Invalid $skiptoken.") from exc
         page = rows[offset: offset + page_size]
         annotations = _wants_annotations(prefs)
-        body: dict[str, Any] = {"@odata.context": self.context_url(request, table, select, entity=False)}
+        body: dict[str, Any] = {"@odata.context": self.context_url(request, table, select, entity=False,
+                                                                   expansions=expansions)}
         if params.get("$count", "").lower() == "true":
             body["@odata.count"] = min(total, MAX_PAGE_SIZE)
-        body["value"] = [self.dv.web_row(table, row, select, annotations=annotations) for row in page]
+        body["value"] = [self.with_expansions(table, row, select, expansions, annotations) for row in page]
         if offset + page_size < total:
             token = base64.urlsafe_b64encode(json.dumps({"offset": offset + page_size}).encode()).decode()
             body["@odata.nextLink"] = str(request.url.include_query_params(**{"$skiptoken": token}))
@@ -279,6 +299,7 @@ class DataverseApi:
 
     def get_one(self, request: Request, table: Table, ident: RowRef) -> Response:
         select = self.validated_select(table, request)
+        expansions = self.expansions(table, request)
         with self.dv.lock:
             record_id = self.dv.find(table, ident)
             if record_id is None:
@@ -287,8 +308,8 @@ class DataverseApi:
         etag = self.dv.etag(row)
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"ETag": etag, **ODATA_HEADERS})
-        body = {"@odata.context": self.context_url(request, table, select, entity=True),
-                **self.dv.web_row(table, row, select, annotations=_wants_annotations(_prefer(request)))}
+        body = {"@odata.context": self.context_url(request, table, select, entity=True, expansions=expansions),
+                **self.with_expansions(table, row, select, expansions, _wants_annotations(_prefer(request)))}
         return _json(body, headers={"ETag": etag})
 
     # -- writes -------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 `sandbox/dataverse_registrations.py`), the RemoteExecutionContext JSON a step produces, and the asynchronous
 delivery that POSTs it with Dataverse's retry rules.
 
-Delivery runs on one background thread in commit order. Knobs (`pause`/`resume(order=...)`,
-`duplicates`) let tests reproduce the reordering and redelivery the integration must tolerate.
+Delivery runs on `workers` background threads (one: commit order), each on its own keep-alive connection.
+Knobs (`pause`/`resume(order=...)`, `duplicates`) let tests reproduce the reordering and redelivery the integration must tolerate.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
-import httpx
 from pydantic import BaseModel, Field, model_validator
 
 from sandbox.dataverse_tables import ColumnType, DataverseUser, LookupValue, Organization, Table
+from sandbox.poster import PostError, Poster
+from sandbox.request_log import HISTORY_LIMIT, PAYLOAD_HISTORY_LIMIT
 
 CONTRACTS = "http://schemas.microsoft.com/xrm/2011/Contracts"
 ENTITY_TYPE = f"Entity:{CONTRACTS}"
@@ -346,9 +347,12 @@ class WebhookDispatcher:
 
     def __init__(self, serializer: ContextSerializer, organization: Organization, *, timeout: float = 60.0,
                  retry_delay: float = 0.2, on_job: JobListener | None = None, seed: int = 0,
-                 workers: int = 1) -> None:
+                 workers: int = 1, history_limit: int | None = HISTORY_LIMIT,
+                 payload_history_limit: int | None = PAYLOAD_HISTORY_LIMIT) -> None:
         """``workers``: deliveries in flight at once. The asynchronous service runs async steps in parallel
-        (no order between events is promised); 1 keeps commit order, which many tests rely on."""
+        (no order between events is promised); 1 keeps commit order, which many tests rely on.
+        ``history_limit``: finished system jobs and delivery attempts kept; ``payload_history_limit``: delivered
+        contexts kept (the oldest go first; queued and running jobs are always kept)."""
         if workers < 1:
             raise ValueError("workers: at least 1 delivery thread is needed")
         self.workers = workers
@@ -366,8 +370,9 @@ class WebhookDispatcher:
         self._paused = False
         self._stopped = False
         self._jobs: dict[str, SystemJob] = {}
-        self._attempts: list[DeliveryAttempt] = []
-        self._payloads: list[dict[str, Any]] = []
+        self.history_limit = history_limit
+        self._attempts: deque[DeliveryAttempt] = deque(maxlen=history_limit)
+        self._payloads: deque[dict[str, Any]] = deque(maxlen=payload_history_limit)
         self._threads: list[threading.Thread] = []
 
     # -- registrations (derived from the registration rows by the store) -------------------------
@@ -422,11 +427,22 @@ class WebhookDispatcher:
                         message_name=change.message, correlation_id=change.correlation_id,
                         created_on=datetime.now(timezone.utc), auto_delete=step.async_auto_delete)
         self._jobs[operation_id] = job
+        self._forget_finished_jobs()
         self._queue.append(_Job(job=job, url=_endpoint_url(endpoint), headers=headers, body=body,
                                 context=context))
         if self.on_job:
             self.on_job(job.model_copy())
         return operation_id
+
+    def _forget_finished_jobs(self) -> None:
+        """Beyond `history_limit`, drop the oldest jobs while they are finished (statecode 3, Completed)."""
+        if self.history_limit is None:
+            return
+        while len(self._jobs) > self.history_limit:
+            oldest = next(iter(self._jobs))
+            if self._jobs[oldest].statecode != 3:
+                return
+            del self._jobs[oldest]
 
     # -- knobs ------------------------------------------------------------------------------------
     def pause(self) -> None:
@@ -515,7 +531,8 @@ class WebhookDispatcher:
         self._threads = []
 
     def _run(self) -> None:
-        with httpx.Client(timeout=self.timeout, trust_env=False) as client:
+        client = Poster(self.timeout)
+        try:
             while True:
                 with self._cond:
                     while not self._stopped and (self._paused or not self._queue):
@@ -532,18 +549,19 @@ class WebhookDispatcher:
                     with self._cond:
                         self._in_flight -= 1
                         self._cond.notify_all()
+        finally:
+            client.close()
 
-    def _deliver(self, client: httpx.Client, item: _Job) -> None:
+    def _deliver(self, client: Poster, item: _Job) -> None:
         job = item.job
         ok, message = False, None
         for attempt in (1, 2):
             status: int | None = None
             error: str | None = None
             try:
-                response = client.post(item.url, content=item.body, headers=item.headers)
-                status = response.status_code
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                status = client.post(item.url, item.body, item.headers)
+            except PostError as exc:
+                error = str(exc)
             with self._cond:
                 self._attempts.append(DeliveryAttempt(operation_id=job.id, step_id=job.step_id, url=item.url,
                                                       attempt=attempt, status=status, error=error,
@@ -565,6 +583,7 @@ class WebhookDispatcher:
             job.completed_on = datetime.now(timezone.utc)
             if ok:
                 self._payloads.append(item.context)
+            self._forget_finished_jobs()
         if self.on_job:
             self.on_job(job.model_copy())
 

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from sandbox.indexed_rows import IndexedRows
 from sandbox.faults import FaultInjector
 from sandbox.front import ADMIN_PREFIX
 from sandbox.fno_entities import (
@@ -38,7 +39,7 @@ from sandbox.fno_entities import (
     utf16_truncate,
 )
 from sandbox.limits import LimitRejection, ServiceProtection, ServiceProtectionLimits
-from sandbox.request_log import RequestLog
+from sandbox.request_log import HISTORY_LIMIT, PAYLOAD_HISTORY_LIMIT, RequestLog
 
 WRITE_EXCEPTION = "Microsoft.Dynamics.Platform.Integration.Services.OData.AxODataWriteException"
 ODATA_EXCEPTION = "Microsoft.OData.ODataException"
@@ -292,6 +293,8 @@ class FnO:
         page_size: server-driven page size (F&O pages at 10,000).
         limits: service protection limits (user-based limits are optional in F&O; off by default).
         write_error_status, plus_in_key, string_overflow: see `FnoSettings`.
+        history_limit / payload_history_limit: records kept of the request log and event errors / of
+            delivered event messages (`sandbox.request_log.HISTORY_LIMIT`, `PAYLOAD_HISTORY_LIMIT`).
     """
 
     def __init__(self, *, entities: list[FnoEntity] | None = None, companies: Sequence[str] = DEFAULT_COMPANIES,
@@ -300,7 +303,8 @@ class FnO:
                  clock: Callable[[], datetime] | None = None, seed: int = 0,
                  write_error_status: Literal[400, 500] = 500,
                  plus_in_key: Literal["route", "space"] = "route",
-                 string_overflow: StringOverflow = "error") -> None:
+                 string_overflow: StringOverflow = "error", history_limit: int | None = HISTORY_LIMIT,
+                 payload_history_limit: int | None = PAYLOAD_HISTORY_LIMIT) -> None:
         self.lock = threading.RLock()
         self.settings = FnoSettings(write_error_status=write_error_status, plus_in_key=plus_in_key,
                                     string_overflow=string_overflow)
@@ -314,7 +318,7 @@ class FnO:
         self.page_size = page_size
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.faults = FaultInjector(seed)
-        self.request_log = RequestLog()
+        self.request_log = RequestLog(history_limit)
         self.protection = ServiceProtection(limits or ServiceProtectionLimits(max_concurrent=None,
                                                                               max_requests=None))
         self._initial_limits = self.protection.limits.model_copy()
@@ -326,14 +330,15 @@ class FnO:
             "CDSSalesOrderLines": [order_line_validator],
         }
         self._sinks: list[ChangeSink] = []
-        self._rows: dict[str, dict[KeyTuple, Row]] = {name: {} for name in self.entities}
-        self._versions: dict[str, dict[KeyTuple, int]] = {name: {} for name in self.entities}
+        self._rows: dict[str, IndexedRows] = {name: IndexedRows() for name in self.entities}  # KeyTuple -> Row
+        self._versions: dict[str, IndexedRows] = {name: IndexedRows() for name in self.entities}  # KeyTuple -> int
         self._rec_versions = itertools.count(22565421176)
         self._held: dict[int, list[FnoChange]] = {}  # thread id -> changes of an open change set
         self._sequences: dict[tuple[str, str], int] = {}
         from sandbox.fno_events import FnoEvents
 
-        self.events = FnoEvents(self, seed=seed)
+        self.events = FnoEvents(self, seed=seed, history_limit=history_limit,
+                                payload_history_limit=payload_history_limit)
         self.on_change(self.events.on_change)
         from sandbox.fno_api import build_app
 
@@ -391,8 +396,8 @@ class FnO:
         """Empty every entity set; clear faults, limits, settings and the request log (sinks and validators
         stay)."""
         with self.lock:
-            self._rows = {name: {} for name in self.entities}
-            self._versions = {name: {} for name in self.entities}
+            self._rows = {name: IndexedRows() for name in self.entities}
+            self._versions = {name: IndexedRows() for name in self.entities}
         self.faults.clear()
         self.request_log.clear()
         self.protection.configure(self._initial_limits.model_copy())
@@ -625,10 +630,12 @@ class FnO:
             return FnoChange(entity_set=entity.entity_set, operation="Delete", row=dict(current), changed=[],
                              user=user.user_id, company=current["dataAreaId"], time=self.clock())
 
-    def snapshot(self, entity: FnoEntity, companies: Sequence[str]) -> list[tuple[Row, str]]:
+    def snapshot(self, entity: FnoEntity, companies: Sequence[str],
+                 keep: Callable[[Row], bool] | None = None) -> list[tuple[Row, str]]:
+        """Copies of the rows of `companies` (that `keep` accepts) with their etags; only kept rows are copied."""
         with self.lock:
             return [(dict(row), self.etag(entity, row)) for row in self._rows[entity.entity_set].values()
-                    if row.get("dataAreaId") in companies]
+                    if row.get("dataAreaId") in companies and (keep is None or keep(row))]
 
     def notify(self, change: FnoChange) -> None:
         """Hand a committed change to every sink (held back until its change set commits)."""
@@ -650,8 +657,8 @@ class FnO:
         state = ChangeSet()
         thread = threading.get_ident()
         with self.lock:
-            saved_rows = {name: dict(rows) for name, rows in self._rows.items()}
-            saved_versions = {name: dict(versions) for name, versions in self._versions.items()}
+            stores = [*self._rows.values(), *self._versions.values()]
+            marks = [store.begin() for store in stores]  # undo journals, not copies of every entity set
             self._held[thread] = []
             try:
                 yield state
@@ -660,8 +667,11 @@ class FnO:
                 raise
             finally:
                 held = self._held.pop(thread)
-                if state.rolled_back:
-                    self._rows, self._versions = saved_rows, saved_versions
+                for store, mark in zip(stores, marks):
+                    if state.rolled_back:
+                        store.rollback(mark)
+                    else:
+                        store.end(mark)
         if not state.rolled_back:
             for change in held:
                 self.notify(change)

@@ -219,7 +219,6 @@ class FnoApi:
 
     def query(self, request: Request, entity: FnoEntity, companies: list[str]) -> list[tuple[dict, str]]:
         params = request.query_params
-        rows = self.fno.snapshot(entity, companies)
         known = entity.fields.__contains__
 
         def value_of(item: tuple[dict, str], name: str) -> Any:
@@ -227,7 +226,10 @@ class FnoApi:
 
         if params.get("$filter"):
             predicate = compile_filter(params["$filter"], known)
-            rows = [item for item in rows if predicate(FilterRow(item, value_of, wildcards=True))]
+            rows = self.fno.snapshot(entity, companies,
+                                     lambda row: predicate(FilterRow((row, ""), value_of, wildcards=True)))
+        else:
+            rows = self.fno.snapshot(entity, companies)
         if params.get("$orderby"):
             rows = sort_rows(rows, parse_orderby(params["$orderby"], known), value_of)
         skip = _int_param(request, "$skip") or 0

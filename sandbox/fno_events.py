@@ -38,6 +38,7 @@ from sandbox.dataverse_events import ENTITY_TYPE, OPTIONSET_TYPE, REFERENCE_TYPE
 from sandbox.dataverse_tables import ROOT_BUSINESS_UNIT_ID, Organization
 from sandbox.fno_entities import EMPTY_DATE, FnoEntity
 from sandbox.odata import parse_datetime
+from sandbox.request_log import HISTORY_LIMIT, PAYLOAD_HISTORY_LIMIT
 
 if TYPE_CHECKING:
     from sandbox.fno import FnO, FnoChange, FnoUser
@@ -125,7 +126,11 @@ class Activation(BaseModel):
 class FnoEvents:
     """The F&O environment's events. Thread-safe; attach with `FnO.events` (created by `FnO`)."""
 
-    def __init__(self, fno: FnO, *, retry_count: int = 3, retry_wait: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, fno: FnO, *, retry_count: int = 3, retry_wait: float = 1.0, seed: int = 0,
+                 history_limit: int | None = HISTORY_LIMIT,
+                 payload_history_limit: int | None = PAYLOAD_HISTORY_LIMIT) -> None:
+        """The delivered messages and the Errors tab keep the last `payload_history_limit` / `history_limit`
+        entries (bounded, so a long run does not grow memory)."""
         self.fno = fno
         self.retry_count = retry_count
         self.retry_wait = retry_wait
@@ -139,8 +144,8 @@ class FnoEvents:
         self._cond = threading.Condition()
         self._queue: deque[tuple[FnoMessage, int]] = deque()
         self._busy = 0
-        self._delivered: list[FnoMessage] = []
-        self._errors: list[EventError] = []
+        self._delivered: deque[FnoMessage] = deque(maxlen=payload_history_limit)
+        self._errors: deque[EventError] = deque(maxlen=history_limit)
         self._worker: threading.Thread | None = None
         self._closed = False
 

@@ -29,6 +29,10 @@ from sandbox.request_log import RequestLog, RequestRecord
 ADMIN_PREFIX = "/_sandbox"
 
 
+#: Statuses whose answer has no body: HTTP servers (h11) finish the response with its head, so a client can hold
+#: the complete answer before the empty body message passes the front; they are logged with the head.
+BODILESS = frozenset({204, 304})
+
 class FrontedSimulator(Protocol):
     """What the front needs from a simulator."""
 
@@ -140,6 +144,9 @@ class SandboxFront:
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
+                if message["status"] in BODILESS:  # the client has the whole answer once the head is out
+                    release()
+                    record()
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 release()  # a client's next request must not count this one as still in flight
                 record()

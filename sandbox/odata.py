@@ -438,6 +438,21 @@ def _wildcards_enabled(row: Row) -> bool:
     return bool(row.wildcards)
 
 
+_EQUALITY_RE = re.compile(r"^\s*([A-Za-z_]\w*)\s+eq\s+('(?:[^']|'')*'|-?\d+(?:\.\d+)?|"
+                          r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\s*$")
+
+
+def equality_hint(text: str) -> tuple[str, str | int | Decimal | GuidLiteral] | None:
+    """`(property, literal)` when the whole `$filter` is `property eq 'text'`, `property eq number` or `property eq
+    <guid>`: a store can then narrow the rows it tests to those an index holds under that value (and still apply
+    the filter)."""
+    match = _EQUALITY_RE.match(text)
+    if match is None:
+        return None
+    value = parse_literal(match.group(2))
+    return (match.group(1), value) if isinstance(value, (str, int, Decimal, GuidLiteral)) else None
+
+
 def compile_filter(text: str, known: Callable[[str], bool]) -> Callable[[FilterRow], bool]:
     """Compile `$filter` once; the predicate takes a FilterRow. Raises ODataSyntaxError/UnknownProperty."""
     return _FilterParser(text, known).parse()

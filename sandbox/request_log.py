@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 from datetime import datetime
 
 from pydantic import BaseModel
+
+#: How many records of each history (requests, delivery attempts, system jobs, event errors) a simulator keeps;
+#: the oldest go first. Far more than any test looks at, and bounded, so a 10,000-event benchmark run does not
+#: grow the sandbox's memory. None: keep everything.
+HISTORY_LIMIT: int | None = 10_000
+#: How many delivered payloads (whole webhook contexts / F&O event messages, several KB each) are kept.
+PAYLOAD_HISTORY_LIMIT: int | None = 1_000
 
 
 class RequestRecord(BaseModel):
@@ -24,11 +32,11 @@ class RequestRecord(BaseModel):
 
 
 class RequestLog:
-    """Thread-safe, append-only (until cleared)."""
+    """Thread-safe, append-only (until cleared), keeping the last `limit` records."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = HISTORY_LIMIT) -> None:
         self._lock = threading.Lock()
-        self._records: list[RequestRecord] = []
+        self._records: deque[RequestRecord] = deque(maxlen=limit)
 
     def append(self, record: RequestRecord) -> None:
         with self._lock:
@@ -36,7 +44,7 @@ class RequestLog:
 
     def clear(self) -> None:
         with self._lock:
-            self._records = []
+            self._records.clear()
 
     def entries(self, *, method: str | None = None, path_contains: str | None = None) -> list[RequestRecord]:
         with self._lock:
