@@ -18,7 +18,7 @@ from sandbox.fno import FnO
 from sandbox.server import SandboxServer
 
 
-WEBHOOK_WORKERS = 8
+WEBHOOK_WORKERS = 32  # as many deliveries in flight as the product takes calls (figure 4)
 
 
 def recorded_sandbox(**dataverse_kwargs: Any) -> tuple[SandboxServer, Recorder, Recorder]:
