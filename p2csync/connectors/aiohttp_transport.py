@@ -39,6 +39,9 @@ Timeouts (httpx ``timeout`` extension -> ``aiohttp.ClientTimeout``): ``connect``
 aiohttp counterpart: [Inferred] acceptable for our bodies (a few MB at most, handed to the kernel at once);
 a server that stops reading mid-body is not timed out by this transport.
 
+Retries: none here. aiohttp's own silent resend of an idempotent request over a dropped connection is turned
+off, so every resend goes through ``ApiClient``'s policy (and its log line and metric), as with httpcore.
+
 Limits: ``max_connections`` -> connector ``limit``; ``keepalive_expiry`` -> ``keepalive_timeout``;
 ``max_keepalive_connections`` = 0 -> ``force_close`` (aiohttp has no other cap on idle connections).
 
@@ -144,6 +147,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             skip_auto_headers=_SKIP_AUTO_HEADERS, timeout=aiohttp.ClientTimeout(), raise_for_status=False,
             max_line_size=_MAX_LINE, max_field_size=_MAX_LINE,
         )
+        # [Inferred] aiohttp resends an idempotent request once, silently, when its connection drops; retries are
+        # ApiClient's alone (backoff, log line, retry metric), so that is switched off (no public switch for it).
+        self._session._retry_connection = False
         self._loop = loop
         return self._session
 

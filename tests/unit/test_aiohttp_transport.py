@@ -214,13 +214,19 @@ async def test_connection_refused_is_connect_error() -> None:
             await http.post("/", content=b"x")
 
 
+@pytest.mark.parametrize("method", ["POST", "GET"])
 @pytest.mark.parametrize("after", ["close", "reset", "half_answer"])
-async def test_failure_after_sending_is_never_a_not_sent_error(after: str) -> None:
-    """The server read the whole POST (it may have applied it), then closed, reset, or sent half an answer."""
+async def test_failure_after_sending_is_never_a_not_sent_error(after: str, method: str) -> None:
+    """The server read the whole request (a POST may have been applied), then closed, reset, or sent half an
+    answer. The error reaches the caller after one request: aiohttp does not resend a GET on its own."""
+    received = 0
 
     async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
         await reader.readuntil(b"\r\n\r\n")
-        await reader.readexactly(4)
+        received += 1
+        if method == "POST":
+            await reader.readexactly(4)
         if after == "half_answer":
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"par")
             await writer.drain()
@@ -233,10 +239,11 @@ async def test_failure_after_sending_is_never_a_not_sent_error(after: str) -> No
     try:
         async with client(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}") as http:
             with pytest.raises(httpx.TransportError) as caught:
-                await http.post("/$batch", content=b"body")
+                await http.request(method, "/$batch", content=b"body" if method == "POST" else None)
     finally:
         server.close()
         await server.wait_closed()
+    assert received == 1
     assert isinstance(caught.value, (httpx.RemoteProtocolError, httpx.ReadError))
     assert not isinstance(caught.value, _NOT_SENT)
 
