@@ -9,15 +9,18 @@ import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 
+import aiohttp
 import httpx
 import pytest
 
-from p2csync.connectors.aiohttp_transport import AiohttpTransport, default_transport
+from p2csync.connectors.aiohttp_transport import AiohttpTransport, default_transport, map_exception
 from p2csync.connectors.auth import StaticTokenProvider
 from p2csync.connectors.errors import TransientError
 from p2csync.connectors.http import _NOT_SENT, ApiClient, HttpOptions, RetryPolicy, create_http_client
 from tests.otel import memory_telemetry
+
 
 class Server:
     """A loopback HTTP/1.1 server: ``answer(request_head, body)`` returns the bytes to write (or None to
@@ -370,3 +373,37 @@ async def test_otel_httpx_instrumentation_spans_cover_the_aiohttp_transport() ->
     assert by_name["GET"].parent.span_id == by_name["http GET"].context.span_id
     traceparent = next(h for h in sent["headers"] if h.lower().startswith("traceparent:"))
     assert f"{by_name['GET'].context.span_id:016x}" in traceparent
+
+
+_KEY = SimpleNamespace(host="h", port=1, ssl=True, is_ssl=False)
+_INFO = SimpleNamespace(real_url="http://h/")
+EXCEPTION_MAP = [
+    (aiohttp.InvalidUrlClientError("x"), httpx.UnsupportedProtocol),
+    (aiohttp.NonHttpUrlClientError("ftp://h"), httpx.UnsupportedProtocol),
+    (aiohttp.ClientConnectorError(_KEY, OSError(111, "refused")), httpx.ConnectError),
+    (aiohttp.ClientConnectorDNSError(_KEY, OSError(-2, "no such host")), httpx.ConnectError),
+    (aiohttp.ClientConnectorCertificateError(_KEY, OSError(1, "bad cert")), httpx.ConnectError),
+    (aiohttp.ServerFingerprintMismatch(b"a", b"b", "h", 1), httpx.ConnectError),
+    (aiohttp.ConnectionTimeoutError("connect"), httpx.ConnectTimeout),
+    (aiohttp.SocketTimeoutError("read"), httpx.ReadTimeout),
+    (aiohttp.ServerTimeoutError("?"), httpx.ReadTimeout),
+    (asyncio.TimeoutError(), httpx.ReadTimeout),
+    (aiohttp.ServerDisconnectedError(), httpx.RemoteProtocolError),
+    (aiohttp.ClientPayloadError("truncated"), httpx.RemoteProtocolError),
+    (aiohttp.ClientResponseError(_INFO, (), status=400, message="bad status line"), httpx.RemoteProtocolError),
+    (aiohttp.UploadAbortedError("body"), httpx.WriteError),
+    (aiohttp.ClientOSError(104, "reset"), httpx.ReadError),
+    (aiohttp.ClientConnectionResetError("Connection lost"), httpx.ReadError),
+    (aiohttp.ClientConnectionError("Connector is closed."), httpx.ReadError),
+    (ConnectionResetError(104, "reset"), httpx.ReadError),
+]
+
+
+@pytest.mark.parametrize(("raised", "expected"), EXCEPTION_MAP, ids=[type(e).__name__ for e, _ in EXCEPTION_MAP])
+def test_exception_map(raised: BaseException, expected: type[httpx.TransportError]) -> None:
+    mapped = map_exception(raised)
+    assert type(mapped) is expected
+    sent_before_failing = not isinstance(raised, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError,
+                                                  aiohttp.ClientConnectorError, aiohttp.ServerFingerprintMismatch,
+                                                  aiohttp.ConnectionTimeoutError))
+    assert isinstance(mapped, _NOT_SENT) is (not sent_before_failing and expected is not httpx.UnsupportedProtocol)
