@@ -1,6 +1,7 @@
 """The bare client of figure 1, run as its own process (as the product's host is): replays recorded request
-chains with plain httpx at a given concurrency (one chain's calls in order) and prints the seconds from its first
-request to its last answer.
+chains with a bare httpx client at a given concurrency (one chain's calls in order) and prints the seconds from
+its first request to its last answer. It uses the transport the product's connectors use (P2C_HTTP_TRANSPORT,
+aiohttp by default), so the figure is what the product's own code adds, not a difference of HTTP stacks.
 
 ``python -m bench.bare_client CHAINS.json BASE_URLS.json CONCURRENCY``; CHAINS.json is a list of chains, each a
 list of {system, method, path, query, headers, body (base64)}; BASE_URLS.json maps system -> base URL."""
@@ -17,10 +18,13 @@ from typing import Any
 
 import httpx
 
+from p2csync.connectors.aiohttp_transport import default_transport
+
 
 async def replay(chains: list[list[dict[str, Any]]], urls: dict[str, str], concurrency: int) -> float:
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
-    async with httpx.AsyncClient(limits=limits, trust_env=False, timeout=60) as client:
+    async with httpx.AsyncClient(limits=limits, trust_env=False, timeout=60,
+                                 transport=default_transport(limits)) as client:
         gate = asyncio.Semaphore(concurrency)
 
         async def run(chain: list[dict[str, Any]]) -> None:

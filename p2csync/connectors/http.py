@@ -253,18 +253,20 @@ def create_http_client(
     base_url: str | httpx.URL, *, headers: Mapping[str, str] | None = None, options: HttpOptions | None = None
 ) -> httpx.AsyncClient:
     """The pooled ``httpx.AsyncClient`` for one system (one per process and system, reused by every call)."""
+    from p2csync.connectors.aiohttp_transport import default_transport, instrument  # aiohttp: on first use
+
     options = options or HttpOptions()
     base = httpx.URL(str(base_url))
     if not base.path.endswith("/"):
         base = base.copy_with(path=base.path + "/")
-    return httpx.AsyncClient(
+    return instrument(httpx.AsyncClient(
         base_url=base,
         headers={"User-Agent": f"p2c-sync/{__version__} httpx/{httpx.__version__}", **dict(headers or {})},
         timeout=options.timeout,
         limits=options.limits,
-        transport=options.transport,
+        transport=options.transport or default_transport(options.limits),  # P2C_HTTP_TRANSPORT; aiohttp unless "httpx"
         follow_redirects=False,
-    )
+    ))
 
 
 def _json_default(value: Any, *, dates_as_datetimes: bool = False) -> Any:
