@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import calls, concurrency, coldstart, overhead, peers, sandbox_share, throttle
+from bench import calls, concurrency, coldstart, overhead, peers, sandbox_share, throttle, transport
 from bench.common import Figure, progress, scale
 
 BENCHES: dict[str, Callable[[], Awaitable[list[Figure]]]] = {
@@ -24,6 +24,7 @@ BENCHES: dict[str, Callable[[], Awaitable[list[Figure]]]] = {
     "coldstart": coldstart.run,
     "peers": peers.run,
     "sandbox": sandbox_share.run,
+    "transport": transport.run,  # behind figures 1, 4 and 6: CPU per request of each HTTP transport
 }
 ROOT = Path(__file__).resolve().parent.parent
 
