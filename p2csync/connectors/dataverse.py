@@ -286,14 +286,18 @@ class DataverseClient(ApiClient):
         *,
         orderby: str | None = None,
         annotations: str | None = None,
+        expand: Mapping[str, Sequence[str]] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Rows of an entity set, following ``@odata.nextLink`` page by page (``Prefer: odata.maxpagesize``);
-        ``annotations="*"`` as for ``get`` (one Prefer header carries both preferences)."""
+        ``annotations="*"`` as for ``get`` (one Prefer header carries both preferences). ``expand``: single-valued
+        navigation property -> columns of the related row, returned inside each row ("Join tables using OData")."""
         params: dict[str, str] = {}
         if filter:
             params["$filter"] = filter
         if (columns := _select(select)) is not None:
             params["$select"] = columns
+        if expand:
+            params["$expand"] = ",".join(f"{nav}($select={','.join(cols)})" for nav, cols in expand.items())
         if top is not None:
             params["$top"] = str(top)
         if orderby:

@@ -14,6 +14,7 @@ import shutil
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -85,11 +86,16 @@ async def test_an_order_activated_with_20_lines_costs_at_most_3_fno_calls_then_f
     assert len(drafts) == 21
     events = [*drafts, await activate(sandbox, capture, order_id)]
     sandbox.fno.request_log.clear()
+    sandbox.dataverse.request_log.clear()
     outcomes = [await handled(runtime, message) for message in events]
     applied = [o for o in outcomes if isinstance(o, Applied)]
     assert len(applied) == 1, outcomes
     assert applied[0].detail.startswith("created CDSSalesOrderHeaders(dataAreaId=usmf,SalesOrderNumber=ORD-1001) "
                                         "with 20 lines in one change set of 21 operations")
+    # Sales is read with 3 GETs: the order, its lines with their products and units ($expand), the customer.
+    reads = [(r.path.split("/")[-1].split("(")[0], r.query) for r in sandbox.dataverse.request_log.entries(method="GET")]
+    assert [path for path, _ in reads] == ["salesorders", "salesorderdetails", "accounts"], reads
+    assert "$expand=productid" in unquote(reads[1][1]) and "uomid($select=name)" in unquote(reads[1][1])
     # 22 events, one document sync: a $batch of reads (header, customer, 20 products) and one change set.
     assert fno_calls(sandbox) == [("POST", "$batch"), ("POST", "$batch")]
     header = fno_header(sandbox, "ORD-1001")
@@ -165,6 +171,35 @@ def customers_routed(tmp_path: Path) -> Path:
         (mappings / name).write_text(text.replace(
             "  business_units: {}\n", f'  business_units:\n    "P2CSyncSandbox": {company}\n'), encoding="utf-8")
     return mappings
+
+
+async def test_a_lookup_dataverse_cannot_expand_is_read_by_table_instead(
+        registered: SandboxServer, capture: Capture, runtime: SyncRuntime, catalogue: Catalogue,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A custom lookup's navigation property is its schema name, not its column name: when Dataverse refuses the
+    $expand (400), the lines are read again without it and their products and units by table, and that lookup is
+    not expanded again."""
+    from p2csync.connectors.errors import ConnectorError
+
+    sandbox = registered
+    account_id = await synced_account(sandbox, capture, runtime, "ACC-O09")
+    order_id, drafts = await draft_order(sandbox, capture, catalogue, "ORD-1009", account_id, ["D0001", "D0002"])
+    query, refused = runtime.dataverse.query, []
+
+    def refusing(entity_set: str, *args: Any, expand: Any = None, **kwargs: Any) -> Any:
+        if expand:
+            refused.append(dict(expand))
+            raise ConnectorError("dataverse", 400, "0x80060888", "Could not find a property named 'productid'.")
+        return query(entity_set, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.dataverse, "query", refusing)
+    sandbox.dataverse.request_log.clear()
+    outcomes = [await handled(runtime, m) for m in [*drafts, await activate(sandbox, capture, order_id)]]
+    assert [o for o in outcomes if isinstance(o, Applied)], outcomes
+    assert fno_lines(sandbox, "ORD-1009")[1]["ProductNumber"] == "D0001"
+    reads = [r.path.split("/")[-1].split("(")[0] for r in sandbox.dataverse.request_log.entries(method="GET")]
+    assert "products" in reads and "uoms" in reads  # read by table
+    assert len(refused) == 1  # one refused attempt, then the same query without $expand
 
 
 async def test_a_quote_and_an_order_land_in_their_customer_s_company(
