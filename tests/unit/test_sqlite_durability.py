@@ -130,3 +130,10 @@ async def test_concurrent_sends_share_durable_writes_and_each_waits_for_its_own(
                                    transport.send("sales-events", OutboundMessage(body=b"{}", message_id="ok")),
                                    return_exceptions=True)
     assert isinstance(results[0], MessageSizeExceeded) and results[1] is None  # a message too large fails alone
+
+
+def test_each_connection_keeps_a_small_page_cache(tmp_path: Path) -> None:
+    from p2csync.queue.sqlitedb import PAGE_CACHE_KIB
+
+    db = SqliteDatabase(tmp_path / "x.sqlite", schema="CREATE TABLE IF NOT EXISTS t (a INTEGER);")
+    assert db.connection().execute("PRAGMA cache_size").fetchone()[0] == -PAGE_CACHE_KIB  # KiB, not pages
