@@ -52,7 +52,9 @@ from p2csync.settlement import MessageActions, settle
 log = logging.getLogger("p2csync.runtime")
 
 DEFERRALS = "p2c-deferrals"
-#: The longest wait of a message for a record another worker holds (seconds; jittered, and never past the lease).
+#: A message finding its record held comes back soon this many times (backing off to LEASE_WAIT_CAP seconds,
+#: jittered, never past the lease), then when the holder's lease ends.
+SHORT_LEASE_WAITS = 3
 LEASE_WAIT_CAP = 5.0
 #: Waits for a record held by another worker: counted apart from deferrals, because a live holder renews its
 #: lease for as long as its sync runs (a throttled F&O, a large document) and waiting on it is not a failure.
@@ -373,16 +375,17 @@ class SyncRuntime:
         return None
 
     def _wait_for_lease(self, busy: LeaseBusy, message: InboundMessage) -> Deferred:
-        """Come back soon, backing off to at most LEASE_WAIT_CAP seconds (a live holder usually finishes within a
-        second), and never later than the holder's lease ends: a crashed holder stops renewing, so its lease runs
-        out within P2C_LEASE_SECONDS and the record is free again. Waiting for the lease's end after two tries
-        held the 20 line events of one document up to a whole lease behind a sync that took a second (issue 11:
-        the demo spent 30 s so). These waits are counted apart from deferrals (P2C_MAX_LEASE_WAITS), so a long
+        """Come back soon SHORT_LEASE_WAITS times, backing off to at most LEASE_WAIT_CAP seconds (a live holder
+        usually finishes within a second), then when the holder's lease ends: a crashed holder stops renewing, so
+        its lease runs out within P2C_LEASE_SECONDS and the record is free again. Two short tries held some of
+        the 20 line events of one document a whole lease behind a sync that took a second (issue 11: the demo
+        spent 30 s so). These waits are counted apart from deferrals (P2C_MAX_LEASE_WAITS), so a long
         but live sync of the record does not use up the deferrals of the messages queued behind it."""
         remaining = max(0.0, (busy.until - datetime.now(UTC)).total_seconds())
         at_lease_end = remaining + random.uniform(0.1, 0.5)
         waits = message.lease_waits
-        delay = min(backoff(waits, base=0.5, cap=LEASE_WAIT_CAP, floor=0.2), at_lease_end)
+        short = min(backoff(waits, base=0.5, cap=LEASE_WAIT_CAP, floor=0.2), at_lease_end)
+        delay = short if waits < SHORT_LEASE_WAITS else at_lease_end
         log.info("record %s is held by %s for %.1f s more; message %s comes back in %.1f s (wait %d)",
                  busy.record_key, busy.holder, remaining, message.message_id, delay, waits + 1)
         return Deferred(delay=delay, lease_wait=True,
