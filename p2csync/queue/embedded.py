@@ -216,18 +216,28 @@ class EmbeddedQueue:
         return self._receive(queue, max_messages, dead_lettered=True)
 
     async def receive_wait(
-        self, queue: str, max_messages: int = 1, timeout: float | timedelta = 5.0
+        self, queue: str, max_messages: int = 1, timeout: float | timedelta = 5.0, *,
+        arrival: asyncio.Event | None = None,
     ) -> list[ReceivedMessage]:
-        """Receive, polling with short sleeps off the event loop until something arrives or `timeout`."""
+        """Receive, polling with short sleeps until something arrives or `timeout`; ``arrival`` (set by a send of
+        this process) ends a sleep early. The transaction runs as ``run`` places it (off the loop when locked)."""
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
         deadline = time.monotonic() + seconds
         pause = 0.002
         while True:
-            received = await asyncio.to_thread(self.receive, queue, max_messages)
+            if arrival is not None:
+                arrival.clear()  # before looking: a send after the look sets it again, so none is missed
+            received = await self.run(self.receive, queue, max_messages)
             remaining = deadline - time.monotonic()
             if received or remaining <= 0:
                 return received
-            await asyncio.sleep(min(pause, remaining))
+            if arrival is None:
+                await asyncio.sleep(min(pause, remaining))
+            else:
+                try:
+                    await asyncio.wait_for(arrival.wait(), min(pause, remaining))
+                except TimeoutError:
+                    pass
             pause = min(pause * 2, 0.05)
 
     def _receive(self, queue: str, max_messages: int, *, dead_lettered: bool) -> list[ReceivedMessage]:
@@ -536,22 +546,8 @@ class EmbeddedTransport:
     async def receive_wait(
         self, queue: str, max_messages: int = 1, timeout: float | timedelta = 5.0
     ) -> list[ReceivedMessage]:
-        """Like ``EmbeddedQueue.receive_wait``, woken early by a send of this process."""
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-        deadline = time.monotonic() + seconds
-        arrival = self._arrival(queue)
-        pause = 0.002
-        while True:
-            arrival.clear()  # before looking: a send after the look sets it again, so none is missed
-            received = await self.queue.run(self.queue.receive, queue, max_messages)
-            remaining = deadline - time.monotonic()
-            if received or remaining <= 0:
-                return received
-            try:
-                await asyncio.wait_for(arrival.wait(), min(pause, remaining))
-            except TimeoutError:
-                pass
-            pause = min(pause * 2, 0.05)
+        """``EmbeddedQueue.receive_wait``, woken early by a send of this process."""
+        return await self.queue.receive_wait(queue, max_messages, timeout, arrival=self._arrival(queue))
 
     async def complete(self, message: ReceivedMessage) -> None:
         await self.queue.run(self.queue.complete, message.lock_token)
