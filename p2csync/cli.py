@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Run function_app.py on 127.0.0.1 as the Functions host does: the webhook on /api/dataverse/webhook "
         "(function key as ?code=), the queue triggers fed by the embedded queue (or a Service Bus namespace when "
         "ServiceBusConnection__fullyQualifiedNamespace is set and P2C_LOCAL_QUEUE_PATH is not). Prints the URLs "
-        "and the function key.",
+        "and the function key. Runs on uvloop where it is installed; P2C_EVENT_LOOP=asyncio runs on asyncio's "
+        "own loop.",
         "python -m p2csync run --port 7071 --function-key dev-key")
     run.add_argument("--port", type=int, default=7071, help="TCP port on 127.0.0.1 (0 picks a free one)")
     run.add_argument("--settings", type=Path, default=ROOT / "local.settings.json",
@@ -294,15 +295,18 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("azure").setLevel(logging.ERROR)  # a failed sign-in is reported in one line
     try:
         if args.command == "run":
-            asyncio.run(run_local_host(args.port, args.settings, args.function_key, args.max_concurrent_calls))
+            from p2csync.localhost import run_on_local_loop
+
+            run_on_local_loop(run_local_host(args.port, args.settings, args.function_key, args.max_concurrent_calls))
         elif args.command == "sandbox":
             from sandbox.server import main as sandbox_main
 
             return sandbox_main(rest)
         elif args.command == "demo":
             from p2csync.demo import run_demo
+            from p2csync.localhost import run_on_local_loop
 
-            return asyncio.run(run_demo(accounts=args.accounts))
+            return run_on_local_loop(run_demo(accounts=args.accounts))
         elif args.command == "register":
             return asyncio.run(register_webhook(args))
         elif args.command in OPS_COMMANDS:

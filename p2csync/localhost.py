@@ -25,7 +25,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import azure.functions as func
 from starlette.applications import Starlette
@@ -39,6 +39,7 @@ log = logging.getLogger("p2csync.localhost")
 
 #: The Functions host's request body limit (app setting FUNCTIONS_REQUEST_BODY_SIZE_LIMIT, bytes; the host
 #: answers 413 above it). Its default is 100 MB (104857600 bytes).
+_T = TypeVar("_T")
 BODY_LIMIT_SETTING = "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"
 DEFAULT_BODY_LIMIT = 100 * 1024 * 1024
 #: What `python -m p2csync run` uses when the setting is unset: the value the infra sets in Azure
@@ -409,6 +410,34 @@ class LocalHost:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/api"
+
+
+#: ``P2C_EVENT_LOOP``: the local host's event loop, ``uvloop`` (the default where it is installed) or ``asyncio``.
+EVENT_LOOP_SETTING = "P2C_EVENT_LOOP"
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the local host runs on: uvloop (libuv; requirements-dev.txt, not on Windows) unless
+    ``P2C_EVENT_LOOP=asyncio`` or it is not installed, then asyncio's own. Issue 11: the local host is one
+    Python process doing the Functions host's HTTP and queue work as well as ours, and asyncio's loop (its
+    selector, handles and socket transports) was about a tenth of its CPU per event; the Functions Python worker
+    can run on uvloop too (azure-functions-python-worker#1697). ``None``: asyncio's default."""
+    choice = os.environ.get(EVENT_LOOP_SETTING, "").strip().lower() or "uvloop"
+    if choice not in ("uvloop", "asyncio"):
+        raise ValueError(f"{EVENT_LOOP_SETTING} must be 'uvloop' or 'asyncio', not {choice!r}")
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_on_local_loop(main: typing.Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run`` on `loop_factory`'s loop."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)
 
 
 def install_signal_handlers(host: LocalHost) -> None:
