@@ -1,7 +1,8 @@
 """The bare client of figure 1, run as its own process (as the product's host is): replays recorded request
 chains with a bare httpx client at a given concurrency (one chain's calls in order) and prints the seconds from
 its first request to its last answer. It uses the transport the product's connectors use (P2C_HTTP_TRANSPORT,
-aiohttp by default), so the figure is what the product's own code adds, not a difference of HTTP stacks.
+aiohttp by default) and the local host's event loop (uvloop where installed, ``P2C_EVENT_LOOP``), so the figure is
+what the product's own code adds, not a difference of HTTP stacks or loops.
 
 ``python -m bench.bare_client CHAINS.json BASE_URLS.json CONCURRENCY``; CHAINS.json is a list of chains, each a
 list of {system, method, path, query, headers, body (base64)}; BASE_URLS.json maps system -> base URL."""
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 
 from p2csync.connectors.aiohttp_transport import default_transport
+from p2csync.localhost import run_on_local_loop
 
 
 async def replay(chains: list[list[dict[str, Any]]], urls: dict[str, str], concurrency: int) -> float:
@@ -43,7 +45,7 @@ async def replay(chains: list[list[dict[str, Any]]], urls: dict[str, str], concu
 def main(argv: list[str]) -> int:
     chains = json.loads(Path(argv[0]).read_text())
     urls = json.loads(Path(argv[1]).read_text())
-    print(f"{asyncio.run(replay(chains, urls, int(argv[2]))):.6f}")
+    print(f"{run_on_local_loop(replay(chains, urls, int(argv[2]))):.6f}")
     return 0
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+
+import pytest
+
 import function_app
-from p2csync.localhost import _route_pattern, discover
+from p2csync.localhost import EVENT_LOOP_SETTING, _route_pattern, discover, loop_factory, run_on_local_loop
 
 
 def test_discover_reads_triggers_from_function_app() -> None:
@@ -21,3 +26,28 @@ def test_route_templates() -> None:
     assert pattern.match("/orders/42/lines/3").groupdict() == {"id": "42", "line": "3"}
     assert pattern.match("/orders/42") is None
     assert _route_pattern("dataverse/webhook").match("/Dataverse/Webhook/")
+
+
+def test_event_loop_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop by default where it is installed (requirements-dev.txt, not on Windows), asyncio's loop on request."""
+    import asyncio
+
+    monkeypatch.setenv(EVENT_LOOP_SETTING, "asyncio")
+    assert loop_factory() is None
+    assert issubclass(run_on_local_loop(_loop_type()), asyncio.BaseEventLoop)  # asyncio's own, not uvloop's
+    monkeypatch.setenv(EVENT_LOOP_SETTING, "trio")
+    with pytest.raises(ValueError, match="P2C_EVENT_LOOP must be 'uvloop' or 'asyncio', not 'trio'"):
+        loop_factory()
+    monkeypatch.delenv(EVENT_LOOP_SETTING)
+    if sys.platform == "win32":  # no uvloop there: asyncio's loop
+        assert loop_factory() is None
+        return
+    uvloop = importlib.import_module("uvloop")
+    assert loop_factory() is uvloop.new_event_loop
+    assert run_on_local_loop(_loop_type()) is uvloop.Loop
+
+
+async def _loop_type() -> type:
+    import asyncio
+
+    return type(asyncio.get_running_loop())
