@@ -118,7 +118,9 @@ class EntityReference(_Contract):
     row_version: str | None = None
 
     def to_ref(self) -> EntityRef:
-        return EntityRef(id=self.id, logical_name=self.logical_name, name=self.name)
+        # Both fields were validated by this model (Guid, str): constructed, not validated again (issue 11: an
+        # account's event carries a dozen lookups, each converted several times).
+        return EntityRef.model_construct(id=self.id, logical_name=self.logical_name, name=self.name)
 
 
 class Entity(_Contract):
@@ -133,6 +135,14 @@ class Entity(_Contract):
     def values(self) -> dict[str, Any]:
         """The attributes as plain Python values (see `to_python`)."""
         return {pair.key: to_python(pair.value) for pair in self.attributes}
+
+    def value(self, name: str) -> Any:
+        """One attribute as a plain Python value (the last pair of that name, as in `values`); None if absent."""
+        found = None
+        for pair in self.attributes:
+            if pair.key == name:
+                found = pair
+        return None if found is None else to_python(found.value)
 
     def formatted(self) -> dict[str, str | UnparsedValue]:
         return {pair.key: pair.value for pair in self.formatted_values if pair.value is not None}

@@ -484,6 +484,18 @@ def test_canonical_json_is_plain_and_sorted():
     assert json.loads(text)["b"] == 1.1
 
 
+def test_canonical_strings_are_written_as_json_dumps_writes_them():
+    """Hashes stored in ledgers must not change: strings (values unescaped beyond JSON's needs, keys ASCII-only)
+    come out exactly as ``json.dumps`` wrote them before the fast path."""
+    import random
+
+    rng = random.Random(11)
+    alphabet = [chr(i) for i in range(0x80)] + ["é", "\u2028", "\u0085", "\ufeff", "😀", "\ud800"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+        assert canonical_json({text: text}) == "{" + json.dumps(text) + ":" + json.dumps(text, ensure_ascii=False) + "}"
+
+
 def test_to_json_ready():
     ready = to_json_ready({"m": Decimal("5000000.0000"), "p": Decimal("12.50"), "d": date(2024, 5, 31),
                            "t": datetime(2024, 5, 31, 10, 0, tzinfo=UTC), "l": (Decimal("1"),), "s": "x"})
