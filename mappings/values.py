@@ -29,10 +29,21 @@ class EntityRef(Protocol):
 _PLAIN = (str, bytes, bytearray, int, float, Decimal, date, list, tuple, dict, type(None))
 
 
+#: Classes whose instances passed the EntityRef check (the envelopes' model, whose fields every instance has):
+#: the Protocol check walks the class's members each time (about 14 µs; an account event checks 18 lookups).
+_REF_CLASSES: set[type] = set()
+
+
 def is_entity_ref(value: Any) -> bool:
     if isinstance(value, _PLAIN):
         return False
-    return isinstance(value, EntityRef) and not isinstance(value, Mapping)
+    if type(value) in _REF_CLASSES:
+        return True
+    if isinstance(value, EntityRef) and not isinstance(value, Mapping):
+        if hasattr(type(value), "model_fields"):  # a pydantic model: every instance has the fields
+            _REF_CLASSES.add(type(value))
+        return True
+    return False
 
 
 @runtime_checkable

@@ -502,3 +502,17 @@ def test_to_json_ready():
     assert ready == {"m": 5000000, "p": 12.5, "d": "2024-05-31", "t": "2024-05-31T10:00:00Z", "l": [1], "s": "x"}
     assert type(ready["m"]) is int
     json.dumps(ready)
+
+
+def test_lookup_values_are_recognised_by_shape():
+    from types import SimpleNamespace
+
+    from mappings.values import is_entity_ref
+    from p2csync.envelopes.dataverse import EntityRef
+
+    ref = EntityRef(id="00000000-0000-0000-0000-000000000001", logical_name="account")
+    assert is_entity_ref(ref) and is_entity_ref(ref)  # the second answer comes from the class cache
+    assert is_entity_ref(SimpleNamespace(id=1, logical_name="contact", name=None))
+    assert not is_entity_ref(SimpleNamespace(id=1, name=None))  # no logical_name
+    assert not is_entity_ref({"id": 1, "logical_name": "account", "name": None})
+    assert not is_entity_ref("account") and not is_entity_ref(None)
