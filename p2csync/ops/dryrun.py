@@ -85,14 +85,33 @@ def _bind_columns(body: Mapping[str, Any]) -> list[str]:
     return columns
 
 
-class DryDataverse:
-    """The Dataverse connector, reading for real and recording writes (compared with the row they would hit)."""
+class _DryConnector:
+    """A connector that passes only its reads to the real one. Every public member of the real connector is
+    either named in ``READS`` or defined by the dry class (tests/unit/test_dryrun_guard.py checks it), so a write
+    method added to a connector later cannot reach the service from a dry run through attribute lookup."""
+
+    #: Members that only read, or describe the client without I/O, and may be used as they are. Not ``request``:
+    #: the generic HTTP call can write, so a dry run reads only through the named methods.
+    READS: frozenset[str] = frozenset({
+        "get", "query", "paged_rows", "aclose",
+        "base_url", "system", "batch_size", "concurrency", "pacer", "retry", "tokens",
+        "match_changeset", "part_error",
+    })
 
     def __init__(self, real: Any, recorder: Recorder) -> None:
         self._real, self._recorder = real, recorder
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
+        if name in self.READS:
+            return getattr(self._real, name)
+        raise AttributeError(f"{type(self).__name__} does not pass {name!r} to the real connector: a dry run only "
+                             f"reads (declare it in READS if it only reads, or record it like the writes)")
+
+
+class DryDataverse(_DryConnector):
+    """The Dataverse connector, reading for real and recording writes (compared with the row they would hit)."""
+
+    READS = _DryConnector.READS | {"choice_column", "api_version", "tag"}
 
     async def _current(self, entity_set: str, key: Any, body: Mapping[str, Any],
                        select: Sequence[str] | None) -> dict[str, Any] | None:
@@ -137,14 +156,10 @@ class DryDataverse:
         return results
 
 
-class DryFnO:
+class DryFnO(_DryConnector):
     """The F&O connector, reading for real and recording writes (compared with the row they would hit)."""
 
-    def __init__(self, real: Any, recorder: Recorder) -> None:
-        self._real, self._recorder = real, recorder
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
+    READS = _DryConnector.READS | {"check_key", "entity_keys"}
 
     async def upsert(self, entity_set: str, key: Mapping[str, Any], body: Mapping[str, Any], *,
                      exists: bool | None = None) -> UpsertResult:
