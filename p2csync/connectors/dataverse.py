@@ -36,13 +36,11 @@ from uuid import UUID
 import httpx
 
 from p2csync.connectors.auth import TokenProvider
-from p2csync.connectors.errors import ConnectorError, InvalidKeyError, NotFoundError, PermanentError, TransientError
+from p2csync.connectors.errors import ConnectorError, InvalidKeyError, NotFoundError
 from p2csync.connectors.http import ApiClient, HttpOptions, dumps_json, json_body
 from p2csync.connectors.odata import (
-    BatchFormatError,
     BatchRequestPart,
     BatchResponsePart,
-    decode_batch_response,
     encode_batch,
     encode_path_segment,
     is_guid,
@@ -213,6 +211,7 @@ class DataverseClient(ApiClient):
     """Reads and writes Dataverse rows through the Web API, with the shared retry policy and limiter."""
 
     system = "dataverse"
+    service = "Dataverse"
 
     def __init__(
         self,
@@ -441,14 +440,7 @@ class DataverseClient(ApiClient):
             "POST", "$batch", content=body, headers=headers, readable=_is_multipart,
             idempotent=not any(isinstance(op, Create) for op in ops),
         )
-        try:
-            answered = decode_batch_response(response.headers.get("Content-Type", ""), response.content)
-        except BatchFormatError as exc:
-            raise PermanentError("dataverse", response.status_code, "BatchResponse",
-                                 f"unreadable $batch answer: {exc}", "POST", response.request.url) from exc
-        if atomic:
-            return self._changeset_results(ops, parts, answered, response)
-        return self._single_results(ops, parts, answered)
+        return self.batch_results(ops, parts, response, atomic=atomic)
 
     def _batch_part(self, op: DataverseOperation, content_id: str) -> BatchRequestPart:
         """The inner request of one operation: the same URL, headers and body as the single request."""
@@ -497,29 +489,6 @@ class DataverseClient(ApiClient):
         etag = part.headers.get("etag") or (record or {}).get("@odata.etag")
         return BatchResult(op, part.status, created, record, etag, part.headers.get("odata-entityid"))
 
-    def _changeset_results(self, ops: list[DataverseOperation], parts: list[BatchRequestPart],
-                           answered: list[list[BatchResponsePart]], response: httpx.Response) -> list[BatchResult]:
-        ordered, failed, culprit = self.match_changeset(len(ops), parts, answered, status=response.status_code,
-                                                        url=response.request.url, applied=response.is_success)
-        if failed is None:
-            return [self._applied(op, answer) for op, answer in zip(ops, ordered or [], strict=True)]
-        request = parts[culprit] if culprit is not None else BatchRequestPart("POST", "$batch")
-        error = self.part_error(failed, request)
-        return [BatchResult(op, failed.status if index == culprit else None, error=error,
-                            failed_here=index == culprit) for index, op in enumerate(ops)]
-
-    def _single_results(self, ops: list[DataverseOperation], parts: list[BatchRequestPart],
-                        answered: list[list[BatchResponsePart]]) -> list[BatchResult]:
-        results = []
-        for index, op in enumerate(ops):
-            if index >= len(answered):  # the service stopped at an earlier failure
-                results.append(BatchResult(op, None, error=TransientError(
-                    "dataverse", None, "NotRun", "not run: Dataverse stopped the batch at an earlier failure")))
-                continue
-            answer = answered[index][0]
-            if answer.status < 400:
-                results.append(self._applied(op, answer))
-                continue
-            results.append(BatchResult(op, answer.status, error=self.part_error(answer, parts[index]),
-                                       failed_here=True))
-        return results
+    @staticmethod
+    def _failed(op: DataverseOperation, status: int | None, error: ConnectorError, *, failed_here: bool) -> BatchResult:
+        return BatchResult(op, status, error=error, failed_here=failed_here)

@@ -61,11 +61,9 @@ from p2csync.connectors.errors import (
 )
 from p2csync.connectors.http import ApiClient, HttpOptions, dumps_json, json_body
 from p2csync.connectors.odata import (
-    BatchFormatError,
     BatchRequestPart,
     BatchResponsePart,
     ODataEnum,
-    decode_batch_response,
     encode_batch,
     encode_path_segment,
     key_predicate,
@@ -354,6 +352,7 @@ class FnOClient(ApiClient):
     """Reads and writes F&O data entities with the shared retry policy and limiter (cross-company)."""
 
     system = "fno"
+    service = "F&O"
 
     def __init__(
         self,
@@ -579,14 +578,7 @@ class FnOClient(ApiClient):
         if not atomic:
             headers["Prefer"] = "odata.continue-on-error"
         response = await self.request("POST", "$batch", content=body, headers=headers, idempotent=True)
-        try:
-            answered = decode_batch_response(response.headers.get("Content-Type", ""), response.content)
-        except BatchFormatError as exc:
-            raise PermanentError("fno", response.status_code, "BatchResponse", f"unreadable $batch answer: {exc}",
-                                 "POST", response.request.url) from exc
-        if atomic:
-            return self._changeset_results(ops, parts, answered, response.request.url)
-        return self._single_results(ops, parts, answered)
+        return self.batch_results(ops, parts, response, atomic=atomic)
 
     async def batch_chunks(self, operations: Sequence[BatchOperation], *, atomic: bool = True) -> list[BatchResult]:
         """``batch`` over ``chunk_operations(operations, batch_size)``, one request per chunk, in order;
@@ -647,33 +639,15 @@ class FnOClient(ApiClient):
         etag = part.headers.get("etag") or (record or {}).get("@odata.etag")
         return BatchResult(op, part.status, record, etag)
 
-    def _changeset_results(self, ops: list[BatchOperation], parts: list[BatchRequestPart],
-                           answered: list[list[BatchResponsePart]], url: httpx.URL) -> list[BatchResult]:
-        ordered, failed, culprit = self.match_changeset(len(ops), parts, answered, status=200, url=url)
-        if failed is None:
-            return [self._applied(op, answer) for op, answer in zip(ops, ordered or [], strict=True)]
-        error = self.part_error(failed, parts[culprit] if culprit is not None else BatchRequestPart("POST", "$batch"))
-        return [BatchResult(op, failed.status if index == culprit else None, error=error,
-                            failed_here=index == culprit) for index, op in enumerate(ops)]
+    @staticmethod
+    def _failed(op: BatchOperation, status: int | None, error: ConnectorError, *, failed_here: bool) -> BatchResult:
+        return BatchResult(op, status, error=error, failed_here=failed_here)
 
-    def _single_results(self, ops: list[BatchOperation], parts: list[BatchRequestPart],
-                        answered: list[list[BatchResponsePart]]) -> list[BatchResult]:
-        results = []
-        for index, op in enumerate(ops):
-            if index >= len(answered):  # the service stopped at an earlier failure
-                results.append(BatchResult(op, None, error=TransientError(
-                    "fno", None, "NotRun", "not run: F&O stopped the batch at an earlier failure")))
-                continue
-            answer = answered[index][0]
-            if answer.status < 400:
-                results.append(self._applied(op, answer))
-                continue
-            error = self.part_error(answer, parts[index])
-            if isinstance(op, Read) and answer.status == 404 and not isinstance(error, RouteNotFoundError):
-                results.append(BatchResult(op, answer.status))  # no such row, read as ``get`` reads it
-                continue
-            results.append(BatchResult(op, answer.status, error=error, failed_here=True))
-        return results
+    @staticmethod
+    def _unanswered(op: BatchOperation, answer: BatchResponsePart, error: ConnectorError) -> BatchResult | None:
+        if isinstance(op, Read) and answer.status == 404 and not isinstance(error, RouteNotFoundError):
+            return BatchResult(op, answer.status)  # no such row, read as ``get`` reads it
+        return None
 
 
 def _keep_cross_company(link: str) -> httpx.URL:

@@ -57,7 +57,7 @@ from p2csync.connectors.errors import (
     redact_url,
     scrub,
 )
-from p2csync.connectors.odata import BatchRequestPart, BatchResponsePart
+from p2csync.connectors.odata import BatchFormatError, BatchRequestPart, BatchResponsePart, decode_batch_response
 from p2csync.connectors.pacing import GateTooLong, PaceTicket, PacingPolicy, RequestPacer
 
 __all__ = [
@@ -458,6 +458,55 @@ class ApiClient:
         answer = httpx.Response(part.status, headers=dict(part.headers), content=part.body,
                                 request=httpx.Request(request.method, self.base_url.join(request.url)))
         return self._redact(error_from_response(self.system, answer, method=request.method))
+
+    # -- $batch answers: the connectors' operations and results differ, reading the answer does not
+    #: Who a "not run" error names ("F&O", "Dataverse"), and the connector's result of one batch operation.
+    service: ClassVar[str] = "the service"
+
+    def _applied(self, op: Any, part: BatchResponsePart) -> Any:
+        raise NotImplementedError
+
+    def _failed(self, op: Any, status: int | None, error: ConnectorError, *, failed_here: bool) -> Any:
+        raise NotImplementedError
+
+    def _unanswered(self, op: Any, answer: BatchResponsePart, error: ConnectorError) -> Any | None:
+        """A result for an answer that is not a failure although its status is (F&O: a read finding no row)."""
+        return None
+
+    def batch_results(self, ops: Sequence[Any], parts: Sequence[BatchRequestPart], response: httpx.Response, *,
+                      atomic: bool) -> list[Any]:
+        """One result per operation of a ``$batch`` answered by ``response``: one change set (``atomic``: all
+        applied, or all failed with the error of the one the service rejected) or independent requests (each
+        its own answer; those after a failure the service stopped at are "not run", transient)."""
+        try:
+            answered = decode_batch_response(response.headers.get("Content-Type", ""), response.content)
+        except BatchFormatError as exc:
+            raise PermanentError(self.system, response.status_code, "BatchResponse",
+                                 f"unreadable $batch answer: {exc}", "POST", response.request.url) from exc
+        if atomic:
+            ordered, failed, culprit = self.match_changeset(len(ops), parts, answered, status=response.status_code,
+                                                            url=response.request.url, applied=response.is_success)
+            if failed is None:
+                return [self._applied(op, answer) for op, answer in zip(ops, ordered or [], strict=True)]
+            error = self.part_error(failed, parts[culprit] if culprit is not None else BatchRequestPart("POST", "$batch"))
+            return [self._failed(op, failed.status if index == culprit else None, error, failed_here=index == culprit)
+                    for index, op in enumerate(ops)]
+        results = []
+        for index, op in enumerate(ops):
+            if index >= len(answered):  # the service stopped at an earlier failure
+                results.append(self._failed(op, None, TransientError(
+                    self.system, None, "NotRun", f"not run: {self.service} stopped the batch at an earlier failure"),
+                    failed_here=False))
+                continue
+            answer = answered[index][0]
+            if answer.status < 400:
+                results.append(self._applied(op, answer))
+                continue
+            error = self.part_error(answer, parts[index])
+            unanswered = self._unanswered(op, answer, error)
+            results.append(unanswered if unanswered is not None
+                           else self._failed(op, answer.status, error, failed_here=True))
+        return results
 
     def match_changeset(
         self, count: int, parts: Sequence[BatchRequestPart], answered: list[list[BatchResponsePart]], *,

@@ -95,7 +95,7 @@ class _DryConnector:
     READS: frozenset[str] = frozenset({
         "get", "query", "paged_rows", "aclose",
         "base_url", "system", "batch_size", "concurrency", "pacer", "retry", "tokens",
-        "match_changeset", "part_error",
+        "match_changeset", "part_error", "batch_results", "service",
     })
 
     def __init__(self, real: Any, recorder: Recorder) -> None:
