@@ -28,11 +28,12 @@ place in the window by its answer (never too early) and the period, measured fro
 **Memory.** The log of requests a window needs is bounded by ``max_log`` entries whatever the request rate (before
 the first 429 it spans up to ``max_run``: 120,000 requests at 200/s). When it grows past that, runs of answered
 requests between those still in flight fold into spans: their count against the window, the first one's send time
-and the latest date at which one of them leaves, each span at most a ``max_log / 4``-th of the window wide (0.3 s of
-Dataverse's 300 s; before the first 429 of ``max_run``; the width doubles until the log fits in half of ``max_log``). What the pacer learns is unchanged: ``B`` counts the
-admitted requests sent before the refused one (a span never holds a request in flight, so it is wholly before or
-after it) and ``P`` starts at the run's first send; a span leaves the window when its last request does, so the
-sliding window only ever admits later, never earlier, by at most that width.
+and the latest date at which one of them leaves, each span at most a ``max_log / 4``-th of the window wide (0.6 s of
+Dataverse's 300 s; before the first 429 of ``max_run``; the width doubles until the log fits in half of
+``max_log``). What the pacer learns is unchanged: ``B`` counts the admitted requests sent before the refused one (a
+span never holds a request in flight, so it is wholly before or after it) and ``P`` starts at the run's first send;
+a span leaves the window when its last request does, so the sliding window only ever admits later, never earlier, by
+at most that width.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class PacingPolicy:
     margin: float = 0.05
     margin_share: float = 0.01
     max_margin: float = 1.0
-    max_log: int = 4096  # entries of the request log before runs of answered requests fold into spans
+    max_log: int = 2048  # entries of the request log before runs of answered requests fold into spans (~330 KB)
 
     def __post_init__(self) -> None:
         if self.probe_after <= 0 or self.idle_reset <= 0 or self.max_run <= 0 or self.probe_requests < 0:
