@@ -24,6 +24,16 @@ from the 429s alone (the ``x-ms-ratelimit-*`` headers are documented as for debu
 window (the service rejected it unprocessed); a run begins after ``idle_reset`` seconds without a request
 (the budget is then unknown); the service stamps a request when it arrives, so the pacer dates a request's
 place in the window by its answer (never too early) and the period, measured from a send, gets a small margin.
+
+**Memory.** The log of requests a window needs is bounded by ``max_log`` entries whatever the request rate (before
+the first 429 it spans up to ``max_run``: 120,000 requests at 200/s). When it grows past that, runs of answered
+requests between those still in flight fold into spans: their count against the window, the first one's send time
+and the latest date at which one of them leaves, each span at most a ``max_log / 4``-th of the window wide (0.6 s of
+Dataverse's 300 s; before the first 429 of ``max_run``; the width doubles until the log fits in half of
+``max_log``). What the pacer learns is unchanged: ``B`` counts the admitted requests sent before the refused one (a
+span never holds a request in flight, so it is wholly before or after it) and ``P`` starts at the run's first send;
+a span leaves the window when its last request does, so the sliding window only ever admits later, never earlier, by
+at most that width.
 """
 
 from __future__ import annotations
@@ -36,6 +46,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 __all__ = ["GateTooLong", "PaceTicket", "PacingPolicy", "RequestPacer"]
+
+#: Doublings of a span's width tried before the log is left as folded as it gets (in-flight requests stay apart).
+_MAX_WIDENINGS = 24
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -54,10 +67,13 @@ class PacingPolicy:
     margin: float = 0.05
     margin_share: float = 0.01
     max_margin: float = 1.0
+    max_log: int = 2048  # entries of the request log before runs of answered requests fold into spans (~330 KB)
 
     def __post_init__(self) -> None:
         if self.probe_after <= 0 or self.idle_reset <= 0 or self.max_run <= 0 or self.probe_requests < 0:
             raise ValueError("probe_after, idle_reset and max_run must be positive, probe_requests not negative")
+        if self.max_log < 8:
+            raise ValueError(f"max_log must be at least 8, not {self.max_log}")
         if self.probe_step < 0 or self.margin < 0 or self.margin_share < 0 or self.max_margin < 0:
             raise ValueError("probe_step and margins must not be negative")
 
@@ -82,7 +98,55 @@ class PaceTicket:
     seq: int
     counted: bool = True  # against the window: in flight or admitted by the service
     done: float | None = None  # when it was answered: the service stamped it between ``at`` and this
-    logged: bool = True  # still in the pacer's log
+    logged: bool = True  # still in the pacer's log (itself, not folded into a span)
+
+    @property
+    def weight(self) -> int:
+        """Requests against the window: 1 or 0."""
+        return 1 if self.counted else 0
+
+    @property
+    def leaves(self) -> float | None:
+        """When it leaves the log: a counted request by its answer (None in flight), a refused one by its send."""
+        return self.done if self.counted else self.at
+
+
+@dataclass(eq=False, slots=True)
+class _Span:
+    """Consecutive answered requests folded into one log entry: what the window needs of them, dated so that the span
+    leaves no earlier than the last of them would have."""
+
+    at: float  # the first one's send
+    seq: int  # the last one's sequence number
+    weight: int  # how many count against the window
+    done: float  # the latest answer among those counted (-inf: none)
+    leaves: float  # when the last of them leaves the log
+    low: float  # when the first of them leaves: the span is ``leaves - low`` wide
+
+    @classmethod
+    def of(cls, entry: PaceTicket | _Span) -> _Span:
+        """``entry`` as a span (a ticket folded leaves the log: a late ``_uncount`` no longer touches the count)."""
+        if isinstance(entry, _Span):
+            return entry
+        entry.logged = False
+        leaves = entry.leaves
+        assert leaves is not None  # only answered requests fold
+        done = entry.done if entry.counted and entry.done is not None else -math.inf
+        return cls(entry.at, entry.seq, entry.weight, done, leaves, leaves)
+
+    def absorb(self, entry: PaceTicket | _Span, width: float) -> bool:
+        """Take in the next answered ``entry`` if the span stays within ``width``; whether it did."""
+        leaves, low = (entry.leaves, entry.low) if isinstance(entry, _Span) else (entry.leaves, entry.leaves)
+        assert leaves is not None and low is not None
+        if max(self.leaves, leaves) - min(self.low, low) > width:
+            return False
+        other = _Span.of(entry)
+        self.seq, self.weight = other.seq, self.weight + other.weight
+        self.done, self.leaves, self.low = max(self.done, other.done), max(self.leaves, leaves), min(self.low, low)
+        return True
+
+
+_Entry = PaceTicket | _Span
 
 
 @dataclass
@@ -96,7 +160,8 @@ class RequestPacer:
     period: float | None = None
     gate_until: float = -math.inf
     throttles: int = 0
-    _log: deque[PaceTicket] = field(default_factory=deque)
+    _log: deque[_Entry] = field(default_factory=deque)
+    _fold_at: int = 0  # the log's length that folds it next (0: max_log)
     _counted: int = 0
     _epoch: int = 0
     _seq: int = 0
@@ -167,15 +232,16 @@ class RequestPacer:
         self._maybe_probe(now)
         if self._counted < self.budget:
             return 0.0
-        oldest = next(t for t in self._log if t.counted)
+        oldest = next(entry for entry in self._log if entry.weight)
         return max((now if oldest.done is None else oldest.done) + self.period - now, 1e-3)
 
     def _start(self, now: float) -> PaceTicket:
         if self.budget is None:
             idle = self._last_send is not None and now - self._last_send >= self.policy.idle_reset
             if idle:
-                for ticket in self._log:
-                    ticket.logged = False
+                for entry in self._log:
+                    if isinstance(entry, PaceTicket):
+                        entry.logged = False
                 self._log.clear()
                 self._counted = 0
             self._prune(now - self.policy.max_run)
@@ -184,19 +250,41 @@ class RequestPacer:
         self._log.append(ticket)
         self._counted += 1
         self._last_send = now
+        if len(self._log) > (self._fold_at or self.policy.max_log):
+            self._fold()
         return ticket
+
+    def _fold(self) -> None:
+        """Fold runs of answered requests into spans (see **Memory** above) until the log holds at most half of
+        ``max_log`` entries, or as few as the requests in flight between them allow; the next fold comes when it
+        has doubled again, so folding costs a constant per request."""
+        width = 4 * (self.period or self.policy.max_run) / self.policy.max_log
+        for _ in range(_MAX_WIDENINGS):
+            folded: deque[_Entry] = deque()
+            for entry in self._log:
+                last = folded[-1] if folded else None
+                if entry.leaves is None:  # in flight: stays itself, a 429 may still come for it
+                    folded.append(entry)
+                elif not (isinstance(last, _Span) and last.absorb(entry, width)):
+                    folded.append(_Span.of(entry))
+            self._log = folded
+            if len(folded) <= self.policy.max_log // 2:
+                break
+            width *= 2
+        self._fold_at = max(self.policy.max_log, 2 * len(self._log))
 
     def _prune(self, before: float) -> None:
         """Forget what left the window: a counted request by its answer time (the service stamped it on arrival,
         somewhere before that; one still in flight stays), a refused one by its send time."""
         while self._log:
             head = self._log[0]
-            left = head.done if head.counted else head.at
+            left = head.leaves
             if left is None or left > before:
                 return
-            self._log.popleft().logged = False
-            if head.counted:
-                self._counted -= 1
+            self._log.popleft()
+            self._counted -= head.weight
+            if isinstance(head, PaceTicket):
+                head.logged = False
 
     def _uncount(self, ticket: PaceTicket) -> None:
         if ticket.counted:
@@ -205,7 +293,8 @@ class RequestPacer:
                 self._counted -= 1
 
     def _learn(self, ticket: PaceTicket, now: float) -> None:
-        admitted_before = sum(1 for t in self._log if t.counted and t.seq < ticket.seq)
+        # a span holds no request in flight: its requests are all before ``ticket`` or all after it
+        admitted_before = sum(entry.weight for entry in self._log if entry.seq < ticket.seq)
         if admitted_before == 0 and self.budget is None:
             return  # refused before anything was admitted: says nothing about a window (F&O's resource-based 429)
         if self.budget is None or self.period is None:

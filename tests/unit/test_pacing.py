@@ -243,6 +243,8 @@ def test_policy_validates():
         PacingPolicy(probe_after=0)
     with pytest.raises(ValueError):
         PacingPolicy(margin=-1)
+    with pytest.raises(ValueError, match="max_log"):
+        PacingPolicy(max_log=4)
 
 
 # ------------------------------------------------------------------------------- through the ApiClient
@@ -301,3 +303,50 @@ async def test_client_learns_nothing_from_a_429_about_concurrent_requests():
         for _ in range(4):
             await client.request("GET", "accounts")
     assert client.pacer.throttles == 1 and client.pacer.budget is None
+
+
+async def test_the_log_stays_bounded_before_the_first_429_and_teaches_the_same_budget_and_period():
+    """1,000 requests/s for 20 s, 16 in flight, one of them in flight throughout: a log of max_log entries learns
+    what a log of every request learns (the requests sent before the refused one, the run's first send)."""
+    learned = []
+    for max_log in (256, 10**9):
+        time = FakeTime()
+        p = pacer(time, max_log=max_log)
+        in_flight: deque = deque()
+        longest = 0
+        slow = None
+        for index in range(20_000):
+            ticket = await p.admit()
+            if index == 5_000:
+                slow = ticket  # answered last, with the 429
+            else:
+                in_flight.append(ticket)
+            if len(in_flight) > 16:
+                p.answered(in_flight.popleft(), 200)
+            longest = max(longest, len(p._log))
+            time.now += 0.001
+        assert slow is not None
+        p.answered(slow, 429, 3.0)
+        learned.append((p.budget, p.period, longest))
+    (budget, period, longest), (full_budget, full_period, full_longest) = learned
+    assert full_longest == 20_000 and longest <= 256
+    assert budget == full_budget == 5_000
+    assert period == full_period == pytest.approx(20.0 + 3.0 + 0.05 + 0.23)
+
+
+async def test_a_folded_log_keeps_the_window_it_learned():
+    """Far more requests than the log's bound, at a limit of 2,000 per 2 s: the folded window admits no earlier
+    (no more 429s) and costs at most a small share of the throughput (each request leaves at most a span's width,
+    here 4/512 of the period, later than its own answer would let it)."""
+    runs = []
+    for max_log in (512, 10**9):
+        time = FakeTime()
+        p = pacer(time, max_log=max_log)
+        service = Window(2_000, 2.0)
+        last = await drive(p, service, time, 20_000, spacing=0.0001)
+        runs.append((last, service.refused, p.budget, len(p._log)))
+    (last, refused, budget, size), (full_last, full_refused, full_budget, full_size) = runs
+    assert size <= 512 < full_size
+    assert refused <= full_refused <= 3
+    assert budget == full_budget
+    assert full_last <= last <= full_last * 1.02
