@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from bench.coldstart import host_run
+from bench.coldstart import host_run, memory_events
 from bench.common import Figure, at_most, median, pick, progress
 from sandbox.dataverse import Dataverse
 from sandbox.dataverse_tables import INTEGRATION_TOKEN
@@ -34,7 +34,7 @@ GROWTH_LIMIT = 1.3
 
 async def run() -> list[Figure]:
     bench = "7 sandbox share"
-    events = pick(12, 1500)
+    events = memory_events()  # figure 5's run: the host is run once for both
     host = await host_run(events)
     share = host.sandbox_cpu / (host.sandbox_cpu + host.host_cpu)
     per_event = 1000 / (events - max(1, events // 3))

@@ -338,7 +338,7 @@ class ApiClient:
         self.concurrency = options.concurrency or AdaptiveConcurrency(
             min(options.initial_concurrency, options.max_concurrency), maximum=options.max_concurrency
         )
-        self.pacer = RequestPacer(options.pacing, clock=options.clock, sleep=options.sleep)
+        self.pacer = RequestPacer(options.pacing, clock=options.clock, sleep=options.sleep, name=self.system)
         self._rng = options.rng
         self._client = create_http_client(base_url, headers=headers, options=options)
         base = self._client.base_url  # its path ends with "/"

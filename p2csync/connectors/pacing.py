@@ -39,6 +39,7 @@ at most that width.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -46,6 +47,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 __all__ = ["GateTooLong", "PaceTicket", "PacingPolicy", "RequestPacer"]
+
+log = logging.getLogger("p2csync.connectors.pacing")
 
 #: Doublings of a span's width tried before the log is left as folded as it gets (in-flight requests stay apart).
 _MAX_WIDENINGS = 24
@@ -156,6 +159,7 @@ class RequestPacer:
     policy: PacingPolicy = field(default_factory=PacingPolicy)
     clock: Clock = time.monotonic
     sleep: Sleep | None = None
+    name: str = "http"  # the system, for the log line that says what was learned
     budget: int | None = None
     period: float | None = None
     gate_until: float = -math.inf
@@ -301,6 +305,7 @@ class RequestPacer:
             first = self._log[0].at if self._log else ticket.at
             self.period = self.policy.period_with_margin(max(self.gate_until - first, 1e-3))
         self.budget = max(1, admitted_before)
+        log.info("%s: pacing at %d requests per %.2f s, learned from a 429", self.name, self.budget, self.period)
         self._epoch += 1
         self._learned_seq = ticket.seq
         self._step = self.policy.probe_step
@@ -321,5 +326,6 @@ class RequestPacer:
         if self._held_back and now - self._adjusted_at >= after and step > 0 \
                 and (climbing or self._admitted_since >= min(self.policy.probe_requests, 8 * self.budget)):
             self.budget += max(1, int(self.budget * step))
+            log.info("%s: trying %d requests per %.2f s", self.name, self.budget, self.period)
             self._step = min(1.0, step * 2)
             self._adjusted(now)

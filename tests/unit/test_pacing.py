@@ -4,6 +4,7 @@ seconds until the oldest request leaves, ceil, at least 1)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 
@@ -109,15 +110,18 @@ async def test_a_gate_longer_than_the_caller_waits_raises_at_once():
     assert time.sleeps == []
 
 
-async def test_a_burst_teaches_the_budget_and_period_of_the_window():
+async def test_a_burst_teaches_the_budget_and_period_of_the_window(caplog):
     time = FakeTime()
     p = pacer(time)
+    p.name = "fno"
     service = Window(10, 3.0)
-    await drive(p, service, time, 11, spacing=0.1)
+    with caplog.at_level(logging.INFO, logger="p2csync.connectors.pacing"):
+        await drive(p, service, time, 11, spacing=0.1)
     assert service.refused == 1
     assert p.budget == 10
     # the 11th request was refused at 1.0 with Retry-After 2: the first leaves the window at 3.0
     assert p.period is not None and 3.0 <= p.period <= 3.2
+    assert caplog.messages == [f"fno: pacing at 10 requests per {p.period:.2f} s, learned from a 429"]
 
 
 async def test_paced_client_runs_at_the_limit_with_one_429_in_a_long_run():
