@@ -40,8 +40,8 @@ def is_entity_ref(value: Any) -> bool:
     if type(value) in _REF_CLASSES:
         return True
     if isinstance(value, EntityRef) and not isinstance(value, Mapping):
-        if hasattr(type(value), "model_fields"):  # a pydantic model: every instance has the fields
-            _REF_CLASSES.add(type(value))
+        if {"id", "logical_name", "name"} <= set(getattr(type(value), "model_fields", ())):  # declared: every
+            _REF_CLASSES.add(type(value))  # instance of the model has them
         return True
     return False
 
@@ -150,7 +150,7 @@ def _json_string(text: str, *, ascii_only: bool = False) -> str:
 
 
 def _canonical(value: Any) -> str:
-    if isinstance(value, str):
+    if type(value) is str:  # exactly: a str subclass (an Enum) is written as str() of it, below
         return _json_string(value)
     if isinstance(value, Mapping):
         items = sorted((str(k), v) for k, v in value.items())

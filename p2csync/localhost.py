@@ -36,10 +36,10 @@ from starlette.routing import Route
 from p2csync.queue.base import MessageLockLost, QueueConsumer
 
 log = logging.getLogger("p2csync.localhost")
+_T = TypeVar("_T")
 
 #: The Functions host's request body limit (app setting FUNCTIONS_REQUEST_BODY_SIZE_LIMIT, bytes; the host
 #: answers 413 above it). Its default is 100 MB (104857600 bytes).
-_T = TypeVar("_T")
 BODY_LIMIT_SETTING = "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"
 DEFAULT_BODY_LIMIT = 100 * 1024 * 1024
 #: What `python -m p2csync run` uses when the setting is unset: the value the infra sets in Azure

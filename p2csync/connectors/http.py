@@ -30,6 +30,7 @@ import enum
 import json as jsonlib
 import logging
 import random
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -305,6 +306,10 @@ def dumps_json(value: Any, *, dates_as_datetimes: bool = False) -> bytes:
                          ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
+#: A URL with a scheme (RFC 3986 section 3.1); anything else is a path under the base URL, "://" in a key included.
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def _path(url: httpx.URL) -> str:
     """The path of a URL as sent (percent-encoded), for a span: no query, so no secret."""
     return url.raw_path.decode("ascii").split("?", 1)[0]
@@ -572,7 +577,7 @@ class ApiClient:
         path (a leading "/" dropped). One parse of the joined text instead of httpx's two parses and a copy."""
         if isinstance(url, httpx.URL):
             return url if url.is_absolute_url else self._url(str(url))
-        if "://" in url.split("?", 1)[0]:
+        if _ABSOLUTE.match(url):
             return httpx.URL(url)
         return httpx.URL(self._base_text + url.lstrip("/").split("#", 1)[0])  # httpx drops a relative fragment
 
@@ -592,7 +597,16 @@ class ApiClient:
         "Server affinity") advises clients sending in parallel to drop it, so each request may go to any
         server and each server's limits apply to its own share. Issue 11: the client's layers cost more CPU
         per request than the transport itself."""
-        response = await self._client._transport_for_url(request.url).handle_async_request(request)
+        if self._client.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")  # as httpx says it
+        try:
+            response = await self._client._transport_for_url(request.url).handle_async_request(request)
+        except httpx.RequestError as exc:
+            try:
+                exc.request  # noqa: B018 - set by the transport?
+            except RuntimeError:
+                exc.request = request  # as httpx's request_context does
+            raise
         response.request = request
         try:
             await response.aread()

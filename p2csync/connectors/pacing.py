@@ -28,12 +28,12 @@ place in the window by its answer (never too early) and the period, measured fro
 **Memory.** The log of requests a window needs is bounded by ``max_log`` entries whatever the request rate (before
 the first 429 it spans up to ``max_run``: 120,000 requests at 200/s). When it grows past that, runs of answered
 requests between those still in flight fold into spans: their count against the window, the first one's send time
-and the latest date at which one of them leaves, each span at most a ``max_log / 4``-th of the window wide (0.6 s of
-Dataverse's 300 s; before the first 429 of ``max_run``; the width doubles until the log fits in half of
-``max_log``). What the pacer learns is unchanged: ``B`` counts the admitted requests sent before the refused one (a
+and the latest date at which one of them leaves, each span at first a ``max_log / 4``-th of the window wide (0.6 s of
+Dataverse's 300 s; before the first 429 of ``max_run``), the width doubling until the log fits in half of
+``max_log``. What the pacer learns is unchanged: ``B`` counts the admitted requests sent before the refused one (a
 span never holds a request in flight, so it is wholly before or after it) and ``P`` starts at the run's first send;
 a span leaves the window when its last request does, so the sliding window only ever admits later, never earlier, by
-at most that width.
+at most a span's width.
 """
 
 from __future__ import annotations
@@ -237,7 +237,10 @@ class RequestPacer:
         if self._counted < self.budget:
             return 0.0
         oldest = next(entry for entry in self._log if entry.weight)
-        return max((now if oldest.done is None else oldest.done) + self.period - now, 1e-3)
+        # From when it leaves the log (``_prune``): a request's answer; a span's last member, which may be a refused
+        # request sent after the span's answers (waiting from those would wake every millisecond until then).
+        leaves = oldest.leaves
+        return max((now if leaves is None else leaves) + self.period - now, 1e-3)
 
     def _start(self, now: float) -> PaceTicket:
         if self.budget is None:

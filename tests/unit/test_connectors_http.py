@@ -418,6 +418,26 @@ async def test_requests_are_built_as_httpx_builds_them(url, params):
         assert ours.content == theirs.content
 
 
+async def test_a_url_inside_a_key_is_a_path_not_another_host():
+    script = Script(OK)
+    async with client(script) as api:
+        await api.request("GET", "accounts(websiteurl='http://x.example')")
+    assert str(script.requests[0].url).startswith(BASE + "accounts(websiteurl=")
+
+
+async def test_a_closed_client_sends_nothing_and_a_transport_error_names_its_request():
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")  # raised without its request, as httpcore's errors are
+
+    async with client(refuse) as api:
+        request = api._build("GET", api._url("accounts"), None, {}, None)
+        with pytest.raises(httpx.ConnectError) as caught:
+            await api._send(request)
+        assert caught.value.request is request
+    with pytest.raises(RuntimeError, match="client has been closed"):
+        await api._send(request)
+
+
 async def test_no_cookie_is_kept_between_requests():
     """Dataverse's affinity cookie would pin every request to one server; parallel clients should drop it
     (Power Apps docs, "Send parallel requests", "Server affinity")."""

@@ -354,3 +354,26 @@ async def test_a_folded_log_keeps_the_window_it_learned():
     assert refused <= full_refused <= 3
     assert budget == full_budget
     assert full_last <= last <= full_last * 1.02
+
+
+def test_a_full_window_waits_until_its_oldest_entry_leaves_the_log_not_in_millisecond_steps():
+    """A span whose last member is a refused request sent after the span's answers leaves the log at that send:
+    the wait runs until then (waiting from the answers woke every millisecond until it did)."""
+    now = [0.0]
+    p = RequestPacer(PacingPolicy(max_log=8, probe_after=1e9), clock=lambda: now[0])
+    for index in range(10):
+        now[0] = index * 0.1
+        ticket = p._start(now[0])
+        now[0] += 0.01
+        if index == 5:
+            p.answered(ticket, 429, 0.0, learn=False)  # refused: leaves the log by its send, 0.5
+        elif index < 5:
+            p.answered(ticket, 200)  # answered 0.01 .. 0.41
+    p._fold()
+    p.budget, p.period = 9, 10.0  # full: 5 answered + 4 in flight
+    now[0] = 1.0
+    wakes = 0
+    while (wait := p._window_wait(now[0])) > 0:
+        now[0] += wait
+        wakes += 1
+    assert wakes == 1 and now[0] == pytest.approx(10.5)  # the span's last member (sent at 0.5) plus the period
