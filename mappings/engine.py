@@ -46,8 +46,10 @@ SCHEMA_COMMENT = "# yaml-language-server: $schema=./mapping.schema.json"
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans, no implicit timestamps and duplicate keys rejected."""
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """SafeLoader with YAML 1.2 booleans, no implicit timestamps and duplicate keys rejected. On libyaml's parser
+    where PyYAML has it (its wheels do): the pure-Python one took half a second of a cold start to read the
+    mapping files, before the first message could be handled."""
 
 
 _Loader.yaml_implicit_resolvers = {
