@@ -440,7 +440,7 @@ class DataverseClient(ApiClient):
             "POST", "$batch", content=body, headers=headers, readable=_is_multipart,
             idempotent=not any(isinstance(op, Create) for op in ops),
         )
-        return self.batch_results(ops, parts, response, atomic=atomic)
+        return self.batch_results(ops, parts, response, atomic=atomic, applied=self._applied, result=BatchResult)
 
     def _batch_part(self, op: DataverseOperation, content_id: str) -> BatchRequestPart:
         """The inner request of one operation: the same URL, headers and body as the single request."""
@@ -488,7 +488,3 @@ class DataverseClient(ApiClient):
             created = part.status == 201 or (part.status == 204 and op.create_only)
         etag = part.headers.get("etag") or (record or {}).get("@odata.etag")
         return BatchResult(op, part.status, created, record, etag, part.headers.get("odata-entityid"))
-
-    @staticmethod
-    def _failed(op: DataverseOperation, status: int | None, error: ConnectorError, *, failed_here: bool) -> BatchResult:
-        return BatchResult(op, status, error=error, failed_here=failed_here)

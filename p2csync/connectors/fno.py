@@ -578,7 +578,8 @@ class FnOClient(ApiClient):
         if not atomic:
             headers["Prefer"] = "odata.continue-on-error"
         response = await self.request("POST", "$batch", content=body, headers=headers, idempotent=True)
-        return self.batch_results(ops, parts, response, atomic=atomic)
+        return self.batch_results(ops, parts, response, atomic=atomic, applied=self._applied, result=BatchResult,
+                                  absent=self._absent)
 
     async def batch_chunks(self, operations: Sequence[BatchOperation], *, atomic: bool = True) -> list[BatchResult]:
         """``batch`` over ``chunk_operations(operations, batch_size)``, one request per chunk, in order;
@@ -640,11 +641,7 @@ class FnOClient(ApiClient):
         return BatchResult(op, part.status, record, etag)
 
     @staticmethod
-    def _failed(op: BatchOperation, status: int | None, error: ConnectorError, *, failed_here: bool) -> BatchResult:
-        return BatchResult(op, status, error=error, failed_here=failed_here)
-
-    @staticmethod
-    def _unanswered(op: BatchOperation, answer: BatchResponsePart, error: ConnectorError) -> BatchResult | None:
+    def _absent(op: BatchOperation, answer: BatchResponsePart, error: ConnectorError) -> BatchResult | None:
         if isinstance(op, Read) and answer.status == 404 and not isinstance(error, RouteNotFoundError):
             return BatchResult(op, answer.status)  # no such row, read as ``get`` reads it
         return None

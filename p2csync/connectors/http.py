@@ -39,7 +39,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from functools import partial
 from types import TracebackType
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -306,6 +306,9 @@ def dumps_json(value: Any, *, dates_as_datetimes: bool = False) -> bytes:
                          ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
+_Op = TypeVar("_Op")
+_R = TypeVar("_R")
+
 #: A URL with a scheme (RFC 3986 section 3.1); anything else is a path under the base URL, "://" in a key included.
 _ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -464,25 +467,20 @@ class ApiClient:
                                 request=httpx.Request(request.method, self.base_url.join(request.url)))
         return self._redact(error_from_response(self.system, answer, method=request.method))
 
-    # -- $batch answers: the connectors' operations and results differ, reading the answer does not
-    #: Who a "not run" error names ("F&O", "Dataverse"), and the connector's result of one batch operation.
+    #: Who a "not run" error of a $batch names ("F&O", "Dataverse").
     service: ClassVar[str] = "the service"
 
-    def _applied(self, op: Any, part: BatchResponsePart) -> Any:
-        raise NotImplementedError
-
-    def _failed(self, op: Any, status: int | None, error: ConnectorError, *, failed_here: bool) -> Any:
-        raise NotImplementedError
-
-    def _unanswered(self, op: Any, answer: BatchResponsePart, error: ConnectorError) -> Any | None:
-        """A result for an answer that is not a failure although its status is (F&O: a read finding no row)."""
-        return None
-
-    def batch_results(self, ops: Sequence[Any], parts: Sequence[BatchRequestPart], response: httpx.Response, *,
-                      atomic: bool) -> list[Any]:
+    def batch_results(self, ops: Sequence[_Op], parts: Sequence[BatchRequestPart], response: httpx.Response, *,
+                      atomic: bool, applied: Callable[[_Op, BatchResponsePart], _R],
+                      result: Callable[..., _R],
+                      absent: Callable[[_Op, BatchResponsePart, ConnectorError], _R | None] | None = None,
+                      ) -> list[_R]:
         """One result per operation of a ``$batch`` answered by ``response``: one change set (``atomic``: all
         applied, or all failed with the error of the one the service rejected) or independent requests (each
-        its own answer; those after a failure the service stopped at are "not run", transient)."""
+        its own answer; those after a failure the service stopped at are "not run", transient). The connector
+        says how an answer becomes its result: ``applied`` for a success, ``result(op, status, error=...,
+        failed_here=...)`` for a failure, ``absent`` for a failed status that is not a failure (F&O: a read
+        finding no row)."""
         try:
             answered = decode_batch_response(response.headers.get("Content-Type", ""), response.content)
         except BatchFormatError as exc:
@@ -492,25 +490,23 @@ class ApiClient:
             ordered, failed, culprit = self.match_changeset(len(ops), parts, answered, status=response.status_code,
                                                             url=response.request.url, applied=response.is_success)
             if failed is None:
-                return [self._applied(op, answer) for op, answer in zip(ops, ordered or [], strict=True)]
+                return [applied(op, answer) for op, answer in zip(ops, ordered or [], strict=True)]
             error = self.part_error(failed, parts[culprit] if culprit is not None else BatchRequestPart("POST", "$batch"))
-            return [self._failed(op, failed.status if index == culprit else None, error, failed_here=index == culprit)
+            return [result(op, failed.status if index == culprit else None, error=error, failed_here=index == culprit)
                     for index, op in enumerate(ops)]
         results = []
         for index, op in enumerate(ops):
             if index >= len(answered):  # the service stopped at an earlier failure
-                results.append(self._failed(op, None, TransientError(
-                    self.system, None, "NotRun", f"not run: {self.service} stopped the batch at an earlier failure"),
-                    failed_here=False))
+                results.append(result(op, None, error=TransientError(
+                    self.system, None, "NotRun", f"not run: {self.service} stopped the batch at an earlier failure")))
                 continue
             answer = answered[index][0]
             if answer.status < 400:
-                results.append(self._applied(op, answer))
+                results.append(applied(op, answer))
                 continue
             error = self.part_error(answer, parts[index])
-            unanswered = self._unanswered(op, answer, error)
-            results.append(unanswered if unanswered is not None
-                           else self._failed(op, answer.status, error, failed_here=True))
+            found = absent(op, answer, error) if absent is not None else None
+            results.append(found if found is not None else result(op, answer.status, error=error, failed_here=True))
         return results
 
     def match_changeset(

@@ -122,7 +122,6 @@ class _Span:
     at: float  # the first one's send
     seq: int  # the last one's sequence number
     weight: int  # how many count against the window
-    done: float  # the latest answer among those counted (-inf: none)
     leaves: float  # when the last of them leaves the log
     low: float  # when the first of them leaves: the span is ``leaves - low`` wide
 
@@ -134,18 +133,14 @@ class _Span:
         entry.logged = False
         leaves = entry.leaves
         assert leaves is not None  # only answered requests fold
-        done = entry.done if entry.counted and entry.done is not None else -math.inf
-        return cls(entry.at, entry.seq, entry.weight, done, leaves, leaves)
+        return cls(entry.at, entry.seq, entry.weight, leaves, leaves)
 
-    def absorb(self, entry: PaceTicket | _Span, width: float) -> bool:
-        """Take in the next answered ``entry`` if the span stays within ``width``; whether it did."""
-        leaves, low = (entry.leaves, entry.low) if isinstance(entry, _Span) else (entry.leaves, entry.leaves)
-        assert leaves is not None and low is not None
-        if max(self.leaves, leaves) - min(self.low, low) > width:
+    def absorb(self, other: _Span, width: float) -> bool:
+        """Take in the next span if this one stays within ``width``; whether it did."""
+        if max(self.leaves, other.leaves) - min(self.low, other.low) > width:
             return False
-        other = _Span.of(entry)
         self.seq, self.weight = other.seq, self.weight + other.weight
-        self.done, self.leaves, self.low = max(self.done, other.done), max(self.leaves, leaves), min(self.low, low)
+        self.leaves, self.low = max(self.leaves, other.leaves), min(self.low, other.low)
         return True
 
 
@@ -272,8 +267,10 @@ class RequestPacer:
                 last = folded[-1] if folded else None
                 if entry.leaves is None:  # in flight: stays itself, a 429 may still come for it
                     folded.append(entry)
-                elif not (isinstance(last, _Span) and last.absorb(entry, width)):
-                    folded.append(_Span.of(entry))
+                    continue
+                span = _Span.of(entry)
+                if not (isinstance(last, _Span) and last.absorb(span, width)):
+                    folded.append(span)
             self._log = folded
             if len(folded) <= self.policy.max_log // 2:
                 break

@@ -9,5 +9,6 @@ from .event import (INGRESS_PROPERTY, WEBHOOK_INGRESS, ChangeEvent, Source, dedu
 from .fno import EndpointTestMessage
 from .resync import RESYNC, ResyncRequest, resync_body, resync_message_id
 
-__all__ = ["INGRESS_PROPERTY", "RESYNC", "WEBHOOK_INGRESS", "ChangeEvent", "EndpointTestMessage", "EntityRef", "EnvelopeError", "ResyncRequest", "Source",
-           "dedupe_message_id", "parse_change_event", "recent_parses", "resync_body", "resync_message_id", "trim_context_body"]
+__all__ = ["INGRESS_PROPERTY", "RESYNC", "WEBHOOK_INGRESS", "ChangeEvent", "EndpointTestMessage", "EntityRef",
+           "EnvelopeError", "ResyncRequest", "Source", "dedupe_message_id", "parse_change_event", "recent_parses",
+           "resync_body", "resync_message_id", "trim_context_body"]
