@@ -101,10 +101,13 @@ async def test_a_dead_letter_replayed_after_fixing_its_cause_in_sales_is_applied
     assert result["new_message_id"] == f"{dead.message_id}~replay"
     assert stack.queue.peek_dead_letters("sales-events") == []  # removed after the send
 
-    async def applied() -> bool:
-        return _customer(stack, "OPS-D1") is not None
-    await _until(applied)
-    entries = await stack.ledger().journal_entries(record_key=f"accounts:account:{record_id}")
+    record_key = f"accounts:account:{record_id}"
+
+    async def journaled() -> bool:  # the journal line follows the F&O write: wait for it, not for the write
+        return len(await stack.ledger().journal_entries(record_key=record_key)) >= 2
+    await _until(journaled)
+    assert _customer(stack, "OPS-D1") is not None
+    entries = await stack.ledger().journal_entries(record_key=record_key)
     assert [e.outcome for e in entries] == ["rejected", "applied"]
     assert entries[1].message_id == f"{dead.message_id}~replay"
     stack.sandbox.dataverse.webhooks.resume()
