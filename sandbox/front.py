@@ -143,6 +143,8 @@ class SandboxFront:
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
+                if answer_at:  # the answer's way back: it leaves no sooner than the latency after arrival
+                    await asyncio.sleep(answer_at - time.perf_counter())
                 state["status"] = message["status"]
                 if message["status"] in BODILESS:  # the client has the whole answer once the head is out
                     release()
@@ -154,8 +156,12 @@ class SandboxFront:
 
         decision = sim.faults.decide(method, path)
         state["fault"] = decision.label
+        # Latency is a network's round trip: the request reaches the service after half of it, and the answer
+        # leaves no sooner than all of it after arrival. The service's own work (serial here, parallel in the
+        # real one) fits inside the second half instead of queueing on top of it.
+        answer_at = started + decision.latency if decision.latency else 0.0
         try:
-            if decision.outcome is not None:
+            if decision.outcome is not None:  # answered by the front, nothing served: the whole trip first
                 if decision.latency:
                     await asyncio.sleep(decision.latency)
                 if decision.outcome == "drop":
@@ -180,7 +186,7 @@ class SandboxFront:
             state["admitted"] = True
             try:
                 if decision.latency:
-                    await asyncio.sleep(decision.latency)
+                    await asyncio.sleep(decision.latency / 2)
                 scope.setdefault("state", {})["sandbox_user"] = user
                 await self.app(scope, receive, recording_send)
             finally:
