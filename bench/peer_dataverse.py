@@ -2,14 +2,12 @@
 ``AsyncDataverseClient``) upserting accounts by alternate key, run by the peer venv's Python:
 ``python -m bench.peer_dataverse < job.json``. Prints one result line (bench.peer_protocol).
 
-Two adaptations to the sandbox, both outside the timed loop:
-* auth: a minimal ``AsyncTokenCredential`` that hands out the sandbox's bearer token (the client takes any
-  azure-core credential; azure-identity would ask Entra ID).
-* metadata: the client resolves the entity set name (``EntityDefinitions?$filter=LogicalName eq 'account'``)
-  and bulk-reads the table's choice columns (``EntityDefinitions(...)/Attributes/...PicklistAttributeMetadata``)
-  once per client and caches both. The sandbox serves neither collection query, so the two caches are filled
-  here with what the service would answer (entity set ``accounts``; the benchmark's columns are not choices).
-  [Inferred] this changes nothing per record: the client reads both once and then serves them from its cache.
+One adaptation to the sandbox, outside the timed loop: auth, a minimal ``AsyncTokenCredential`` that hands out
+the sandbox's bearer token (the client takes any azure-core credential; azure-identity would ask Entra ID).
+The client's own metadata reads (the entity set by ``EntityDefinitions?$filter=LogicalName eq 'account'``, the
+table's choice columns by ``EntityDefinitions(...)/Attributes/...PicklistAttributeMetadata``) go to the sandbox
+as they would to the service, once per client; until stop 16 the sandbox could not answer them and this module
+filled the client's caches instead.
 """
 
 from __future__ import annotations
@@ -45,22 +43,12 @@ class SandboxCredential:
         return None
 
 
-def _seed_metadata(client: Any) -> None:
-    """Fill the per-client metadata caches the sandbox cannot answer (see the module docstring)."""
-    odata = client._get_odata()
-    odata._logical_to_entityset_cache["account"] = "accounts"
-    odata._logical_primaryid_cache["account"] = "accountid"
-    odata._picklist_label_cache["account"] = {"ts": time.time(), "picklists": {}}
-
-
 async def main(job: Job) -> None:
     from PowerPlatform.Dataverse.aio.async_client import AsyncDataverseClient
     from PowerPlatform.Dataverse.core.config import DataverseConfig
 
     config = DataverseConfig.from_env()
     async with AsyncDataverseClient(job.url, SandboxCredential(job.token), config) as client:
-        _seed_metadata(client)
-
         async def write(key: dict[str, Any], columns: dict[str, Any]) -> None:
             await client.records.upsert("account", [{"alternate_key": key, "record": columns}])
 

@@ -59,8 +59,8 @@ DATAVERSE = Peer(
     requirements=("powerplatform-dataverse-client[async]==1.1.0", "aiohttp==3.14.5", "azure-core==1.41.0"),
     module="bench.peer_dataverse",
     note="upserts of new accounts by alternate key accountnumber (PATCH accounts(accountnumber='...')), "
-         "records.upsert of one item each; its per-client metadata caches (entity set, choice labels) seeded, "
-         "the sandbox serving no EntityDefinitions collection query")
+         "records.upsert of one item each; its metadata reads (entity set, choice labels) once per client, "
+         "from the sandbox's EntityDefinitions")
 FNO = Peer(
     system="fno", title="F&O connector upserts/s vs d365fo-client",
     # Every d365fo-client release declares Requires-Python >= 3.13; the project runs 3.11 and this machine's

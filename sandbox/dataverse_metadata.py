@@ -8,6 +8,13 @@ definitions by name"; the response shape follows that article's example). ``stat
 defines OptionSet and GlobalOptionSet: "Query table definitions using the Web API"); every other choice is a
 ``PicklistAttributeMetadata``. The options come from the sandbox's table definitions (``choice({...})``,
 ``_state``/``_status``). Authentication, faults and limits are the front's, as for every other route.
+
+The tables themselves ("Query table definitions using the Web API"): ``EntityDefinitions?$select=...&$filter=...``
+and ``EntityDefinitions(LogicalName='account')?$select=...`` answer the properties the sandbox models
+(``TABLE_PROPERTIES``); ``MetadataId`` is always returned, every match comes in the first response (no paging), and
+``$filter`` takes any of those properties. ``EntityDefinitions(LogicalName='account')/Attributes/
+Microsoft.Dynamics.CRM.PicklistAttributeMetadata`` answers every column of that type, as one query (the cast is
+required to reach ``OptionSet``; a cast to ``EnumAttributeMetadata``, the type that defines it, is not allowed).
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from starlette.routing import BaseRoute, Route
 from sandbox.dataverse import Dataverse, DataverseError
 from sandbox.dataverse_api import _json, _root
 from sandbox.dataverse_tables import Column, ColumnType, Table
+from sandbox.odata import (
+    FilterRow, ODataSyntaxError, UnknownProperty, compile_filter, parse_select,
+)
 
 METADATA_PATH = "/api/data/v9.2/EntityDefinitions{rest:path}"
 LANGUAGE = 1033  # the sandbox's one language (English)
@@ -32,6 +42,10 @@ _PATH = re.compile(
     r"^\(LogicalName='(?P<table>[^']*)'\)/Attributes\(LogicalName='(?P<attribute>[^']*)'\)"
     r"(?:/(?P<cast>[A-Za-z0-9_.]+))?$"
 )
+_TABLE_PATH = re.compile(r"^\(LogicalName='(?P<table>[^']*)'\)$")
+_ATTRIBUTES_PATH = re.compile(r"^\(LogicalName='(?P<table>[^']*)'\)/Attributes(?:/(?P<cast>[A-Za-z0-9_.]+))?$")
+#: The EntityMetadata properties the sandbox models; $select and $filter may name these (and MetadataId).
+TABLE_PROPERTIES = ("LogicalName", "EntitySetName", "PrimaryIdAttribute", "PrimaryNameAttribute", "OwnershipType")
 _EXPAND_ITEM = re.compile(r"^(?P<name>OptionSet|GlobalOptionSet)(?:\(\$select=(?P<select>[A-Za-z,]+)\))?$")
 
 
@@ -72,18 +86,127 @@ def _not_found(message: str) -> DataverseError:
     return DataverseError(404, "0x80041102", message)
 
 
+def _table_or_404(dv: Dataverse, name: str) -> Table:
+    table = dv.tables.get(name)
+    if table is None:
+        # The platform's message for a table it does not know (captured from the Organization service, e.g. in
+        # MscrmTools/MscrmTools.PortalCodeEditor#15); [Inferred] that the Web API reports it the same way.
+        raise _not_found(f"The entity with a name = '{name}' with namemapping = 'Logical' was not found "
+                         "in the MetadataCache.")
+    return table
+
+
+def _check_options(request: Request, allowed: set[str]) -> None:
+    for name in request.query_params:
+        if name.startswith("$") and name not in allowed:
+            # [Inferred] wording and status: the article lists $select, $filter and $expand for definitions
+            # and says there is no paging; the sandbox refuses what it does not model instead of ignoring it.
+            raise DataverseError(400, "0x80060888", f"The query parameter {name} is not supported on "
+                                 "EntityDefinitions by the sandbox.")
+
+
+def _table_row(table: Table) -> dict[str, Any]:
+    return {
+        "MetadataId": _stable_id(table.logical_name),
+        "LogicalName": table.logical_name,
+        "EntitySetName": table.entity_set,
+        "PrimaryIdAttribute": table.primary_id,
+        "PrimaryNameAttribute": table.primary_name,
+        # An OwnershipTypes member; a $filter names it Microsoft.Dynamics.CRM.OwnershipTypes'UserOwned'.
+        "OwnershipType": "UserOwned" if table.ownership == "user" else "OrganizationOwned",
+    }
+
+
+def _selected(row: dict[str, Any], select: list[str] | None) -> dict[str, Any]:
+    names = TABLE_PROPERTIES if select is None else select
+    for name in names:
+        if name not in row:
+            raise DataverseError(400, "0x80060888", f"Could not find a property named '{name}' on type "
+                                 f"'{CAST_PREFIX}EntityMetadata' (the sandbox models {', '.join(TABLE_PROPERTIES)}).")
+    out = {name: row[name] for name in names}
+    out["MetadataId"] = row["MetadataId"]  # "The MetadataId property value is always returned."
+    return out
+
+
+def table_definitions(dv: Dataverse, request: Request, rest: str) -> Response:
+    """``EntityDefinitions`` (a filtered collection, no paging) or ``EntityDefinitions(LogicalName='x')``."""
+    _check_options(request, {"$select", "$filter"})
+    select = parse_select(request.query_params.get("$select"))
+    context = f"{_root(request)}$metadata#EntityDefinitions" + (f"({','.join(select)})" if select else "")
+    if rest:
+        match = _TABLE_PATH.match(rest)
+        assert match is not None
+        if "$filter" in request.query_params:
+            # OData: $filter applies to collections; [Inferred] Dataverse's wording.
+            raise DataverseError(400, "0x80060888", "$filter applies to a collection, not to one definition.")
+        body = _selected(_table_row(_table_or_404(dv, match["table"])), select)
+        return _json({"@odata.context": context + "/$entity", **body})
+    rows = [_table_row(table) for table in dv.tables.values()]
+    text = request.query_params.get("$filter")
+    if text:
+        known = {*TABLE_PROPERTIES, "MetadataId"}
+        try:
+            predicate = compile_filter(text, known.__contains__)
+        except UnknownProperty as exc:
+            raise DataverseError(400, "0x80060888", f"Could not find a property named '{exc.name}' on type "
+                                 f"'{CAST_PREFIX}EntityMetadata'.") from None
+        except ODataSyntaxError as exc:
+            raise DataverseError(400, "0x80060888", str(exc)) from None
+        # [Inferred] strings compare as in the sandbox's row filters (case-insensitively), and an enum member
+        # given without its namespace is not refused, although the article says the namespace is required.
+        rows = [row for row in rows if predicate(FilterRow(row, _row_value))]
+    return _json({"@odata.context": context, "value": [_selected(row, select) for row in rows]})
+
+
+def _row_value(row: dict[str, Any], name: str) -> Any:
+    return row.get(name)
+
+
+def attribute_definitions(dv: Dataverse, request: Request, rest: str) -> Response:
+    """Every attribute of one type, cast: ``EntityDefinitions(LogicalName='x')/Attributes/<cast>``."""
+    _check_options(request, {"$select", "$expand"})
+    match = _ATTRIBUTES_PATH.match(rest)
+    assert match is not None
+    table = _table_or_404(dv, match["table"])
+    cast = match["cast"]
+    if cast == f"{CAST_PREFIX}EnumAttributeMetadata":
+        # "you cannot cast the attributes to this type" (the article); [Inferred] status and wording.
+        raise DataverseError(400, "0x80060888", f"The type '{cast}' cannot be used to cast Attributes: query each "
+                             "derived type (PicklistAttributeMetadata, StateAttributeMetadata, ...) separately.")
+    kinds = ("PicklistAttributeMetadata", "StateAttributeMetadata", "StatusAttributeMetadata")
+    if cast is None or cast.removeprefix(CAST_PREFIX) not in kinds or not cast.startswith(CAST_PREFIX):
+        raise DataverseError(400, "0x80060888", "The sandbox serves choice column definitions only, cast to "
+                             "their type (Microsoft.Dynamics.CRM.PicklistAttributeMetadata, "
+                             "StateAttributeMetadata or StatusAttributeMetadata).")
+    kind = cast.removeprefix(CAST_PREFIX)
+    select = parse_select(request.query_params.get("$select"))
+    if select is not None and set(select) - {"LogicalName", "MetadataId"}:
+        raise DataverseError(400, "0x80060888", "The sandbox's attribute definitions carry LogicalName only "
+                             "(and MetadataId).")
+    expand = _expansions(request, kind)
+    columns = [c for c in table.columns.values()
+               if c.type is ColumnType.OPTIONSET and c.readable and attribute_type(c) == kind]
+    value = [_attribute_body(table, column, expand) for column in columns]
+    return _json({"@odata.context": f"{_root(request)}$metadata#EntityDefinitions('{table.logical_name}')/"
+                                    f"Attributes/{cast}", "value": value})
+
+
+def definitions(dv: Dataverse, request: Request, rest: str) -> Response:
+    """``EntityDefinitions{rest}``: tables, a table's attributes of one type, or one attribute."""
+    if not rest or _TABLE_PATH.match(rest):
+        return table_definitions(dv, request, rest)
+    if _ATTRIBUTES_PATH.match(rest):
+        return attribute_definitions(dv, request, rest)
+    return attribute_definition(dv, request, rest)
+
+
 def attribute_definition(dv: Dataverse, request: Request, rest: str) -> Response:
     """One attribute's definition with its option sets expanded; 404 for an unknown table or attribute, or for a
     cast to a type the attribute does not have."""
     match = _PATH.match(rest)
     if match is None:
         raise DataverseError(404, "0x80060888", f"Resource not found for the segment 'EntityDefinitions{rest}'.")
-    table = dv.tables.get(match["table"])
-    if table is None:
-        # The platform's message for a table it does not know (captured from the Organization service, e.g. in
-        # MscrmTools/MscrmTools.PortalCodeEditor#15); [Inferred] that the Web API reports it the same way.
-        raise _not_found(f"The entity with a name = '{match['table']}' with namemapping = 'Logical' was not found "
-                         "in the MetadataCache.")
+    table = _table_or_404(dv, match["table"])
     column = table.column(match["attribute"])
     if column is None or not column.readable:
         # [Inferred] message: no capture of the Web API's answer for an unknown attribute was found.
@@ -101,7 +224,7 @@ def attribute_definition(dv: Dataverse, request: Request, rest: str) -> Response
     return _definition(request, table, column, kind)
 
 
-def _definition(request: Request, table: Table, column: Column, kind: str) -> Response:
+def _expansions(request: Request, kind: str) -> dict[str, str | None]:
     expand: dict[str, str | None] = {}
     for item in filter(None, (request.query_params.get("$expand") or "").split(",")):
         parsed = _EXPAND_ITEM.match(item.strip())
@@ -112,16 +235,22 @@ def _definition(request: Request, table: Table, column: Column, kind: str) -> Re
         if select is not None and set(select.split(",")) - {"Options", "Name", "IsGlobal", "MetadataId"}:
             raise DataverseError(400, "0x80060888", f"Invalid $select in $expand '{item.strip()}'.")
         expand[parsed["name"]] = select
-    body: dict[str, Any] = {
-        "@odata.context": f"{_root(request)}$metadata#EntityDefinitions('{table.logical_name}')/Attributes/"
-                          f"{CAST_PREFIX}{kind}/$entity",
-        "MetadataId": _stable_id(table.logical_name, column.name),
-        "LogicalName": column.name,
-    }
+    return expand
+
+
+def _attribute_body(table: Table, column: Column, expand: dict[str, str | None]) -> dict[str, Any]:
+    body: dict[str, Any] = {"MetadataId": _stable_id(table.logical_name, column.name), "LogicalName": column.name}
     for name, select in expand.items():
         # A local choice's options are in both properties ("You can get the option definition from either
         # property regardless of whether the attribute is configured to use global option sets").
         body[name] = _option_set(table, column, select)
+    return body
+
+
+def _definition(request: Request, table: Table, column: Column, kind: str) -> Response:
+    body = {"@odata.context": f"{_root(request)}$metadata#EntityDefinitions('{table.logical_name}')/Attributes/"
+                              f"{CAST_PREFIX}{kind}/$entity",
+            **_attribute_body(table, column, _expansions(request, kind))}
     return _json(body)
 
 
@@ -134,7 +263,7 @@ def metadata_routes(dv: Dataverse) -> list[BaseRoute]:
             return DataverseError(405, "0x80060888", f"The requested resource does not support "
                                   f"{request.method}.").response()
         try:
-            return attribute_definition(dv, request, request.path_params["rest"])
+            return definitions(dv, request, request.path_params["rest"])
         except DataverseError as exc:
             return exc.response()
 

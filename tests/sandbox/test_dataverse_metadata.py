@@ -74,3 +74,59 @@ def test_a_bad_expand_is_400_and_writes_are_405(dv: httpx.Client) -> None:
     bad = dv.get(definition("salesorder", "msdynce_processingstatus"), params={"$expand": "Options"})
     assert bad.status_code == 400 and "Options" in bad.json()["error"]["message"]
     assert dv.delete(definition("salesorder", "msdynce_processingstatus")).status_code == 405
+
+
+# ---------------------------------------------------------------------------------- table definitions, collections
+
+
+def test_table_definitions_by_filter_answer_the_selected_properties_and_the_metadata_id(dv: httpx.Client) -> None:
+    """What a client resolving a table's entity set sends (powerplatform-dataverse-client does exactly this)."""
+    response = dv.get("EntityDefinitions", params={"$select": "LogicalName,EntitySetName,PrimaryIdAttribute",
+                                                   "$filter": "LogicalName eq 'account'"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["@odata.context"].endswith("$metadata#EntityDefinitions(LogicalName,EntitySetName,PrimaryIdAttribute)")
+    [account] = body["value"]
+    assert account.pop("MetadataId")  # "always returned"
+    assert account == {"LogicalName": "account", "EntitySetName": "accounts", "PrimaryIdAttribute": "accountid"}
+    assert "@odata.nextLink" not in body  # no paging: every match in the first response
+
+    owned = dv.get("EntityDefinitions", params={
+        "$select": "LogicalName", "$filter": "OwnershipType eq Microsoft.Dynamics.CRM.OwnershipTypes'OrganizationOwned'"})
+    names = {row["LogicalName"] for row in owned.json()["value"]}
+    assert {"transactioncurrency", "systemuser"} <= names and "account" not in names
+
+    one = dv.get("EntityDefinitions(LogicalName='salesorder')", params={"$select": "EntitySetName"})
+    assert one.status_code == 200 and one.json()["EntitySetName"] == "salesorders" and one.json()["MetadataId"]
+    assert one.json()["MetadataId"] == dv.get("EntityDefinitions", params={
+        "$filter": "LogicalName eq 'salesorder'"}).json()["value"][0]["MetadataId"]  # stable across queries
+
+
+@pytest.mark.parametrize(("params", "status", "text"), [
+    ({"$select": "DisplayName"}, 400, "Could not find a property named 'DisplayName'"),
+    ({"$filter": "Colour eq 'red'"}, 400, "Could not find a property named 'Colour'"),
+    ({"$top": "1"}, 400, "$top"),
+    ({"$orderby": "LogicalName"}, 400, "$orderby"),
+])
+def test_what_the_sandbox_does_not_model_is_refused_not_ignored(dv: httpx.Client, params: dict[str, str],
+                                                                status: int, text: str) -> None:
+    response = dv.get("EntityDefinitions", params=params)
+    assert response.status_code == status and text in response.json()["error"]["message"]
+
+
+def test_every_choice_column_of_a_table_in_one_query_cast_to_its_type(dv: httpx.Client) -> None:
+    path = "EntityDefinitions(LogicalName='salesorder')/Attributes/Microsoft.Dynamics.CRM.{}"
+    picklists = dv.get(path.format("PicklistAttributeMetadata"), params=EXPAND)
+    assert picklists.status_code == 200, picklists.text
+    by_name = {a["LogicalName"]: a for a in picklists.json()["value"]}
+    assert "msdynce_processingstatus" in by_name and "statecode" not in by_name and "statuscode" not in by_name
+    assert options(by_name["msdynce_processingstatus"]) == PROCESSING_STATUS_OPTIONS
+    single = dv.get(definition("salesorder", "msdynce_processingstatus"), params=EXPAND).json()
+    assert by_name["msdynce_processingstatus"]["MetadataId"] == single["MetadataId"]
+    [state] = dv.get(path.format("StateAttributeMetadata"), params={"$expand": "OptionSet"}).json()["value"]
+    assert state["LogicalName"] == "statecode"
+
+    # "you cannot cast the attributes to this type" (EnumAttributeMetadata defines OptionSet); unknown table: 404
+    assert dv.get(path.format("EnumAttributeMetadata"), params=EXPAND).status_code == 400
+    assert dv.get("EntityDefinitions(LogicalName='salesordr')/Attributes/"
+                  "Microsoft.Dynamics.CRM.PicklistAttributeMetadata").status_code == 404
