@@ -23,8 +23,8 @@ What Dataverse documents (Web API, "Execute batch operations using the Web API")
   change set's writes fire after it commits, none when it is rolled back; a batch is one request to the
   service protection limits.
 
-The multipart reader and writer are the F&O simulator's (`sandbox/fno_batch.py`): both services read batches
-with ODataLib.
+The multipart reader and writer are shared with the F&O simulator (`sandbox/odata_batch.py`): both services
+read batches with ODataLib.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from starlette.responses import Response
 from starlette.types import Message
 
 from sandbox.dataverse import DataverseError
-from sandbox.fno_batch import (
-    BatchSyntaxError, Item, Part, _changeset_part, _http_part, _multipart_response, boundary_of, parse_batch,
+from sandbox.odata_batch import (
+    BatchSyntaxError, Item, Part, boundary_of, changeset_part, http_part, multipart_response, parse_batch,
 )
 
 if TYPE_CHECKING:
@@ -79,11 +79,11 @@ class DataverseBatch:
             part, failed = await (self.run_changeset(request, item) if item.changeset
                                   else self.run_single(request, item.parts[0]))
             if failed is not None and not continue_on_error:
-                response = _multipart_response([part])
+                response = multipart_response([part])
                 response.status_code = failed  # the batch answers with the failing request's status
                 return response
             answered.append(part)
-        response = _multipart_response(answered)
+        response = multipart_response(answered)
         if continue_on_error:
             response.headers["Preference-Applied"] = "odata.continue-on-error"
         return response
@@ -104,7 +104,7 @@ class DataverseBatch:
     async def run_single(self, outer: Request, part: Part) -> tuple[bytes, int | None]:
         response = await self.dispatch(outer, part, {})
         failed = response.status_code if response.status_code >= 400 else None
-        return _http_part(response, part.content_id), failed
+        return http_part(response, part.content_id), failed
 
     async def run_changeset(self, outer: Request, item: Item) -> tuple[bytes, int | None]:
         """All or nothing. Nothing in here may suspend (see `Dataverse.change_set`): the inner requests' bodies
@@ -124,10 +124,10 @@ class DataverseBatch:
                 if part.content_id is not None and location:
                     locations[part.content_id] = location
         if failed is None:
-            return _changeset_part(answers), None
+            return changeset_part(answers), None
         if self.api.dv.batch_failed_changeset == "single":
-            return _http_part(*failed), failed[0].status_code
-        return _changeset_part([failed]), failed[0].status_code
+            return http_part(*failed), failed[0].status_code
+        return changeset_part([failed]), failed[0].status_code
 
     async def dispatch(self, outer: Request, part: Part, locations: dict[str, str]) -> Response:
         """Answer one inner request exactly as the same request outside a batch would be answered."""
