@@ -44,6 +44,11 @@ _PATH = re.compile(
 )
 _TABLE_PATH = re.compile(r"^\(LogicalName='(?P<table>[^']*)'\)$")
 _ATTRIBUTES_PATH = re.compile(r"^\(LogicalName='(?P<table>[^']*)'\)/Attributes(?:/(?P<cast>[A-Za-z0-9_.]+))?$")
+#: The enumeration properties among them: (enum type, members).
+_ENUMS = {"OwnershipType": ("Microsoft.Dynamics.CRM.OwnershipTypes", frozenset(
+    {"None", "UserOwned", "TeamOwned", "BusinessOwned", "OrganizationOwned", "BusinessParented"}))}
+_COMPARISON = re.compile(r"\b([A-Za-z]\w*)\s+(eq|ne)\s+((?:[A-Za-z_][\w.]*)?'(?:[^']|'')*'|[^\s)]+)")
+_ENUM_LITERAL = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)'(?P<member>(?:[^']|'')*)'$")
 #: The EntityMetadata properties the sandbox models; $select and $filter may name these (and MetadataId).
 TABLE_PROPERTIES = ("LogicalName", "EntitySetName", "PrimaryIdAttribute", "PrimaryNameAttribute", "OwnershipType")
 _EXPAND_ITEM = re.compile(r"^(?P<name>OptionSet|GlobalOptionSet)(?:\(\$select=(?P<select>[A-Za-z,]+)\))?$")
@@ -117,13 +122,16 @@ def _table_row(table: Table) -> dict[str, Any]:
     }
 
 
-def _selected(row: dict[str, Any], select: list[str] | None) -> dict[str, Any]:
-    names = TABLE_PROPERTIES if select is None else select
-    for name in names:
-        if name not in row:
+def _check_select(select: list[str] | None) -> None:
+    """Before any row is read: a bad $select is refused whether or not anything matches."""
+    for name in select or ():
+        if name not in TABLE_PROPERTIES and name != "MetadataId":
             raise DataverseError(400, "0x80060888", f"Could not find a property named '{name}' on type "
                                  f"'{CAST_PREFIX}EntityMetadata' (the sandbox models {', '.join(TABLE_PROPERTIES)}).")
-    out = {name: row[name] for name in names}
+
+
+def _selected(row: dict[str, Any], select: list[str] | None) -> dict[str, Any]:
+    out = {name: row[name] for name in (TABLE_PROPERTIES if select is None else select)}
     out["MetadataId"] = row["MetadataId"]  # "The MetadataId property value is always returned."
     return out
 
@@ -132,6 +140,7 @@ def table_definitions(dv: Dataverse, request: Request, rest: str) -> Response:
     """``EntityDefinitions`` (a filtered collection, no paging) or ``EntityDefinitions(LogicalName='x')``."""
     _check_options(request, {"$select", "$filter"})
     select = parse_select(request.query_params.get("$select"))
+    _check_select(select)
     context = f"{_root(request)}$metadata#EntityDefinitions" + (f"({','.join(select)})" if select else "")
     if rest:
         match = _TABLE_PATH.match(rest)
@@ -144,6 +153,7 @@ def table_definitions(dv: Dataverse, request: Request, rest: str) -> Response:
     rows = [_table_row(table) for table in dv.tables.values()]
     text = request.query_params.get("$filter")
     if text:
+        _check_enum_operands(text)
         known = {*TABLE_PROPERTIES, "MetadataId"}
         try:
             predicate = compile_filter(text, known.__contains__)
@@ -152,10 +162,30 @@ def table_definitions(dv: Dataverse, request: Request, rest: str) -> Response:
                                  f"'{CAST_PREFIX}EntityMetadata'.") from None
         except ODataSyntaxError as exc:
             raise DataverseError(400, "0x80060888", str(exc)) from None
-        # [Inferred] strings compare as in the sandbox's row filters (case-insensitively), and an enum member
-        # given without its namespace is not refused, although the article says the namespace is required.
+        # [Inferred] strings compare as in the sandbox's row filters (case-insensitively).
         rows = [row for row in rows if predicate(FilterRow(row, _row_value))]
     return _json({"@odata.context": context, "value": [_selected(row, select) for row in rows]})
+
+
+def _check_enum_operands(text: str) -> None:
+    """"you must include the namespace of the enumeration before the string value" (the article): an enum property
+    compared with anything but a member of its own enumeration, or a string property with an enum member, is
+    refused. [Inferred] wording: ODataLib's message for operands of incompatible types."""
+    for prop, operator, literal in _COMPARISON.findall(text):
+        enum = _ENUM_LITERAL.match(literal)
+        kind = "Equal" if operator == "eq" else "NotEqual"
+        if prop in _ENUMS:
+            type_name, members = _ENUMS[prop]
+            if enum is not None and enum["type"] == type_name and enum["member"] not in members:
+                raise DataverseError(400, "0x80060888",
+                                     f"The string '{enum['member']}' is not a valid enumeration type constant.")
+            if enum is None or enum["type"] != type_name:
+                found = enum["type"] if enum else ("Edm.String" if literal.startswith("'") else "Edm.Int32")
+                raise DataverseError(400, "0x80060888", "A binary operator with incompatible types was detected. "
+                                     f"Found operand types '{type_name}' and '{found}' for operator kind '{kind}'.")
+        elif enum is not None and prop in TABLE_PROPERTIES:
+            raise DataverseError(400, "0x80060888", "A binary operator with incompatible types was detected. "
+                                 f"Found operand types 'Edm.String' and '{enum['type']}' for operator kind '{kind}'.")
 
 
 def _row_value(row: dict[str, Any], name: str) -> Any:
@@ -203,6 +233,7 @@ def definitions(dv: Dataverse, request: Request, rest: str) -> Response:
 def attribute_definition(dv: Dataverse, request: Request, rest: str) -> Response:
     """One attribute's definition with its option sets expanded; 404 for an unknown table or attribute, or for a
     cast to a type the attribute does not have."""
+    _check_options(request, {"$select", "$expand"})
     match = _PATH.match(rest)
     if match is None:
         raise DataverseError(404, "0x80060888", f"Resource not found for the segment 'EntityDefinitions{rest}'.")

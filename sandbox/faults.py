@@ -26,8 +26,8 @@ class FaultRule(BaseModel):
     status: int = Field(default=503, description="HTTP status for kind=error (500, 502, 503, 504, ...)")
     retry_after: int = Field(default=1, ge=0, description="Retry-After seconds for kind=throttle")
     delay: float = Field(default=0.0, ge=0.0, description=(
-        "round trip in seconds for kind=latency: the request is served after half of it, and the answer leaves "
-        "no sooner than all of it after arrival"))
+        "round trip in seconds for kind=latency: the request is served after half of it, and every answer "
+        "(401s and 429s too) leaves no sooner than all of it after arrival"))
     method: str | None = Field(default=None, description="only requests with this method")
     path_contains: str | None = Field(default=None, description="only requests whose path contains this")
 

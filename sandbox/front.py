@@ -158,7 +158,9 @@ class SandboxFront:
         state["fault"] = decision.label
         # Latency is a network's round trip: the request reaches the service after half of it, and the answer
         # leaves no sooner than all of it after arrival. The service's own work (serial here, parallel in the
-        # real one) fits inside the second half instead of queueing on top of it.
+        # real one) fits inside the second half instead of queueing on top of it. Every answer waits for it,
+        # 401s and limit 429s included. [Inferred, on the strict side] the request holds its concurrency slot
+        # for the whole trip, not only while it is at the service.
         answer_at = started + decision.latency if decision.latency else 0.0
         try:
             if decision.outcome is not None:  # answered by the front, nothing served: the whole trip first

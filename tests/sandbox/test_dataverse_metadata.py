@@ -89,7 +89,8 @@ def test_table_definitions_by_filter_answer_the_selected_properties_and_the_meta
     [account] = body["value"]
     assert account.pop("MetadataId")  # "always returned"
     assert account == {"LogicalName": "account", "EntitySetName": "accounts", "PrimaryIdAttribute": "accountid"}
-    assert "@odata.nextLink" not in body  # no paging: every match in the first response
+    every = dv.get("EntityDefinitions", params={"$select": "LogicalName"}).json()["value"]
+    assert len(every) > 10  # no paging: every table in the first response
 
     owned = dv.get("EntityDefinitions", params={
         "$select": "LogicalName", "$filter": "OwnershipType eq Microsoft.Dynamics.CRM.OwnershipTypes'OrganizationOwned'"})
@@ -104,9 +105,17 @@ def test_table_definitions_by_filter_answer_the_selected_properties_and_the_meta
 
 @pytest.mark.parametrize(("params", "status", "text"), [
     ({"$select": "DisplayName"}, 400, "Could not find a property named 'DisplayName'"),
+    # refused before any row is read: also when nothing matches
+    ({"$select": "DisplayName", "$filter": "LogicalName eq 'nosuch'"}, 400, "Could not find a property named"),
     ({"$filter": "Colour eq 'red'"}, 400, "Could not find a property named 'Colour'"),
     ({"$top": "1"}, 400, "$top"),
     ({"$orderby": "LogicalName"}, 400, "$orderby"),
+    # "you must include the namespace of the enumeration before the string value"
+    ({"$filter": "OwnershipType eq 'UserOwned'"}, 400, "incompatible types"),
+    ({"$filter": "OwnershipType ne Microsoft.Dynamics.CRM.AttributeTypeCode'Picklist'"}, 400, "'NotEqual'"),
+    ({"$filter": "OwnershipType eq Microsoft.Dynamics.CRM.OwnershipTypes'Shared'"}, 400,
+     "'Shared' is not a valid enumeration type constant"),
+    ({"$filter": "LogicalName eq Microsoft.Dynamics.CRM.OwnershipTypes'UserOwned'"}, 400, "incompatible types"),
 ])
 def test_what_the_sandbox_does_not_model_is_refused_not_ignored(dv: httpx.Client, params: dict[str, str],
                                                                 status: int, text: str) -> None:
@@ -127,6 +136,10 @@ def test_every_choice_column_of_a_table_in_one_query_cast_to_its_type(dv: httpx.
     assert state["LogicalName"] == "statecode"
 
     # "you cannot cast the attributes to this type" (EnumAttributeMetadata defines OptionSet); unknown table: 404
-    assert dv.get(path.format("EnumAttributeMetadata"), params=EXPAND).status_code == 400
+    enum = dv.get(path.format("EnumAttributeMetadata"), params=EXPAND)
+    assert enum.status_code == 400 and "cannot be used to cast Attributes" in enum.json()["error"]["message"]
+    assert dv.get(path.format("PicklistAttributeMetadata"), params={"$top": "1"}).status_code == 400
+    one = dv.get(definition("salesorder", "statecode", "StateAttributeMetadata"), params={"$top": "1"})
+    assert one.status_code == 400 and "$top" in one.json()["error"]["message"]  # one attribute: the same rule
     assert dv.get("EntityDefinitions(LogicalName='salesordr')/Attributes/"
                   "Microsoft.Dynamics.CRM.PicklistAttributeMetadata").status_code == 404
