@@ -31,7 +31,7 @@ from sandbox.dataverse import Dataverse, DataverseError
 from sandbox.dataverse_api import _json, _root
 from sandbox.dataverse_tables import Column, ColumnType, Table
 from sandbox.odata import (
-    FilterRow, ODataSyntaxError, UnknownProperty, compile_filter, parse_select,
+    EnumLiteral, FilterRow, ODataSyntaxError, UnknownProperty, compile_filter, parse_select,
 )
 
 METADATA_PATH = "/api/data/v9.2/EntityDefinitions{rest:path}"
@@ -47,8 +47,11 @@ _ATTRIBUTES_PATH = re.compile(r"^\(LogicalName='(?P<table>[^']*)'\)/Attributes(?
 #: The enumeration properties among them: (enum type, members).
 _ENUMS = {"OwnershipType": ("Microsoft.Dynamics.CRM.OwnershipTypes", frozenset(
     {"None", "UserOwned", "TeamOwned", "BusinessOwned", "OrganizationOwned", "BusinessParented"}))}
-_COMPARISON = re.compile(r"\b([A-Za-z]\w*)\s+(eq|ne)\s+((?:[A-Za-z_][\w.]*)?'(?:[^']|'')*'|[^\s)]+)")
-_ENUM_LITERAL = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)'(?P<member>(?:[^']|'')*)'$")
+#: ODataLib's names of the comparison operators, for its "incompatible types" message.
+_OPERATOR_KINDS = {"eq": "Equal", "ne": "NotEqual", "gt": "GreaterThan", "ge": "GreaterThanOrEqual",
+                   "lt": "LessThan", "le": "LessThanOrEqual"}
+#: The attribute metadata types of choice columns (``attribute_type``); the only casts the sandbox serves.
+_CHOICE_TYPES = ("PicklistAttributeMetadata", "StateAttributeMetadata", "StatusAttributeMetadata")
 #: The EntityMetadata properties the sandbox models; $select and $filter may name these (and MetadataId).
 TABLE_PROPERTIES = ("LogicalName", "EntitySetName", "PrimaryIdAttribute", "PrimaryNameAttribute", "OwnershipType")
 _EXPAND_ITEM = re.compile(r"^(?P<name>OptionSet|GlobalOptionSet)(?:\(\$select=(?P<select>[A-Za-z,]+)\))?$")
@@ -153,43 +156,45 @@ def table_definitions(dv: Dataverse, request: Request, rest: str) -> Response:
     rows = [_table_row(table) for table in dv.tables.values()]
     text = request.query_params.get("$filter")
     if text:
-        _check_enum_operands(text)
         known = {*TABLE_PROPERTIES, "MetadataId"}
         try:
-            predicate = compile_filter(text, known.__contains__)
+            predicate = compile_filter(text, known.__contains__, _check_operands)
         except UnknownProperty as exc:
             raise DataverseError(400, "0x80060888", f"Could not find a property named '{exc.name}' on type "
                                  f"'{CAST_PREFIX}EntityMetadata'.") from None
         except ODataSyntaxError as exc:
             raise DataverseError(400, "0x80060888", str(exc)) from None
         # [Inferred] strings compare as in the sandbox's row filters (case-insensitively).
-        rows = [row for row in rows if predicate(FilterRow(row, _row_value))]
+        rows = [row for row in rows if predicate(FilterRow(row, dict.get))]
     return _json({"@odata.context": context, "value": [_selected(row, select) for row in rows]})
 
 
-def _check_enum_operands(text: str) -> None:
+def _check_operands(prop: str, operator: str, literal: Any) -> None:
     """"you must include the namespace of the enumeration before the string value" (the article): an enum property
     compared with anything but a member of its own enumeration, or a string property with an enum member, is
-    refused. [Inferred] wording: ODataLib's message for operands of incompatible types."""
-    for prop, operator, literal in _COMPARISON.findall(text):
-        enum = _ENUM_LITERAL.match(literal)
-        kind = "Equal" if operator == "eq" else "NotEqual"
-        if prop in _ENUMS:
-            type_name, members = _ENUMS[prop]
-            if enum is not None and enum["type"] == type_name and enum["member"] not in members:
+    refused. [Inferred] wording: ODataLib's messages for operands of incompatible types and unknown members."""
+    enum = literal if isinstance(literal, EnumLiteral) else None
+    if prop in _ENUMS:
+        type_name, members = _ENUMS[prop]
+        if enum is not None and enum.type_name == type_name:
+            if enum.symbol not in members:
                 raise DataverseError(400, "0x80060888",
-                                     f"The string '{enum['member']}' is not a valid enumeration type constant.")
-            if enum is None or enum["type"] != type_name:
-                found = enum["type"] if enum else ("Edm.String" if literal.startswith("'") else "Edm.Int32")
-                raise DataverseError(400, "0x80060888", "A binary operator with incompatible types was detected. "
-                                     f"Found operand types '{type_name}' and '{found}' for operator kind '{kind}'.")
-        elif enum is not None and prop in TABLE_PROPERTIES:
-            raise DataverseError(400, "0x80060888", "A binary operator with incompatible types was detected. "
-                                 f"Found operand types 'Edm.String' and '{enum['type']}' for operator kind '{kind}'.")
+                                     f"The string '{enum.symbol}' is not a valid enumeration type constant.")
+            return
+        found = enum.type_name if enum else "Edm.String" if isinstance(literal, str) else "Edm.Int32"
+        raise _incompatible(type_name, found, operator)
+    if enum is not None:
+        raise _incompatible("Edm.String", enum.type_name, operator)
 
 
-def _row_value(row: dict[str, Any], name: str) -> Any:
-    return row.get(name)
+def _incompatible(left: str, right: str, operator: str) -> DataverseError:
+    return DataverseError(400, "0x80060888", "A binary operator with incompatible types was detected. Found "
+                          f"operand types '{left}' and '{right}' for operator kind '{_OPERATOR_KINDS[operator]}'.")
+
+
+def _choices_only() -> DataverseError:
+    return DataverseError(400, "0x80060888", "The sandbox serves choice column definitions only, cast to their "
+                          f"type ({CAST_PREFIX}{', '.join(_CHOICE_TYPES)}).")
 
 
 def attribute_definitions(dv: Dataverse, request: Request, rest: str) -> Response:
@@ -203,12 +208,9 @@ def attribute_definitions(dv: Dataverse, request: Request, rest: str) -> Respons
         # "you cannot cast the attributes to this type" (the article); [Inferred] status and wording.
         raise DataverseError(400, "0x80060888", f"The type '{cast}' cannot be used to cast Attributes: query each "
                              "derived type (PicklistAttributeMetadata, StateAttributeMetadata, ...) separately.")
-    kinds = ("PicklistAttributeMetadata", "StateAttributeMetadata", "StatusAttributeMetadata")
-    if cast is None or cast.removeprefix(CAST_PREFIX) not in kinds or not cast.startswith(CAST_PREFIX):
-        raise DataverseError(400, "0x80060888", "The sandbox serves choice column definitions only, cast to "
-                             "their type (Microsoft.Dynamics.CRM.PicklistAttributeMetadata, "
-                             "StateAttributeMetadata or StatusAttributeMetadata).")
-    kind = cast.removeprefix(CAST_PREFIX)
+    kind = cast.removeprefix(CAST_PREFIX) if cast and cast.startswith(CAST_PREFIX) else None
+    if kind not in _CHOICE_TYPES:
+        raise _choices_only()
     select = parse_select(request.query_params.get("$select"))
     if select is not None and set(select) - {"LogicalName", "MetadataId"}:
         raise DataverseError(400, "0x80060888", "The sandbox's attribute definitions carry LogicalName only "
@@ -249,9 +251,7 @@ def attribute_definition(dv: Dataverse, request: Request, rest: str) -> Response
         # answers 404 (no capture found); the product never relies on it (it casts by the column's kind).
         raise DataverseError(404, "0x80060888", f"Resource not found for the segment '{cast}'.")
     if kind is None or cast is None:
-        raise DataverseError(400, "0x80060888", "The sandbox serves choice column definitions only, cast to "
-                             "their type (Microsoft.Dynamics.CRM.PicklistAttributeMetadata, "
-                             "StateAttributeMetadata or StatusAttributeMetadata).")
+        raise _choices_only()
     return _definition(request, table, column, kind)
 
 

@@ -243,11 +243,17 @@ class _Lit:
     value: Any
 
 
+#: A simulator's check of one ``property op literal`` comparison as written (the literal parsed, an enum's type
+#: kept), raising the simulator's own error; the comparison itself reads enums by their member.
+OperandCheck = Callable[[str, str, Any], None]
+
+
 class _FilterParser:
-    def __init__(self, text: str, known: Callable[[str], bool]) -> None:
+    def __init__(self, text: str, known: Callable[[str], bool], check: OperandCheck | None = None) -> None:
         self.tokens = _tokenize(text)
         self.pos = 0
         self.known = known
+        self.check = check
         self.text = text
 
     def peek(self) -> tuple[str, str] | None:
@@ -313,6 +319,11 @@ class _FilterParser:
         if op_token[0] != "ident" or op not in _COMPARISONS:
             raise ODataSyntaxError(f"Unsupported operator '{op_token[1]}' in $filter '{self.text}'.")
         right = self.parse_operand()
+        if self.check is not None:
+            if isinstance(left, _Prop) and isinstance(right, _Lit):
+                self.check(left.name, op, right.value)
+            elif isinstance(left, _Lit) and isinstance(right, _Prop):
+                self.check(right.name, op, left.value)
         return _comparison(op, left, right)
 
     def parse_function(self) -> Predicate:
@@ -453,9 +464,11 @@ def equality_hint(text: str) -> tuple[str, str | int | Decimal | GuidLiteral] | 
     return (match.group(1), value) if isinstance(value, (str, int, Decimal, GuidLiteral)) else None
 
 
-def compile_filter(text: str, known: Callable[[str], bool]) -> Callable[[FilterRow], bool]:
-    """Compile `$filter` once; the predicate takes a FilterRow. Raises ODataSyntaxError/UnknownProperty."""
-    return _FilterParser(text, known).parse()
+def compile_filter(text: str, known: Callable[[str], bool],
+                   check: OperandCheck | None = None) -> Callable[[FilterRow], bool]:
+    """Compile `$filter` once; the predicate takes a FilterRow. Raises ODataSyntaxError/UnknownProperty, or what
+    ``check`` raises for a comparison it refuses."""
+    return _FilterParser(text, known, check).parse()
 
 
 def parse_orderby(text: str, known: Callable[[str], bool]) -> list[tuple[str, bool]]:

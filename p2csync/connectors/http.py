@@ -383,7 +383,7 @@ class ApiClient:
     async def _request(
         self,
         method: str,
-        url: str | httpx.URL,
+        url: httpx.URL,
         *,
         json: Any = None,
         content: bytes | None = None,
@@ -392,7 +392,7 @@ class ApiClient:
         idempotent: bool | None = None,
         readable: Callable[[httpx.Response], bool] | None = None,
     ) -> httpx.Response:
-        """Send ``method url`` (relative to the base URL, or an absolute URL on the same host).
+        """Send ``method url`` (resolved by ``request``: an absolute URL, which must be on the base URL's host).
 
         Returns the 2xx response; raises ``TransientError``/``ThrottledError`` when the retries are used up
         (or a retry would not be safe) and ``PermanentError`` (or a subclass) for everything else.
@@ -408,7 +408,6 @@ class ApiClient:
         request_headers = dict(headers or {})
         if json is not None:
             request_headers.setdefault("Content-Type", "application/json")
-        url = self._url(url)
         request = self._build(method, url, body, request_headers, params)
         self._check_origin(request)
 
